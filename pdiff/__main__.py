@@ -1,0 +1,3 @@
+from pdiff.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,224 @@
+"""`python -m pdiff <command>`: one short function per subcommand; argparse only."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from pdiff.data import DataError
+from pdiff.tasks import DEFAULT_TASK, TASKS
+
+_FMT = argparse.ArgumentDefaultsHelpFormatter
+
+
+def _device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available")
+    return name
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+
+
+def _add_data(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="folder with the dataset files (Fashion-MNIST: the four IDX .gz files)")
+    p.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
+    p.add_argument("--train-subset", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--test-subset", type=int, default=None, help="use only the first N test images")
+
+
+def _split(args, task, split: str):
+    """One split of the task's dataset, cut to --train-subset / --test-subset."""
+    from pdiff.collect import Split
+    from pdiff.data import load_split
+
+    data = Split(*load_split(task.dataset, split, args.data_dir, args.download), task.dataset)
+    return data.subset(getattr(args, f"{split}_subset", None))
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=1))
+
+
+# ---- collect ---------------------------------------------------------------------------
+def _add_collect(sub) -> None:
+    p = sub.add_parser("collect", formatter_class=_FMT,
+                       help="train a base model (or a BadNets victim) and collect K train_layer checkpoints",
+                       description="Train the task's base model, save it, then keep training only train_layer on "
+                                   "the frozen trunk (BatchNorm statistics frozen too) and save it K times. "
+                                   "With --backdoor, train a BadNets victim instead and report ACC, ASR and RA.")
+    p.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS))
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--k", type=int, default=None, help="checkpoints to collect (task default: 200)")
+    p.add_argument("--epochs", type=int, default=None, help="base training epochs (task default)")
+    p.add_argument("--save-every", type=int, default=None, help="training steps between saved checkpoints")
+    p.add_argument("--train-layer", default=None,
+                   help="comma-separated parameter names to collect, in order (task default)")
+    p.add_argument("--backdoor", choices=["badnets"], default=None, help="train a backdoored victim instead")
+    p.add_argument("--target-label", type=int, default=0, help="backdoor target class")
+    p.add_argument("--poison-rate", type=float, default=0.1, help="share of training images poisoned")
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_collect)
+
+
+def cmd_collect(args) -> int:
+    from pdiff.backdoor import Trigger
+    from pdiff.collect import run_collect, run_victim
+    from pdiff.tasks import build_model, get_task
+
+    task = get_task(args.task)
+    if args.train_layer:
+        task.train_layer = [n.strip() for n in args.train_layer.split(",") if n.strip()]
+    for field_name, value in (("epochs", args.epochs), ("k", args.k), ("save_every", args.save_every)):
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{field_name.replace('_', '-')} must be at least 1, got {value}")
+            setattr(task.recipe, field_name, value)
+    build_model(task)  # checks train_layer names before any training
+    train, test = _split(args, task, "train"), _split(args, task, "test")
+    device = _device(args.device)
+    if args.backdoor:
+        if not 0 < args.poison_rate < 1:
+            raise ValueError(f"--poison-rate must be between 0 and 1, got {args.poison_rate}")
+        trigger = Trigger(kind=args.backdoor, target=args.target_label, rate=args.poison_rate)
+        report = run_victim(task, trigger, args.out, train, test, args.seed, device)
+        _print_json({k: report[k] for k in ("acc", "asr", "ra", "timings_s")})
+        return 0
+    manifest = run_collect(task, args.out, train, test, args.seed, device=device)
+    accs = manifest["accs"]
+    _print_json({"base_acc": manifest["base_acc"], "k": manifest["k"], "acc_min": min(accs), "acc_max": max(accs),
+                 "acc_mean": sum(accs) / len(accs), "diversity": manifest["diversity"],
+                 "timings_s": manifest["timings_s"]})
+    return 0
+
+
+# ---- train -----------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", formatter_class=_FMT, help="train the parameter autoencoder and latent DDPM; write a bundle",
+                       description="Fit the parameter autoencoder (noise on input and latent), then the latent DDPM "
+                                   "(EMA kept and saved) on a collection folder; write a bundle folder atomically, "
+                                   "then report how well the autoencoder reconstructs the originals.")
+    p.add_argument("--collection", type=Path, required=True, help="folder written by `collect`")
+    p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
+    p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps (AEConfig default)")
+    p.add_argument("--ddpm-steps", type=int, default=None, help="DDPM steps (DDPMConfig default)")
+    p.add_argument("--no-recon-eval", action="store_true", help="skip evaluating the autoencoder's reconstructions")
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_train)
+
+
+def cmd_train(args) -> int:
+    from pdiff.config import AEConfig, DDPMConfig
+    from pdiff.train import load_collection, reconstruction_report, train_bundle
+
+    ae_cfg, ddpm_cfg = AEConfig(), DDPMConfig()
+    for cfg, value, flag in ((ae_cfg, args.ae_steps, "--ae-steps"), (ddpm_cfg, args.ddpm_steps, "--ddpm-steps")):
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+            cfg.steps = value
+    collection = load_collection(args.collection)
+    device = _device(args.device)
+    bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device)
+    if not args.no_recon_eval:
+        test = _split(args, collection["task"], "test")
+        bundle.meta["training"]["reconstruction"] = reconstruction_report(bundle, test, device)
+    bundle.save(args.out)
+    tr = bundle.meta["training"]
+    summary = {"bundle": str(args.out), "timings_s": tr["timings_s"], "autoencoder_final_mse": tr["autoencoder_final_mse"],
+               "ddpm_final_loss": tr["ddpm_final_loss"]}
+    if "reconstruction" in tr:
+        summary["reconstruction"] = {k: tr["reconstruction"][k] for k in ("mean_abs_diff", "max_abs_diff")}
+    _print_json(summary)
+    return 0
+
+
+# ---- sample ----------------------------------------------------------------------------
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", formatter_class=_FMT, help="sample N new parameter sets from a bundle",
+                       description="Run N latents in one batch through the reverse chain (DDPM, or DDIM with "
+                                   "--steps), decode and de-normalise; write {name: (N, *shape)} as safetensors.")
+    p.add_argument("--bundle", required=True, help="bundle folder or Hugging Face Hub repo id")
+    p.add_argument("--n", type=int, default=200, help="how many parameter sets")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
+    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    _add_common(p)
+    p.set_defaults(func=cmd_sample)
+
+
+def cmd_sample(args) -> int:
+    import time
+
+    from pdiff.bundle import Bundle
+    from pdiff.files import write_safetensors
+    from pdiff.params import unflatten
+    from pdiff.sample import sample
+    from pdiff.splice import finite_rows
+
+    device = _device(args.device)
+    bundle = Bundle.load(args.bundle, device)
+    t0 = time.perf_counter()
+    vectors = sample(bundle, args.n, args.sampler, args.steps, torch.Generator().manual_seed(args.seed), device,
+                     progress=_bar(f"sample ({args.sampler})"))
+    seconds = time.perf_counter() - t0
+    finite = finite_rows(vectors)
+    meta = {"format": "pdiff-samples", "task": bundle.task.name, "sampler": args.sampler, "seed": str(args.seed),
+            "steps": str(args.steps if args.sampler == "ddim" else bundle.ddpm_cfg.timesteps),
+            "layout": json.dumps([[n, list(s)] for n, s in bundle.layout])}
+    write_safetensors(args.out, unflatten(vectors, bundle.layout), meta)
+    _print_json({"out": str(args.out), "n": args.n, "nonfinite": int((~finite).sum()), "seconds": seconds})
+    return 0
+
+
+def _bar(desc: str):
+    """A progress callback (done, total) drawing a tqdm bar on stderr."""
+    from tqdm.auto import tqdm
+
+    state = {}
+
+    def update(done: int, total: int) -> None:
+        if "bar" not in state:
+            state["bar"] = tqdm(total=total, desc=desc, unit="step", leave=False)
+        state["bar"].update(done - state["bar"].n)
+        if done >= total:
+            state["bar"].close()
+
+    return update
+
+
+# ---- main ------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pdiff", formatter_class=_FMT,
+                                     description="Neural-network parameter diffusion: collect checkpoints, train an "
+                                                 "autoencoder + latent DDPM, sample, splice and evaluate.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_collect, _add_train, _add_sample):
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, DataError, OSError, KeyError) as e:
+        if os.environ.get("PDIFF_DEBUG"):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,209 @@
+"""Train a base model (clean or backdoored) and collect K checkpoints of its train_layer.
+
+Collection freezes the trunk and BatchNorm statistics, so every collected vector fits the
+saved base model exactly. The frozen trunk's output is the same at every step, so it is
+computed once and the train_layer tail is trained on the cached features.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from pdiff.archs import StagedNet
+from pdiff.backdoor import Trigger, asr_ra, poison, triggered_test_set
+from pdiff.config import Recipe, Task
+from pdiff.data import normalize
+from pdiff.evaluate import accuracy, predict
+from pdiff.files import write_json, write_safetensors
+from pdiff.params import layout_of
+from pdiff.tasks import build_model
+
+BASE_FILE = "base.safetensors"
+CHECKPOINTS_FILE = "checkpoints.safetensors"
+MANIFEST_FILE = "manifest.json"
+VICTIM_FILE = "victim.safetensors"
+VICTIM_JSON = "victim.json"
+
+
+@dataclass
+class Split:
+    """Raw uint8 images and labels of one split, with the dataset whose normalisation applies."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    dataset: str
+
+    def normalized(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        return normalize(self.images.to(device), self.dataset)
+
+    def subset(self, n: int | None) -> "Split":
+        return self if n is None else Split(self.images[:n], self.labels[:n], self.dataset)
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips (the same augmentation for every model; none at test time)."""
+    flip = torch.rand(len(x), generator=generator) < 0.5
+    x = x.clone()
+    x[flip] = x[flip].flip(-1)
+    return x
+
+
+def fit(model: StagedNet, train: Split, recipe: Recipe, generator: torch.Generator,
+        epochs: int | None = None, lr: float | None = None, device: str = "cpu", desc: str = "train") -> StagedNet:
+    """Train the whole model with AdamW and cosine decay; the recipe's settings unless given."""
+    epochs = recipe.epochs if epochs is None else epochs
+    lr = recipe.lr if lr is None else lr
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    steps_per_epoch = math.ceil(len(train.labels) / recipe.batch_size)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
+    bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", leave=False)
+    for _ in range(epochs):
+        order = torch.randperm(len(train.labels), generator=generator)
+        for i in range(0, len(order), recipe.batch_size):
+            idx = order[i:i + recipe.batch_size]
+            x = normalize(_augment(train.images[idx], generator).to(device), train.dataset)
+            loss = F.cross_entropy(model(x), train.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    return model.eval()
+
+
+def init_model(task: Task, generator: torch.Generator) -> StagedNet:
+    """A fresh model whose initialisation comes from `generator` (global RNG left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        return build_model(task)
+
+
+def test_accuracy(model: StagedNet, test: Split, device: str = "cpu") -> float:
+    return accuracy(predict(model.to(device), test.normalized(device)).cpu(), test.labels)
+
+
+@dataclass
+class Collection:
+    """K checkpoints of train_layer: {name: (K, *shape)} and each one's test accuracy."""
+    params: dict[str, torch.Tensor]
+    accs: list[float]
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def collect_checkpoints(model: StagedNet, task: Task, train: Split, test: Split, generator: torch.Generator,
+                        k: int | None = None, device: str = "cpu") -> Collection:
+    """Keep training only train_layer on the frozen trunk (BN statistics frozen too); save K times."""
+    recipe = task.recipe
+    k = recipe.k if k is None else k
+    t0 = time.perf_counter()
+    model.to(device).eval()  # eval mode: every BatchNorm keeps the base model's running statistics
+    start = min(model.stage_of(n) for n in task.train_layer)
+    # the trunk is frozen, so its features are computed once for the whole collection
+    train_feats = predict(model, train.normalized(device), 0, start)
+    test_feats = predict(model, test.normalized(device), 0, start)
+    train_y, test_y = train.labels.to(device), test.labels.to(device)
+
+    named = dict(model.named_parameters())
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trainable = [named[n] for n in task.train_layer]
+    for p in trainable:
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(trainable, lr=recipe.collect_lr, momentum=0.9)
+
+    saved: dict[str, list[torch.Tensor]] = {n: [] for n in task.train_layer}
+    accs: list[float] = []
+    order = torch.randperm(len(train_y), generator=generator)
+    pos = 0
+    for _ in tqdm(range(k), desc="collect", unit="ckpt", leave=False):
+        for _ in range(recipe.save_every):
+            if pos + recipe.collect_batch_size > len(order):
+                order, pos = torch.randperm(len(train_y), generator=generator), 0
+            idx = order[pos:pos + recipe.collect_batch_size].to(device)
+            pos += recipe.collect_batch_size
+            loss = F.cross_entropy(model(train_feats[idx], start), train_y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        for n in task.train_layer:
+            saved[n].append(named[n].detach().clone().cpu())
+        accs.append(accuracy(predict(model, test_feats, start).cpu(), test_y.cpu()))
+    for p in model.parameters():
+        p.requires_grad_(True)
+    params = {n: torch.stack(v) for n, v in saved.items()}
+    return Collection(params, accs, time.perf_counter() - t0)
+
+
+def diversity(params: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Mean pairwise L2 distance between checkpoints, absolute and relative to the mean norm."""
+    flat = torch.cat([v.reshape(v.shape[0], -1).double() for v in params.values()], dim=1)
+    d = torch.cdist(flat, flat)
+    k = len(flat)
+    mean_dist = (d.sum() / max(1, k * (k - 1))).item()
+    mean_norm = flat.norm(dim=1).mean().item()
+    return {"mean_pairwise_l2": mean_dist, "mean_norm": mean_norm, "relative": mean_dist / mean_norm}
+
+
+def _state_meta(task: Task, kind: str) -> dict[str, str]:
+    return {"format": "pdiff-model", "task": task.name, "arch": task.arch, "kind": kind}
+
+
+def run_collect(task: Task, out: Path, train: Split, test: Split, seed: int, k: int | None = None,
+                device: str = "cpu") -> dict:
+    """Train the base model, collect K checkpoints, write base + checkpoints + manifest to `out`."""
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    model = fit(init_model(task, g), train, task.recipe, g, device=device, desc="base")
+    base_s = time.perf_counter() - t0
+    base_acc = test_accuracy(model, test, device)
+    base_state = {name: v.detach().clone() for name, v in model.state_dict().items()}  # before collection moves it
+    coll = collect_checkpoints(model, task, train, test, g, k=k, device=device)
+    layout = layout_of(coll.params, task.train_layer, stacked=True)
+    out.mkdir(parents=True, exist_ok=True)
+    write_safetensors(out / BASE_FILE, base_state, _state_meta(task, "clean"))
+    write_safetensors(out / CHECKPOINTS_FILE, coll.params, {"format": "pdiff-checkpoints", "task": task.name})
+    manifest = {
+        "format": "pdiff-collection", "format_version": 1, "task": task.to_dict(),
+        "layout": [[n, list(s)] for n, s in layout], "k": len(coll.accs), "seed": seed,
+        "base_acc": base_acc, "accs": coll.accs, "diversity": diversity(coll.params),
+        "timings_s": {"base": base_s, "collect": coll.seconds}, "device": str(device),
+        "train_size": len(train.labels), "test_size": len(test.labels),
+    }
+    write_json(out / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Split, seed: int,
+               device: str = "cpu") -> dict:
+    """Train a BadNets victim from scratch on poisoned data; write victim.safetensors + victim.json."""
+    g = torch.Generator().manual_seed(seed)
+    images, labels, _ = poison(train.images, train.labels, trigger, g)
+    t0 = time.perf_counter()
+    model = fit(init_model(task, g), Split(images, labels, train.dataset), task.recipe, g, device=device, desc="victim")
+    seconds = time.perf_counter() - t0
+    metrics = backdoor_metrics(model, test, trigger, device)
+    out.mkdir(parents=True, exist_ok=True)
+    write_safetensors(out / VICTIM_FILE, model.state_dict(), _state_meta(task, "victim"))
+    report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": "scratch",
+              "trigger": trigger.to_dict(), "seed": seed, **metrics, "timings_s": {"train": seconds},
+              "device": str(device)}
+    write_json(out / VICTIM_JSON, report)
+    return report
+
+
+def backdoor_metrics(model: StagedNet, test: Split, trigger: Trigger, device: str = "cpu") -> dict[str, float]:
+    """ACC on the clean test split; ASR and RA on its triggered non-target images (percent)."""
+    acc = test_accuracy(model, test, device)
+    trig_images, trig_labels = triggered_test_set(test.images, test.labels, trigger)
+    pred = predict(model, normalize(trig_images.to(device), test.dataset)).argmax(-1).cpu()
+    asr, ra = asr_ra(pred, trig_labels, trigger.target)
+    return {"acc": acc, "asr": asr, "ra": ra}

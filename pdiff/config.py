@@ -1,0 +1,73 @@
+"""Dataclasses that travel with the weights: tasks, recipes, autoencoder and DDPM settings."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+
+def _checked(cls, d: dict):
+    unknown = sorted(set(d) - {f.name for f in fields(cls)})
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+    return cls(**d)
+
+
+class _Dict:
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        return _checked(cls, d)
+
+
+@dataclass
+class Recipe(_Dict):
+    epochs: int = 8                 # base model training
+    batch_size: int = 128
+    lr: float = 2e-3                # Adam, cosine decay
+    weight_decay: float = 5e-4
+    k: int = 200                    # checkpoints to collect
+    collect_lr: float = 0.05        # SGD on train_layer only, trunk frozen
+    collect_batch_size: int = 128
+    save_every: int = 100           # steps between saved checkpoints
+    finetune_epochs: int = 2        # "finetuned" victims: clean base trained on poisoned data
+
+
+@dataclass
+class Task(_Dict):
+    name: str
+    dataset: str
+    arch: str
+    train_layer: list[str]
+    recipe: Recipe = field(default_factory=Recipe)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Task":
+        d = dict(d)
+        d["recipe"] = Recipe.from_dict(d.get("recipe", {}))
+        return _checked(cls, d)
+
+
+@dataclass
+class AEConfig(_Dict):
+    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    latent_channels: int = 4
+    fold: int = 16                  # vector folded into `fold` channels before the convs
+    input_noise: float = 1e-3       # p-diff: both noises are needed
+    latent_noise: float = 0.1
+    steps: int = 3000
+    lr: float = 1e-3
+    batch_size: int = 50
+
+
+@dataclass
+class DDPMConfig(_Dict):
+    timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 2e-2
+    channels: int = 128
+    blocks: int = 4
+    steps: int = 6000
+    lr: float = 1e-3
+    batch_size: int = 100
+    ema_decay: float = 0.999

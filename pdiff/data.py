@@ -1,0 +1,132 @@
+"""Datasets as raw uint8 tensors plus one normalisation per dataset.
+
+Images stay uint8 (N, C, H, W) until `normalize`, so a backdoor trigger is stamped on raw
+pixels and every model (base, victim, generated, uploaded) sees the same normalisation.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+CACHE = Path(os.environ.get("PDIFF_DATA", Path.home() / ".cache" / "pdiff" / "data"))
+
+
+class DataError(RuntimeError):
+    """A dataset split could not be found or read."""
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    channels: int
+    size: int
+    classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    torchvision_class: str
+
+
+DATASETS = {
+    "fashion-mnist": DatasetSpec("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), "FashionMNIST"),
+    "mnist": DatasetSpec("mnist", 1, 28, 10, (0.1307,), (0.3081,), "MNIST"),
+    "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10"),
+    "cifar100": DatasetSpec("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"),
+}
+
+_IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+              "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read one IDX file (gzipped or not) into a numpy array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{path} is not an unsigned-byte IDX file")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(dims)):
+        raise DataError(f"{path} is truncated: expected {int(np.prod(dims))} values, found {body.size}")
+    return body.reshape(dims)
+
+
+def _idx_dirs(data_dir: Path | None) -> list[Path]:
+    """Where Fashion-MNIST IDX files are looked for, in order."""
+    dirs = [Path(data_dir)] if data_dir else []
+    dirs += [ASSETS / "fashion-mnist", DEBIAN_FMNIST, CACHE / "FashionMNIST" / "raw"]
+    return dirs
+
+
+def _load_fmnist_idx(split: str, data_dir: Path | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    img_name, lbl_name = _IDX_FILES[split]
+    for d in _idx_dirs(data_dir):
+        for suffix in ("", ".gz"):  # accept both gzipped and unpacked files
+            img = d / (img_name.removesuffix(".gz") + suffix)
+            lbl = d / (lbl_name.removesuffix(".gz") + suffix)
+            if img.is_file() and lbl.is_file():
+                images = torch.from_numpy(read_idx(img).copy()).unsqueeze(1)
+                labels = torch.from_numpy(read_idx(lbl).astype(np.int64))
+                if len(images) != len(labels):
+                    raise DataError(f"{img} has {len(images)} images but {lbl} has {len(labels)} labels")
+                return images, labels
+    return None
+
+
+def _load_torchvision(spec: DatasetSpec, split: str, root: Path, download: bool):
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, spec.torchvision_class)
+    try:
+        ds = cls(str(root), train=(split == "train"), download=download)
+    except RuntimeError:  # torchvision's "Dataset not found"
+        return None
+    except OSError as e:  # no network
+        raise DataError(f"could not download {spec.name} {split} split into {root}: {e}") from e
+    data = ds.data if isinstance(ds.data, torch.Tensor) else torch.from_numpy(np.asarray(ds.data))
+    if data.ndim == 3:
+        data = data.unsqueeze(1)  # MNIST-like: N, H, W
+    else:
+        data = data.permute(0, 3, 1, 2)  # CIFAR: N, H, W, C
+    return data.contiguous().to(torch.uint8), torch.as_tensor(ds.targets, dtype=torch.int64)
+
+
+def load_split(dataset: str, split: str, data_dir: str | Path | None = None,
+               download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return (uint8 images N x C x H x W, int64 labels) for `split` in {"train", "test"}."""
+    if dataset not in DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+    if split not in _IDX_FILES:
+        raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
+    spec = DATASETS[dataset]
+    data_dir = Path(data_dir) if data_dir else None
+    if dataset == "fashion-mnist":
+        found = _load_fmnist_idx(split, data_dir)
+        if found is not None:
+            return found
+        looked = [str(d) for d in _idx_dirs(data_dir)]
+    else:
+        looked = [str(data_dir or CACHE)]
+    found = _load_torchvision(spec, split, data_dir or CACHE, download)
+    if found is not None:
+        return found
+    hint = ("install Debian's package `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist), "
+            "pass --data-dir DIR with the IDX .gz files, or add --download"
+            if dataset == "fashion-mnist" else "pass --data-dir DIR holding the torchvision files, or add --download")
+    raise DataError(f"{spec.name} {split} split not found; looked in: {', '.join(looked)}. To get it: {hint}")
+
+
+def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
+    """uint8 N x C x H x W -> float32, scaled to [0, 1] then standardised per channel."""
+    spec = DATASETS[dataset]
+    mean = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255.0 - mean) / std

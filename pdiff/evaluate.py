@@ -1,0 +1,66 @@
+"""Evaluate many parameter sets at once: trunk computed once, generated tail under vmap."""
+from __future__ import annotations
+
+import torch
+from torch.func import functional_call, vmap
+
+from pdiff.archs import StagedNet
+
+
+@torch.no_grad()
+def predict(model: StagedNet, images: torch.Tensor, start: int = 0, stop: int | None = None,
+            batch_size: int = 2000) -> torch.Tensor:
+    """Run stages [start, stop) of `model` (eval mode) over `images` in batches."""
+    was_training = model.training
+    model.eval()
+    outs = [model(images[i:i + batch_size], start, stop) for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def accuracy(logits_or_pred: torch.Tensor, labels: torch.Tensor) -> float:
+    pred = logits_or_pred.argmax(-1) if logits_or_pred.is_floating_point() else logits_or_pred
+    return 100.0 * (pred == labels).double().mean().item()
+
+
+class BatchedEvaluator:
+    """Predictions of many parameter sets on one image set.
+
+    The stages before the first generated layer are the same for every parameter set, so
+    their output is computed once and cached (on `device`); only the tail runs per model,
+    under `vmap` over the stacked parameters. Chunks over models and images bound memory.
+    """
+
+    def __init__(self, model: StagedNet, images: torch.Tensor, layers: list[str],
+                 device: str | torch.device = "cpu", max_elements: int = 2**26):
+        self.model = model.to(device).eval()
+        self.start = min(model.stage_of(n) for n in layers)  # the first stage that any generated layer touches
+        self.features = predict(self.model, images.to(device), 0, self.start)  # the trunk, once
+        self.max_elements = max_elements
+        start = self.start
+
+        def tail(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.model, params, (x,), {"start": start}).argmax(-1)
+
+        self._tail = vmap(tail, in_dims=(0, None))
+
+    @torch.no_grad()
+    def predict_many(self, stacked: dict[str, torch.Tensor], models_per_chunk: int = 64) -> torch.Tensor:
+        """{name: (N, *shape)} -> predicted classes (N, n_images), int64, on the CPU."""
+        n = len(next(iter(stacked.values())))
+        per_image = self.features[0].numel()
+        device = self.features.device
+        out = []
+        for m0 in range(0, n, models_per_chunk):
+            chunk = {k: v[m0:m0 + models_per_chunk].to(device) for k, v in stacked.items()}
+            m = len(next(iter(chunk.values())))
+            images_per_chunk = max(1, self.max_elements // (m * per_image))
+            preds = [self._tail(chunk, self.features[i:i + images_per_chunk])
+                     for i in range(0, len(self.features), images_per_chunk)]
+            out.append(torch.cat(preds, dim=1).cpu())
+        return torch.cat(out)
+
+
+def accuracies(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """(N, n_images) predictions -> N accuracies in percent."""
+    return (100.0 * (pred == labels[None]).double().mean(1)).tolist()

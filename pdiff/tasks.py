@@ -1,0 +1,39 @@
+"""Named tasks: dataset + architecture + ordered train_layer + recipe."""
+from __future__ import annotations
+
+from pdiff.archs import ARCHS, StagedNet
+from pdiff.config import Recipe, Task
+from pdiff.data import DATASETS
+
+_R18_BN = ["layer4.1.bn1.weight", "layer4.1.bn1.bias", "layer4.1.bn2.weight", "layer4.1.bn2.bias"]
+_R18_RECIPE = Recipe(epochs=30, lr=1e-3, save_every=200)
+
+TASKS = {
+    # the default: the last BatchNorm and the linear head of a small ConvNet
+    "fmnist-convnet": Task("fmnist-convnet", "fashion-mnist", "convnet",
+                           ["bn3.weight", "bn3.bias", "linear.weight", "linear.bias"]),
+    "fmnist-resnet18": Task("fmnist-resnet18", "fashion-mnist", "resnet18", list(_R18_BN), _R18_RECIPE),
+    "mnist-resnet18": Task("mnist-resnet18", "mnist", "resnet18", list(_R18_BN), _R18_RECIPE),
+    "cifar10-resnet18": Task("cifar10-resnet18", "cifar10", "resnet18", list(_R18_BN), Recipe(epochs=100, lr=1e-3)),
+    "cifar100-resnet18": Task("cifar100-resnet18", "cifar100", "resnet18", list(_R18_BN), Recipe(epochs=100, lr=1e-3)),
+}
+DEFAULT_TASK = "fmnist-convnet"
+
+
+def get_task(name: str) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(sorted(TASKS))}")
+    return Task.from_dict(TASKS[name].to_dict())  # a copy the caller may change
+
+
+def build_model(task: Task) -> StagedNet:
+    """A freshly initialised model of the task's architecture, with its train_layer checked."""
+    spec = DATASETS[task.dataset]
+    model = ARCHS[task.arch](in_channels=spec.channels, num_classes=spec.classes)
+    names = dict(model.named_parameters())
+    missing = [n for n in task.train_layer if n not in names]
+    if missing:
+        raise ValueError(f"train_layer names not in {task.arch}: {', '.join(missing)}")
+    if len(set(task.train_layer)) != len(task.train_layer):
+        raise ValueError("train_layer lists a parameter twice")
+    return model

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pdiff.backdoor import Trigger
+from pdiff.collect import (BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, VICTIM_JSON, collect_checkpoints, init_model,
+                           run_collect, run_victim)
+from pdiff.evaluate import BatchedEvaluator, accuracies
+from pdiff.params import flatten, layout_of
+from pdiff.splice import stacked_params
+from pdiff.targets import check_architecture
+from pdiff.tasks import get_task
+
+
+@pytest.fixture()
+def tiny_task():
+    task = get_task("fmnist-convnet")
+    task.recipe.epochs, task.recipe.k, task.recipe.save_every = 1, 6, 4
+    return task
+
+
+def test_collection_writes_k_distinct_vectors_that_load_back(tmp_path, tiny_task, small_train, small_test):
+    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0)
+    assert json.loads((tmp_path / MANIFEST_FILE).read_text()) == manifest
+    params = load_file(tmp_path / CHECKPOINTS_FILE)
+    layout = [(n, tuple(s)) for n, s in manifest["layout"]]
+    assert [n for n, _ in layout] == tiny_task.train_layer
+    vectors = flatten(params, layout)
+    assert vectors.shape[0] == 6 and len(manifest["accs"]) == 6
+    assert torch.cdist(vectors, vectors).add(torch.eye(6) * 1e9).min() > 0  # no two checkpoints equal
+    assert manifest["diversity"]["relative"] > 1e-3
+
+    # every collected vector, spliced into the saved base, reproduces its recorded accuracy
+    base = load_file(tmp_path / BASE_FILE)
+    model = check_architecture(tiny_task, base)
+    evaluator = BatchedEvaluator(model, small_test.normalized(), tiny_task.train_layer)
+    accs = accuracies(evaluator.predict_many(stacked_params(vectors, layout, base)), small_test.labels)
+    assert accs == pytest.approx(manifest["accs"], abs=1e-6)
+    assert abs(manifest["base_acc"] - 10.0) > 5  # it learned something (chance is 10%)
+
+
+def test_collection_freezes_trunk_and_batchnorm_stats(tiny_task, small_train, small_test):
+    g = torch.Generator().manual_seed(0)
+    model = init_model(tiny_task, g)
+    for m in model.modules():  # give BN non-default statistics, as a trained model has
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    coll = collect_checkpoints(model, tiny_task, small_train, small_test, g, k=3)
+    after = model.state_dict()
+    for name, value in before.items():
+        if name in tiny_task.train_layer:
+            assert not torch.equal(after[name], value), name
+            assert torch.equal(coll.params[name][-1], after[name])
+        else:
+            assert torch.equal(after[name], value), f"{name} changed during collection"
+
+
+def test_victim_reports_backdoor_metrics(tmp_path, tiny_task, small_train, small_test):
+    report = run_victim(tiny_task, Trigger(target=0), tmp_path, small_train, small_test, seed=0)
+    saved = json.loads((tmp_path / VICTIM_JSON).read_text())
+    assert saved["trigger"]["target"] == 0 and saved["kind"] == "scratch"
+    for key in ("acc", "asr", "ra"):
+        assert 0.0 <= report[key] <= 100.0
