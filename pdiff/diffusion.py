@@ -1,0 +1,86 @@
+"""The noise schedule and the DDPM / DDIM steps; knows betas, not layers (no nn.Module).
+
+Notation follows Ho et al. 2020 (DDPM) and Song et al. 2021 (DDIM), which p-diff uses
+unchanged on autoencoder latents: epsilon prediction, linear betas, T = 1000.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+SAMPLERS = ("ddpm", "ddim")
+
+
+class Diffusion:
+    def __init__(self, timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2):
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be at least 1, got {timesteps}")
+        self.T = timesteps
+        self.betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+        self.alphas = 1.0 - self.betas
+        self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+
+    def _at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """values[t] shaped to broadcast against `like` (one value per sample)."""
+        out = values.to(like.device)[t].to(like.dtype)
+        return out.view(-1, *([1] * (like.ndim - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Forward process: x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) eps (DDPM eq. 4)."""
+        abar = self._at(self.alphas_cumprod, t, x0)
+        return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+
+    def loss(self, denoiser: Callable, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Simple epsilon-MSE loss (DDPM eq. 14), one random timestep per sample."""
+        t = torch.randint(0, self.T, (len(x0),), generator=generator, device=generator.device).to(x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
+        return F.mse_loss(denoiser(self.q_sample(x0, t, noise), t), noise)
+
+    def timesteps(self, sampler: str = "ddpm", steps: int | None = None) -> Iterator[tuple[int, int]]:
+        """(t, t_prev) pairs from T-1 down to 0; t_prev = -1 marks the last step."""
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if sampler == "ddpm":
+            seq = list(range(self.T - 1, -1, -1))
+        else:
+            steps = self.T if steps is None else steps
+            if not 1 <= steps <= self.T:
+                raise ValueError(f"DDIM steps must be between 1 and {self.T}, got {steps}")
+            seq = torch.linspace(self.T - 1, 0, steps).round().long().unique_consecutive().tolist()
+        yield from zip(seq, seq[1:] + [-1])
+
+    def step(self, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, sampler: str = "ddpm",
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """One reverse step from x_t to x_{t_prev} given the predicted noise."""
+        abar = self.alphas_cumprod[t].item()
+        abar_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        if sampler == "ddim":
+            # DDIM eq. 12 with eta = 0: deterministic given x_T
+            x0 = (x - (1 - abar) ** 0.5 * eps) / abar ** 0.5
+            return abar_prev ** 0.5 * x0 + (1 - abar_prev) ** 0.5 * eps
+        # DDPM eq. 11 with sigma_t^2 = beta_tilde (the posterior variance)
+        beta = 1 - abar / abar_prev
+        mean = (x - beta / (1 - abar) ** 0.5 * eps) / (1 - beta) ** 0.5
+        if t_prev < 0:
+            return mean
+        var = beta * (1 - abar_prev) / (1 - abar)
+        noise = torch.randn(x.shape, generator=generator,
+                            device=generator.device if generator is not None else x.device).to(x.device)
+        return mean + var ** 0.5 * noise
+
+    @torch.no_grad()
+    def sample(self, denoiser: Callable, shape: tuple[int, ...], sampler: str = "ddpm", steps: int | None = None,
+               generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+        """Run the whole reverse chain for a batch of `shape[0]` samples."""
+        gen_device = generator.device if generator is not None else "cpu"
+        x = torch.randn(shape, generator=generator, device=gen_device).to(device)
+        pairs = list(self.timesteps(sampler, steps))
+        for i, (t, t_prev) in enumerate(pairs):
+            t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
+            x = self.step(denoiser(x, t_batch), t, t_prev, x, sampler, generator)
+            if progress is not None:
+                progress(i + 1, len(pairs))
+        return x

@@ -1,0 +1,159 @@
+"""Fit the parameter autoencoder, then the latent DDPM with an EMA; returns a Bundle."""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from tqdm.auto import tqdm
+
+from pdiff.bundle import Bundle
+from pdiff.collect import BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, VICTIM_FILE, VICTIM_JSON
+from pdiff.config import AEConfig, DDPMConfig, Task
+from pdiff.diffusion import Diffusion
+from pdiff.nets import Denoiser, ParamAutoencoder
+from pdiff.params import flatten, norm_stats, normalize
+
+
+def _batches(k: int, batch_size: int, generator: torch.Generator):
+    """Endless random minibatch indices over k items (each epoch a new permutation)."""
+    while True:
+        order = torch.randperm(k, generator=generator)
+        for i in range(0, k, batch_size):
+            yield order[i:i + batch_size]
+
+
+def _noise(shape, scale: float, generator: torch.Generator, device) -> torch.Tensor:
+    return scale * torch.randn(shape, generator=generator).to(device)
+
+
+def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator, device="cpu") -> tuple[ParamAutoencoder, list[float]]:
+    """x: (K, P) normalised vectors. MSE with noise on the input and on the latent (p-diff)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        ae = ParamAutoencoder(x.shape[1], cfg).to(device)
+    x = x.to(device)
+    opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
+    batches = _batches(len(x), min(cfg.batch_size, len(x)), generator)
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="autoencoder", unit="step", leave=False)
+    for step in bar:
+        xb = x[next(batches).to(device)]
+        z = ae.encode(xb + _noise(xb.shape, cfg.input_noise, generator, device))
+        z = z + _noise(z.shape, cfg.latent_noise, generator, device)
+        loss = F.mse_loss(ae.decode(z), xb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(mse=f"{loss.item():.2e}", refresh=False)
+    return ae.eval(), losses
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator,
+                   device="cpu") -> tuple[Denoiser, list[float]]:
+    """z: (K, C, L) standardised latents. Epsilon-MSE, a timestep per sample, EMA kept from step 0."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        model = Denoiser(tuple(z.shape[1:]), cfg).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    diffusion = Diffusion(cfg.timesteps, cfg.beta_start, cfg.beta_end)
+    z = z.to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.1)
+    batches = _batches(len(z), min(cfg.batch_size, len(z)), generator)
+    losses = []
+    bar = tqdm(range(cfg.steps), desc="ddpm", unit="step", leave=False)
+    for step in bar:
+        loss = diffusion.loss(model, z[next(batches).to(device)], generator)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        _ema_update(ema, model, cfg.ema_decay)
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    return ema.eval(), losses
+
+
+def load_collection(folder: str | Path) -> dict:
+    """The collection written by `collect`: manifest, stacked checkpoints, base and (optional) victim."""
+    folder = Path(folder)
+    for name in (MANIFEST_FILE, CHECKPOINTS_FILE, BASE_FILE):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a collection: {name} is missing (run `python -m pdiff collect`)")
+    manifest = json.loads((folder / MANIFEST_FILE).read_text())
+    out = {"manifest": manifest, "task": Task.from_dict(manifest["task"]),
+           "layout": [(n, tuple(s)) for n, s in manifest["layout"]],
+           "params": load_file(folder / CHECKPOINTS_FILE), "base": load_file(folder / BASE_FILE),
+           "victim": None, "victim_meta": None}
+    if (folder / VICTIM_FILE).is_file() and (folder / VICTIM_JSON).is_file():
+        out["victim"] = load_file(folder / VICTIM_FILE)
+        out["victim_meta"] = json.loads((folder / VICTIM_JSON).read_text())
+    return out
+
+
+def train_bundle(collection: dict, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed: int = 0,
+                 device="cpu") -> Bundle:
+    """Normalise, fit the autoencoder, encode, fit the DDPM; a Bundle ready to save."""
+    g = torch.Generator().manual_seed(seed)
+    layout = collection["layout"]
+    originals = flatten(collection["params"], layout).float()
+    mean, std = norm_stats(collection["params"], layout)
+    x = normalize(originals, mean, std, layout)
+
+    t0 = time.perf_counter()
+    ae, ae_losses = train_autoencoder(x, ae_cfg, g, device)
+    ae_s = time.perf_counter() - t0
+    with torch.no_grad():
+        z = ae.encode(x.to(device)).cpu()
+    z_mean, z_std = z.mean().item(), z.std().item()
+
+    t0 = time.perf_counter()
+    denoiser, ddpm_losses = train_denoiser((z - z_mean) / z_std, ddpm_cfg, g, device)
+    ddpm_s = time.perf_counter() - t0
+
+    m = collection["manifest"]
+    meta = {"originals_acc": m["accs"], "base_acc": m["base_acc"], "collection_seed": m["seed"],
+            "victim": collection["victim_meta"],
+            "training": {"seed": seed, "device": str(device), "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
+                         "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
+                         "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])}}
+    return Bundle(collection["task"], layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
+                  z_mean, z_std, collection["base"], collection["victim"], meta)
+
+
+@torch.no_grad()
+def reconstruction_report(bundle: Bundle, test, device="cpu") -> dict:
+    """Decode the K originals, splice each into the base model, compare test accuracies (percent)."""
+    from pdiff.evaluate import BatchedEvaluator, accuracies
+    from pdiff.params import denormalize
+    from pdiff.splice import stacked_params
+    from pdiff.targets import check_architecture
+
+    ae = bundle.autoencoder.to(device).eval()
+    x = normalize(bundle.originals, bundle.norm_mean, bundle.norm_std, bundle.layout)
+    recon = denormalize(ae.decode(ae.encode(x.to(device))).cpu(), bundle.norm_mean, bundle.norm_std, bundle.layout)
+    model = check_architecture(bundle.task, bundle.base_state)
+    evaluator = BatchedEvaluator(model, test.normalized(device), bundle.names, device)
+    acc = accuracies(evaluator.predict_many(stacked_params(recon, bundle.layout, bundle.base_state)), test.labels)
+    orig = accuracies(evaluator.predict_many(stacked_params(bundle.originals, bundle.layout, bundle.base_state)),
+                      test.labels)
+    diffs = [abs(a - b) for a, b in zip(acc, orig)]
+    return {"acc": acc, "originals_acc": orig, "mean_abs_diff": sum(diffs) / len(diffs), "max_abs_diff": max(diffs)}
