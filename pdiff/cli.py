@@ -198,13 +198,59 @@ def _bar(desc: str):
     return update
 
 
+# ---- evaluate --------------------------------------------------------------------------
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", formatter_class=_FMT,
+                       help="sample N parameter sets, splice them into a target, evaluate them and the baselines",
+                       description="Sample from a bundle, splice into the target (the bundle's clean model, its "
+                                   "BadNets victim, or a model file loaded safely) and evaluate every model at once "
+                                   "on the test split, beside the K originals, noisy originals and interpolations. "
+                                   "Writes a JSON report (accuracies in percent) and prints the familiar summary.")
+    p.add_argument("--bundle", required=True, help="bundle folder or Hugging Face Hub repo id")
+    p.add_argument("--target", default="clean", help="clean, victim, or a model file (.safetensors / .pth)")
+    p.add_argument("--n", type=int, default=200, help="how many parameter sets to generate")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
+    p.add_argument("--layers", default=None, help="comma-separated subset of the bundle's layers to splice (all)")
+    p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")
+    p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding")
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from pdiff.bundle import Bundle
+    from pdiff.files import write_json, write_safetensors
+    from pdiff.params import unflatten
+    from pdiff.report import familiar_lines, run_report
+
+    if args.n < 1:
+        raise ValueError(f"--n must be at least 1, got {args.n}")
+    device = _device(args.device)
+    bundle = Bundle.load(args.bundle, device)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    test = _split(args, bundle.task, "test")
+    bar = _bar("evaluate")
+    report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
+                                 test, progress=lambda frac, desc: bar(int(100 * frac), 100),
+                                 with_tsne=not args.no_tsne)
+    write_json(args.json, report)
+    if args.save_params:
+        write_safetensors(args.save_params, unflatten(vectors, bundle.layout))
+    print(familiar_lines(report))
+    print(f"report written to {args.json}")
+    return 0
+
+
 # ---- main ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pdiff", formatter_class=_FMT,
                                      description="Neural-network parameter diffusion: collect checkpoints, train an "
                                                  "autoencoder + latent DDPM, sample, splice and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_collect, _add_train, _add_sample):
+    for add in (_add_collect, _add_train, _add_sample, _add_evaluate):
         add(sub)
     return parser
 

@@ -64,3 +64,42 @@ class BatchedEvaluator:
 def accuracies(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """(N, n_images) predictions -> N accuracies in percent."""
     return (100.0 * (pred == labels[None]).double().mean(1)).tolist()
+
+
+# ---- similarity ------------------------------------------------------------------------
+def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
+    """IoU of wrong-prediction sets for all pairs: 0/1 masks (A, n), (B, n) -> (A, B), by matrix products."""
+    a, b = wrong_a.double(), wrong_b.double()
+    inter = a @ b.T
+    union = a.sum(1, keepdim=True) + b.sum(1)[None] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))  # two perfect models agree
+
+
+def mean_offdiag(m: torch.Tensor) -> float | None:
+    """Mean of a square similarity matrix without its diagonal (self-similarity); None below 2 models."""
+    n = len(m)
+    return None if n < 2 else ((m.sum() - m.diagonal().sum()) / (n * (n - 1))).item()
+
+
+# ---- t-SNE -----------------------------------------------------------------------------
+def tsne_2d(x: torch.Tensor, seed: int = 0, pca_dims: int = 50) -> torch.Tensor:
+    """One joint 2-D embedding: PCA to at most `pca_dims` first, fixed seed, perplexity clamped for small N."""
+    from sklearn.decomposition import PCA
+    from sklearn.manifold import TSNE
+
+    data = x.double().numpy()
+    n = len(data)
+    if n < 3:
+        return torch.zeros(n, 2)
+    dims = min(pca_dims, n, data.shape[1])
+    if dims < data.shape[1]:
+        data = PCA(n_components=dims, random_state=seed).fit_transform(data)
+    perplexity = float(min(30.0, max(1.0, (n - 1) / 3)))
+    return torch.from_numpy(TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(data)).float()
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    t = torch.tensor(values, dtype=torch.float64)
+    if len(t) == 0:
+        return {"best": None, "mean": None, "median": None, "min": None}
+    return {"best": t.max().item(), "mean": t.mean().item(), "median": t.median().item(), "min": t.min().item()}

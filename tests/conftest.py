@@ -33,3 +33,31 @@ def small_train() -> Split:
     except Exception as e:  # pragma: no cover - .ci/run installs the package
         pytest.skip(f"Fashion-MNIST train split not installed: {e}")
     return Split(images[:1024], labels[:1024], "fashion-mnist")
+
+
+@pytest.fixture(scope="session")
+def tiny_collection(tmp_path_factory, small_train, small_test):
+    """A real collection (K = 8) and BadNets victim on 1024 training images, one epoch each."""
+    from pdiff.backdoor import Trigger
+    from pdiff.collect import run_collect, run_victim
+    from pdiff.tasks import get_task
+
+    task = get_task("fmnist-convnet")
+    task.recipe.epochs, task.recipe.k, task.recipe.save_every = 1, 8, 4
+    out = tmp_path_factory.mktemp("collection")
+    run_collect(task, out, small_train, small_test, seed=0)
+    run_victim(task, Trigger(), out, small_train, small_test, seed=1)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory, tiny_collection):
+    """A bundle trained for a few steps with small networks, saved and loaded back."""
+    from pdiff.bundle import Bundle
+    from pdiff.config import AEConfig, DDPMConfig
+    from pdiff.train import load_collection, train_bundle
+
+    bundle = train_bundle(load_collection(tiny_collection), AEConfig(channels=[16, 32], steps=60),
+                          DDPMConfig(channels=32, blocks=2, steps=60), seed=0)
+    path = bundle.save(tmp_path_factory.mktemp("bundles") / "tiny")
+    return Bundle.load(path)

@@ -1,0 +1,88 @@
+"""Plotly figures from a report dict; no gradio here. Tests read `fig.data`."""
+from __future__ import annotations
+
+import plotly.graph_objects as go
+
+SOURCE_ORDER = ["generated", "originals", "interpolation", "noise_0.01", "noise_0.05", "noise_0.15"]
+COLORS = {"generated": "#d62728", "originals": "#1f77b4", "interpolation": "#2ca02c",
+          "noise_0.01": "#9467bd", "noise_0.05": "#8c564b", "noise_0.15": "#7f7f7f"}
+
+
+def _sources(report: dict) -> dict[str, dict]:
+    """generated, originals and each baseline -> their metric lists, in a stable order."""
+    found = {"generated": report["generated"], "originals": report["originals"], **report.get("baselines", {})}
+    ordered = [s for s in SOURCE_ORDER if s in found] + [s for s in found if s not in SOURCE_ORDER]
+    return {s: found[s] for s in ordered}
+
+
+def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
+    fig.update_layout(title=title, xaxis_title=x, yaxis_title=y, template="plotly_white",
+                      margin=dict(l=50, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def _distribution(report: dict, key: str, title: str, axis: str) -> go.Figure:
+    fig = go.Figure()
+    for name, m in _sources(report).items():
+        if m.get(key):
+            fig.add_trace(go.Box(y=m[key], name=name, boxpoints="all", jitter=0.4, pointpos=0, marker_size=4,
+                                 marker_color=COLORS.get(name), line_color=COLORS.get(name)))
+    if key in report["target"]:
+        fig.add_hline(y=report["target"][key], line_dash="dash", line_color="black",
+                      annotation_text=f"target as-is ({report['target']['name']}): {report['target'][key]:.2f}")
+    return _layout(fig, title, "source", axis)
+
+
+def accuracy_distribution(report: dict) -> go.Figure:
+    """Test accuracy of every model by source, with a line at the target's own accuracy."""
+    return _distribution(report, "acc", "Accuracy by source", "test accuracy (%)")
+
+
+def asr_distribution(report: dict) -> go.Figure:
+    """Attack success rate by source (backdoored or uploaded targets only)."""
+    return _distribution(report, "asr", "Attack success rate by source", "ASR (%)")
+
+
+def tsne_scatter(report: dict) -> go.Figure:
+    """The joint t-SNE of generated, original and baseline vectors, coloured by source, accuracy on hover."""
+    t = report["tsne"]
+    fig = go.Figure()
+    for name in dict.fromkeys(t["source"]):
+        idx = [i for i, s in enumerate(t["source"]) if s == name]
+        fig.add_trace(go.Scatter(x=[t["x"][i] for i in idx], y=[t["y"][i] for i in idx], mode="markers", name=name,
+                                 marker=dict(size=6, color=COLORS.get(name), opacity=0.75),
+                                 customdata=[t["acc"][i] for i in idx],
+                                 hovertemplate=name + "<br>acc %{customdata:.2f}%<extra></extra>"))
+    return _layout(fig, "t-SNE of parameter vectors", "t-SNE 1", "t-SNE 2")
+
+
+def accuracy_vs_iou(report: dict) -> go.Figure:
+    """The memorisation view: each generated model's accuracy against its max IoU to any original."""
+    g = report["generated"]
+    fig = go.Figure(go.Scatter(x=report["similarity"]["max_iou_to_originals"], y=g["acc"], mode="markers",
+                               name="generated", marker=dict(size=6, color=COLORS["generated"]),
+                               hovertemplate="max IoU %{x:.3f}<br>acc %{y:.2f}%<extra></extra>"))
+    for name, b in report["similarity"].get("baselines", {}).items():
+        if b["max_iou_to_originals_mean"] is not None and report["summary"][name]["mean"] is not None:
+            fig.add_trace(go.Scatter(x=[b["max_iou_to_originals_mean"]], y=[report["summary"][name]["mean"]],
+                                     mode="markers", name=f"{name} (mean)",
+                                     marker=dict(size=12, symbol="diamond", color=COLORS.get(name))))
+    return _layout(fig, "Accuracy vs. similarity to the nearest original", "max IoU to originals", "test accuracy (%)")
+
+
+def summary_rows(report: dict) -> list[list]:
+    """Rows of the summary table: source, best, mean, median, min (ACC), and mean ASR / RA / DER for a victim."""
+    rows = []
+    backdoor = report["backdoor"] == "applicable"
+    for name, m in _sources(report).items():
+        s = report["summary"][name]
+        row = [name, *(round(s[k], 2) if s[k] is not None else None for k in ("best", "mean", "median", "min"))]
+        if backdoor:
+            row += [round(sum(m[k]) / len(m[k]), 2 if k != "der" else 3) if m.get(k) else None for k in ("asr", "ra", "der")]
+        rows.append(row)
+    return rows
+
+
+def summary_headers(report: dict) -> list[str]:
+    head = ["source", "ACC best", "ACC mean", "ACC median", "ACC min"]
+    return head + (["ASR mean", "RA mean", "DER mean"] if report["backdoor"] == "applicable" else [])

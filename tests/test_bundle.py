@@ -1,0 +1,103 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pdiff.bundle import BUNDLE_JSON, DENOISER_FILE, Bundle, BundleError
+from pdiff.config import AEConfig, DDPMConfig
+from pdiff.sample import sample
+from pdiff.train import load_collection, train_bundle
+
+
+def test_roundtrip_gives_identical_samples(tiny_bundle, tmp_path):
+    again = Bundle.load(tiny_bundle.save(tmp_path / "copy"))
+    for sampler, steps in (("ddim", 10), ("ddpm", None)):
+        a = sample(tiny_bundle, 6, sampler, steps, torch.Generator().manual_seed(3))
+        b = sample(again, 6, sampler, steps, torch.Generator().manual_seed(3))
+        assert torch.equal(a, b)
+    assert a.shape == (6, tiny_bundle.originals.shape[1])
+    assert not torch.equal(a, sample(again, 6, "ddpm", None, torch.Generator().manual_seed(4)))
+    assert again.task == tiny_bundle.task and again.layout == tiny_bundle.layout
+
+
+def test_bundle_json_records_what_the_design_asks(tiny_bundle):
+    meta = json.loads((tiny_bundle.path / BUNDLE_JSON).read_text())
+    assert meta["format_version"] == 1 and meta["task"]["name"] == "fmnist-convnet"
+    assert [n for n, _ in meta["layout"]] == tiny_bundle.task.train_layer
+    assert len(meta["originals_acc"]) == 8 and meta["victim"]["asr"] >= 0
+    assert set(meta["files"]) >= {"autoencoder.safetensors", DENOISER_FILE, "originals.safetensors",
+                                  "stats.safetensors", "base.safetensors", "victim.safetensors"}
+    assert all(len(h) == 64 for h in meta["files"].values())
+
+
+def test_ema_weights_are_saved_and_used(tiny_collection, tmp_path):
+    # decay 1.0: the EMA never leaves its initialisation, whose output layer is zero,
+    # while the trained network moves away from it; the bundle must hold the EMA
+    bundle = train_bundle(load_collection(tiny_collection), AEConfig(channels=[16, 32], steps=5),
+                          DDPMConfig(channels=32, blocks=2, steps=20, ema_decay=1.0), seed=0)
+    saved = load_file(bundle.save(tmp_path / "b") / DENOISER_FILE)
+    assert torch.count_nonzero(saved["out.2.weight"]) == 0
+    loaded = Bundle.load(tmp_path / "b")
+    z = torch.randn(4, *loaded.autoencoder.latent_shape)
+    assert torch.count_nonzero(loaded.denoiser(z, torch.tensor([10, 200, 500, 999]))) == 0
+
+
+def _corrupt(bundle_path, tmp_path, how):
+    dst = tmp_path / how
+    shutil.copytree(bundle_path, dst)
+    meta = json.loads((dst / BUNDLE_JSON).read_text())
+    if how == "missing":
+        (dst / DENOISER_FILE).unlink()
+    elif how == "checksum":
+        data = bytearray((dst / DENOISER_FILE).read_bytes())
+        data[-1] ^= 1
+        (dst / DENOISER_FILE).write_bytes(bytes(data))
+    elif how == "newer":
+        meta["format_version"] = 99
+    elif how == "unknown":
+        meta["format"] = "something-else"
+    (dst / BUNDLE_JSON).write_text(json.dumps(meta))
+    return dst
+
+
+@pytest.mark.parametrize("how,message", [("missing", "bundle file missing: .*denoiser_ema"),
+                                         ("checksum", "checksum mismatch for .*denoiser_ema"),
+                                         ("newer", "format_version 99; .*upgrade pdiff"),
+                                         ("unknown", "not a pdiff bundle")])
+def test_damaged_bundles_get_one_clear_error(tiny_bundle, tmp_path, how, message):
+    with pytest.raises(BundleError, match=message):
+        Bundle.load(_corrupt(tiny_bundle.path, tmp_path, how))
+
+
+def test_failed_save_leaves_no_half_bundle(tiny_bundle, tmp_path, monkeypatch):
+    import pdiff.bundle as bundle_mod
+
+    calls = {"n": 0}
+    real = bundle_mod.write_safetensors
+
+    def fail_third(path, tensors, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise OSError("disk full")
+        real(path, tensors, metadata)
+
+    monkeypatch.setattr(bundle_mod, "write_safetensors", fail_third)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_bundle.save(tmp_path / "out")
+    assert list(tmp_path.iterdir()) == []  # neither the bundle nor its temporary folder
+
+
+def test_loads_a_snapshot_style_folder(tiny_bundle, tmp_path):
+    # snapshot_download returns a plain folder of the repo's files; a path like that loads as is
+    snap = tmp_path / "models--me--bundle" / "snapshots" / "abc123"
+    shutil.copytree(tiny_bundle.path, snap)
+    assert Bundle.load(snap).layout == tiny_bundle.layout
+
+
+def test_non_bundle_paths(tmp_path):
+    with pytest.raises(BundleError, match="no bundle folder"):
+        Bundle.load(tmp_path / "absent")
+    with pytest.raises(BundleError, match="bundle.json is missing"):
+        Bundle.load(tmp_path)

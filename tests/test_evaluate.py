@@ -1,0 +1,108 @@
+import copy
+
+import pytest
+import torch
+
+from pdiff import plots
+from pdiff.backdoor import der
+from pdiff.evaluate import BatchedEvaluator, iou_matrix, mean_offdiag, tsne_2d
+from pdiff.report import NOT_APPLICABLE, familiar_lines, run_report
+from pdiff.targets import check_architecture
+
+
+def test_iou_by_matrices_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(5, 40, generator=g) < 0.3
+    b = torch.rand(4, 40, generator=g) < 0.5
+    m = iou_matrix(a, b)
+    for i in range(5):
+        for j in range(4):
+            sa = {k for k in range(40) if a[i, k]}
+            sb = {k for k in range(40) if b[j, k]}
+            assert m[i, j].item() == pytest.approx(len(sa & sb) / len(sa | sb))
+    assert mean_offdiag(iou_matrix(a, a)) == pytest.approx(
+        sum(iou_matrix(a, a)[i, j].item() for i in range(5) for j in range(5) if i != j) / 20)
+
+
+def test_batched_equals_one_model_at_a_time(tiny_bundle, small_test):
+    model = check_architecture(tiny_bundle.task, tiny_bundle.base_state)
+    ev = BatchedEvaluator(model, small_test.normalized(), tiny_bundle.names, max_elements=50_000)
+    stacked = {n: v[:3] for n, v in
+               zip(tiny_bundle.names, torch.split(tiny_bundle.originals, [torch.Size(s).numel() for _, s in tiny_bundle.layout], 1))}
+    stacked = {n: stacked[n].reshape(3, *s) for n, s in tiny_bundle.layout}
+    batched = ev.predict_many(stacked, models_per_chunk=2)
+    for i in range(3):
+        state = dict(tiny_bundle.base_state)
+        state.update({n: v[i] for n, v in stacked.items()})
+        one = check_architecture(tiny_bundle.task, state)
+        with torch.no_grad():
+            assert torch.equal(one(small_test.normalized()).argmax(-1), batched[i])
+
+
+@pytest.fixture(scope="module")
+def victim_report(tiny_bundle, small_test):
+    return run_report(tiny_bundle, "victim", n=7, seed=0, sampler="ddim", steps=5, test=small_test)[0]
+
+
+def test_report_has_every_key_with_lists_of_length_n(victim_report):
+    r = victim_report
+    for key in ("task", "target", "n", "seed", "layers", "generated", "originals", "baselines", "summary",
+                "similarity", "tsne", "timings_s", "device"):
+        assert key in r, key
+    assert r["n"] == 7 and r["generated"]["nonfinite"] == 0
+    for key in ("acc", "asr", "ra", "der"):
+        assert len(r["generated"][key]) == 7
+    for key in ("acc", "asr", "ra"):
+        assert len(r["originals"][key]) == 8
+    assert {"acc", "asr"} <= set(r["target"])
+    assert set(r["baselines"]) == {"noise_0.01", "noise_0.05", "noise_0.15", "interpolation"}
+    assert len(r["similarity"]["max_iou_to_originals"]) == 7
+    assert set(r["similarity"]["mean_iou"]) == {"oo", "gg", "og"}
+    assert len(r["tsne"]["x"]) == len(r["tsne"]["source"]) == 7 + 8 + 4 * 7
+    assert set(r["summary"]["generated"]) == {"best", "mean", "median", "min"}
+    assert set(r["timings_s"]) == {"sample", "evaluate"}
+
+
+def test_der_follows_the_formula(victim_report):
+    r = victim_report
+    expected = der(r["target"]["acc"], r["target"]["asr"], r["generated"]["acc"], r["generated"]["asr"])
+    assert r["generated"]["der"] == pytest.approx(expected)
+    for value, acc, asr in zip(r["generated"]["der"], r["generated"]["acc"], r["generated"]["asr"]):
+        by_hand = (max(0.0, r["target"]["asr"] - asr) / 100 - max(0.0, r["target"]["acc"] - acc) / 100 + 1) / 2
+        assert value == pytest.approx(by_hand)
+
+
+def test_originals_in_the_clean_target_match_the_collection(tiny_bundle, small_test):
+    r, _ = run_report(tiny_bundle, "clean", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False)
+    assert r["originals"]["acc"] == pytest.approx(tiny_bundle.meta["originals_acc"], abs=1e-6)
+    assert r["backdoor"] == NOT_APPLICABLE and "asr" not in r["generated"] and "asr" not in r["target"]
+    assert "average:" in familiar_lines(r)
+
+
+def test_nonfinite_parameter_sets_are_counted_not_spliced(tiny_bundle, small_test):
+    broken = copy.copy(tiny_bundle)
+    broken.autoencoder = copy.deepcopy(tiny_bundle.autoencoder)
+    with torch.no_grad():
+        broken.autoencoder.decoder[-1].bias[0] = float("nan")
+    r, vectors = run_report(broken, "clean", n=4, sampler="ddim", steps=3, test=small_test, with_tsne=False)
+    assert r["generated"]["nonfinite"] == 4 and r["generated"]["acc"] == []
+    assert r["summary"]["generated"]["mean"] is None and torch.isnan(vectors).any()
+
+
+def test_tsne_is_seeded_and_handles_tiny_inputs():
+    x = torch.randn(12, 30, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tsne_2d(x, seed=1), tsne_2d(x, seed=1))
+    assert tsne_2d(x[:2]).shape == (2, 2)
+
+
+def test_plots_build_from_a_real_report(victim_report):
+    acc = plots.accuracy_distribution(victim_report)
+    assert [t.name for t in acc.data][:2] == ["generated", "originals"]
+    assert list(acc.data[0].y) == victim_report["generated"]["acc"]
+    assert list(plots.asr_distribution(victim_report).data[0].y) == victim_report["generated"]["asr"]
+    tsne = plots.tsne_scatter(victim_report)
+    assert sum(len(t.x) for t in tsne.data) == len(victim_report["tsne"]["x"])
+    iou = plots.accuracy_vs_iou(victim_report)
+    assert list(iou.data[0].x) == victim_report["similarity"]["max_iou_to_originals"]
+    rows = plots.summary_rows(victim_report)
+    assert rows[0][0] == "generated" and len(rows[0]) == len(plots.summary_headers(victim_report)) == 8
