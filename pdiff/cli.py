@@ -244,13 +244,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ---- push / pull -----------------------------------------------------------------------
+def _add_push(sub) -> None:
+    p = sub.add_parser("push", formatter_class=_FMT, help="upload a bundle folder to the Hugging Face Hub",
+                       description="Check the bundle, create the Hub repo if needed, upload the folder and a "
+                                   "generated model card. Needs a token (HF_TOKEN or `huggingface-cli login`).")
+    p.add_argument("bundle", type=Path, help="bundle folder")
+    p.add_argument("repo_id", help="owner/name on the Hub")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.set_defaults(func=cmd_push)
+
+
+def cmd_push(args) -> int:
+    from pdiff.hub import push
+
+    print(push(args.bundle, args.repo_id, private=args.private))
+    return 0
+
+
+def _add_pull(sub) -> None:
+    p = sub.add_parser("pull", formatter_class=_FMT, help="download a bundle from the Hugging Face Hub",
+                       description="Download a bundle repo with snapshot_download (from the local cache when "
+                                   "HF_HUB_OFFLINE=1), check it loads, and print its folder.")
+    p.add_argument("repo_id", help="owner/name on the Hub")
+    p.add_argument("--out", type=Path, default=None, help="copy into this folder instead of the Hub cache")
+    p.set_defaults(func=cmd_pull)
+
+
+def cmd_pull(args) -> int:
+    from pdiff.hub import pull
+
+    print(pull(args.repo_id, args.out))
+    return 0
+
+
 # ---- main ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pdiff", formatter_class=_FMT,
                                      description="Neural-network parameter diffusion: collect checkpoints, train an "
                                                  "autoencoder + latent DDPM, sample, splice and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_collect, _add_train, _add_sample, _add_evaluate):
+    for add in (_add_collect, _add_train, _add_sample, _add_evaluate, _add_push, _add_pull):
         add(sub)
     return parser
 

@@ -1,0 +1,9 @@
+"""Entry point for `python app.py` and Hugging Face Spaces: build the UI, launch it."""
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+from pdiff.ui import build_demo, launch  # noqa: E402
+
+if __name__ == "__main__":
+    launch(build_demo())

@@ -1,0 +1,27 @@
+"""Long texts for the app, kept out of the layout code."""
+
+INTRO = """
+# pdiff: neural-network parameter diffusion
+
+Generate new parameters for a classifier's layers with a latent diffusion model
+([p-diff](https://arxiv.org/abs/2402.13144)), splice them into a target model and see how
+they perform next to the checkpoints they were trained on and simple baselines
+(noisy copies, interpolations).
+
+Pick a bundle and a target, press **Run**. The target may be the bundle's clean model,
+its BadNets victim, or a model you upload (a `.pth` state dict, a whole module of a known
+architecture, or `.safetensors`): uploads are loaded without running any pickled code.
+"""
+
+HOW_TO_READ = """
+**How to read the results.** *Accuracy by source*: every generated model's test accuracy next to
+the K originals and the baselines; the dashed line is the target as-is. *t-SNE*: one joint
+embedding of all parameter vectors. *Accuracy vs. similarity*: for each generated model,
+the IoU of its wrongly classified test images with those of its nearest original; a
+generator that only copies sits at the far right, with the small-noise baseline.
+For a backdoored target, ASR is the share of triggered non-target images classified as the
+target class, RA the share still classified correctly, DER the defence effectiveness
+rating against the target as-is (0.5 = no change, 1 = backdoor gone at no accuracy cost).
+
+Data: Fashion-MNIST (Zalando Research, MIT licence).
+"""

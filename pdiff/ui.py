@@ -1,0 +1,175 @@
+"""build_demo() -> gr.Blocks: layout and wiring; handlers at module level only format."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+import gradio as gr
+import torch
+
+from pdiff import plots, text
+from pdiff.bundle import Bundle, BundleError
+from pdiff.data import DataError
+from pdiff.targets import TargetError
+
+CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+DEFAULT_N, MAX_N = 100, 500
+MAX_UPLOAD = "200mb"
+
+try:  # on a ZeroGPU Space, `spaces.GPU` borrows a GPU for the duration of one call
+    import spaces
+
+    _gpu = spaces.GPU
+except ImportError:
+    def _gpu(fn):
+        return fn
+
+
+def shipped_bundles() -> dict[str, Path]:
+    """Shipped bundle name -> folder: every checkpoints/<name>/bundle with a bundle.json."""
+    return {p.parent.name: p for p in sorted(CHECKPOINTS.glob("*/bundle")) if (p / "bundle.json").is_file()}
+
+
+def _device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@lru_cache(maxsize=4)
+def load_bundle(source: str) -> Bundle:
+    """A shipped bundle by name, a local folder, or a Hub repo id; cached."""
+    source = (source or "").strip()
+    if not source:
+        raise BundleError("choose a bundle")
+    shipped = shipped_bundles()
+    return Bundle.load(shipped.get(source, source))
+
+
+@lru_cache(maxsize=2)
+def _test_split(dataset: str):
+    from pdiff.collect import Split
+    from pdiff.data import load_split
+
+    return Split(*load_split(dataset, "test"), dataset)
+
+
+@_gpu
+def _compute(bundle_source, target, layers, n, sampler, steps, seed, progress):
+    """The GPU part: sample, splice, evaluate. Returns plain data; figures are built outside."""
+    from pdiff.report import run_report
+
+    bundle = load_bundle(bundle_source)
+    device = _device()
+    return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
+                      progress=lambda frac, desc: progress(frac, desc=desc))
+
+
+def generate(bundle: str, target: str = "clean", victim_file: str | None = None, layers: list[str] | None = None,
+             n: int = DEFAULT_N, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+             progress=gr.Progress()):
+    """Run: sample n parameter sets, splice into the target, evaluate; return report, files, table and figures."""
+    from pdiff.files import write_json, write_safetensors
+    from pdiff.params import unflatten
+
+    n, steps, seed = int(n), int(steps), int(seed)
+    if not 1 <= n <= MAX_N:
+        raise gr.Error(f"N must be between 1 and {MAX_N}, got {n}")
+    if target == "upload":
+        if not victim_file:
+            raise gr.Error("target is 'upload' but no model file was uploaded")
+        target_arg = victim_file if isinstance(victim_file, str) else victim_file.name
+    elif target in ("clean", "victim"):
+        target_arg = target
+    else:
+        raise gr.Error(f"unknown target {target!r}; use clean, victim or upload")
+    try:
+        report, vectors = _compute(bundle, target_arg, list(layers or []), n, sampler, steps, seed, progress)
+        b = load_bundle(bundle)
+    except (ValueError, BundleError, TargetError, DataError, OSError) as e:
+        raise gr.Error(str(e)) from None
+    if target == "upload":
+        report["target"]["name"] = Path(target_arg).name
+    out = Path(tempfile.mkdtemp(prefix="pdiff-"))
+    report_path, params_path = out / "report.json", out / "generated.safetensors"
+    write_json(report_path, report)
+    write_safetensors(params_path, unflatten(vectors, b.layout),
+                      {"task": b.task.name, "layout": json.dumps([[k, list(s)] for k, s in b.layout])})
+    backdoor = report["backdoor"] == "applicable"
+    table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
+    return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
+            plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
+            plots.accuracy_vs_iou(report), _status(report))
+
+
+def _status(report: dict) -> str:
+    s, o, t = report["summary"]["generated"], report["summary"]["originals"], report["target"]
+    if s["mean"] is None:
+        return f"All {report['n']} generated parameter sets had non-finite values; nothing to evaluate."
+    line = (f"**{report['n'] - report['generated']['nonfinite']} generated models** on `{t['name']}`: "
+            f"accuracy best {s['best']:.2f} / mean {s['mean']:.2f} / median {s['median']:.2f} / min {s['min']:.2f} "
+            f"(originals best {o['best']:.2f} / mean {o['mean']:.2f}; target as-is {t['acc']:.2f}). "
+            f"Sampling {report['timings_s']['sample']:.1f} s, evaluation {report['timings_s']['evaluate']:.1f} s "
+            f"on {report['device']}.")
+    if report["generated"]["nonfinite"]:
+        line += f" {report['generated']['nonfinite']} sets had non-finite values and were left out."
+    if report["backdoor"] != "applicable":
+        line += " Backdoor metrics do not apply to the clean target."
+    return line
+
+
+def layer_choices(bundle: str):
+    """When the bundle changes: its layers become the choices, all selected."""
+    try:
+        names = load_bundle(bundle).names
+    except (ValueError, BundleError, OSError) as e:
+        raise gr.Error(str(e)) from None
+    return gr.update(choices=names, value=names)
+
+
+def build_demo(default_bundle: str | None = None) -> gr.Blocks:
+    shipped = shipped_bundles()
+    default_bundle = default_bundle or next(iter(shipped), "")
+    default_layers = load_bundle(default_bundle).names if default_bundle else []
+    with gr.Blocks(title="pdiff: parameter diffusion") as demo:
+        gr.Markdown(text.INTRO)
+        with gr.Row():
+            with gr.Column(scale=1, min_width=320):
+                bundle = gr.Dropdown(choices=list(shipped), value=default_bundle, allow_custom_value=True,
+                                     label="Bundle", info="a shipped bundle, a local folder, or a Hub repo id (owner/name)")
+                target = gr.Radio(["clean", "victim", "upload"], value="clean", label="Target model")
+                victim_file = gr.File(label="Uploaded model (.pth / .pt / .safetensors)",
+                                      file_types=[".pth", ".pt", ".safetensors"], type="filepath")
+                layers = gr.CheckboxGroup(choices=default_layers, value=default_layers, label="Layers to splice")
+                n = gr.Slider(1, MAX_N, value=DEFAULT_N, step=1, label="N (parameter sets to generate)")
+                sampler = gr.Radio(["ddpm", "ddim"], value="ddim", label="Sampler",
+                                   info="DDPM runs all 1000 steps; DDIM is the fast option")
+                steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps")
+                seed = gr.Number(value=0, precision=0, label="Seed")
+                run = gr.Button("Run", variant="primary")
+            with gr.Column(scale=2):
+                status = gr.Markdown("Press **Run** to sample and evaluate.")
+                table = gr.Dataframe(label="Summary", interactive=False)
+                with gr.Row():
+                    acc_plot = gr.Plot(label="Accuracy distribution")
+                    asr_plot = gr.Plot(label="ASR distribution (backdoored or uploaded targets)")
+                with gr.Row():
+                    tsne_plot = gr.Plot(label="t-SNE")
+                    iou_plot = gr.Plot(label="Accuracy vs. max IoU")
+                with gr.Row():
+                    report_file = gr.File(label="JSON report")
+                    params_file = gr.File(label="Generated parameters (safetensors)")
+                gr.Markdown(text.HOW_TO_READ)
+        bundle.change(layer_choices, bundle, layers, api_name=False)
+        run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed],
+                  [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status],
+                  api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
+    demo.queue(max_size=16)
+    return demo
+
+
+def launch(demo: gr.Blocks, **kwargs) -> None:
+    """One launch path for app.py and tests: honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    demo.launch(max_file_size=MAX_UPLOAD, **kwargs)

@@ -1,0 +1,48 @@
+"""A real browser (Debian's Chromium, driven by Playwright) opens the app, clicks Run, waits for the plots."""
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from pdiff.ui import build_demo, launch
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run"]
+SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed (apt-get install chromium)")
+def test_click_run_draws_both_plots(tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    demo = build_demo()
+    launch(demo, server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+            page = browser.new_page(viewport={"width": 1500, "height": 1400})
+            page.goto(demo.local_url, wait_until="networkidle")
+            page.get_by_role("button", name="Run").click()
+            t0 = time.perf_counter()
+            # the accuracy distribution and the t-SNE (and the IoU view) are drawn by plotly
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=300_000)
+            seconds = time.perf_counter() - t0
+            page.wait_for_timeout(500)
+            status = page.get_by_text("generated models").first.inner_text()
+            assert "accuracy best" in status
+            out = SCREENSHOT if os.environ.get("PDIFF_UPDATE_SCREENSHOT") else tmp_path / "screenshot.png"
+            page.screenshot(path=str(out), full_page=True)
+            assert out.stat().st_size > 10_000
+            print(f"click-to-plots: {seconds:.1f} s")
+            browser.close()
+    finally:
+        demo.close()

@@ -1,0 +1,91 @@
+"""The app launched in-process, driven through gradio_client like a real API client."""
+import json
+import os
+import socket
+
+import pytest
+import torch
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+
+from pdiff.tasks import build_model, get_task
+from pdiff.ui import build_demo, launch, shipped_bundles
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def client():
+    assert "fmnist-convnet" in shipped_bundles()
+    demo = build_demo()
+    launch(demo, server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def _run(client, **kwargs):
+    kwargs = {"n": 6, "sampler": "ddim", "steps": 5, "seed": 0, **kwargs}
+    return client.predict(**kwargs, api_name="/generate")
+
+
+def test_generate_on_default_bundle(client):
+    out = _run(client)
+    report = json.loads(open(out[0]).read())
+    assert report["task"] == "fmnist-convnet" and report["n"] == 6
+    assert len(report["generated"]["acc"]) == 6 and len(report["similarity"]["max_iou_to_originals"]) == 6
+    assert os.path.getsize(out[1]) > 0  # generated parameters file
+    for fig in (out[3], out[5], out[6]):  # accuracy, t-SNE, accuracy-vs-IoU plots
+        parsed = json.loads(fig["plot"])
+        assert parsed["data"], "plot has no traces"
+    assert "generated models" in out[7]
+
+
+def test_uploaded_victim_state_dict(client, tmp_path):
+    from pdiff.ui import load_bundle
+
+    victim = load_bundle("fmnist-convnet").victim_state
+    path = tmp_path / "victim.pth"
+    torch.save(victim, path)
+    out = _run(client, target="upload", victim_file=handle_file(str(path)))
+    report = json.loads(open(out[0]).read())
+    assert report["target"]["name"] == "victim.pth" and len(report["generated"]["asr"]) == 6
+    assert report["target"]["asr"] > 50  # the uploaded model is the backdoored one
+    assert json.loads(out[4]["plot"])["data"]  # ASR plot drawn
+
+
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mknod, (self.path,))
+
+
+def test_uploaded_pickle_payload_is_refused_and_does_not_run(client, tmp_path):
+    marker = tmp_path / "payload-ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": _Payload(str(marker))}, path)
+    with pytest.raises(AppError, match="refusing to load"):
+        _run(client, target="upload", victim_file=handle_file(str(path)))
+    assert not marker.exists()
+    _run(client, n=2)  # and the app keeps serving
+
+
+def test_uploaded_wrong_architecture_names_layers(client, tmp_path):
+    path = tmp_path / "resnet.pth"
+    torch.save(build_model(get_task("fmnist-resnet18")).state_dict(), path)
+    with pytest.raises(AppError, match="missing: conv2.weight"):
+        _run(client, target="upload", victim_file=handle_file(str(path)))
+
+
+def test_bad_parameters_get_clear_errors(client):
+    with pytest.raises(AppError, match="no model file was uploaded"):
+        _run(client, target="upload")
+    with pytest.raises(AppError, match="layers not in the bundle's train_layer"):
+        _run(client, layers=["conv1.weight"])
