@@ -52,11 +52,10 @@ class ConvNet(StagedNet):
             ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
             ("conv2", nn.Conv2d(w, 2 * w, 3, padding=1, bias=False)), ("bn2", nn.BatchNorm2d(2 * w)),
             ("relu2", nn.ReLU()), ("pool2", nn.MaxPool2d(2)),
-            # pooling before bn3 keeps the tail's input small (128 x 3 x 3): the batched
-            # evaluation of N generated (bn3, linear) sets runs on that cached tensor
-            ("conv3", nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False)), ("pool3", nn.MaxPool2d(2)),
-            ("bn3", nn.BatchNorm2d(4 * w)), ("relu3", nn.ReLU()), ("gap", nn.AdaptiveAvgPool2d(1)),
-            ("flatten", nn.Flatten()),
+            # global max pooling before bn3 keeps the tail's input at 128 numbers per image: the
+            # batched evaluation runs N generated (bn3, linear) sets on that cached tensor
+            ("conv3", nn.Conv2d(2 * w, 4 * w, 3, padding=1, bias=False)), ("pool3", nn.AdaptiveMaxPool2d(1)),
+            ("bn3", nn.BatchNorm2d(4 * w)), ("relu3", nn.ReLU()), ("flatten", nn.Flatten()),
             ("linear", nn.Linear(4 * w, num_classes)),
         ]))
 
@@ -103,4 +102,4 @@ ARCHS = {"convnet": ConvNet, "resnet18": ResNet18}
 
 # Classes a whole pickled module may contain; everything else is refused (see targets.py).
 SAFE_MODULE_CLASSES = [ConvNet, ResNet18, BasicBlock, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU,
-                       nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear]
+                       nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear]

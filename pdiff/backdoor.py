@@ -46,7 +46,7 @@ def asr_ra(pred: torch.Tensor, true: torch.Tensor, target: int) -> tuple[float, 
     """On triggered non-target images: ASR = share predicted as target, RA = share still correct (percent)."""
     if (true == target).any():
         raise ValueError("ASR/RA take only images whose true class is not the target")
-    return (100.0 * (pred == target).float().mean(-1)).tolist(), (100.0 * (pred == true).float().mean(-1)).tolist()
+    return (100.0 * (pred == target).double().mean(-1)).tolist(), (100.0 * (pred == true).double().mean(-1)).tolist()
 
 
 def der(acc_before: float, asr_before: float, acc_after, asr_after):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from pdiff.params import Layout, _expand
+from pdiff.params import Layout, per_tensor
 
 NOISE_SIGMAS = (0.01, 0.05, 0.15)  # in units of each tensor's std over the K originals
 
@@ -17,7 +17,7 @@ def noisy_originals(originals: torch.Tensor, tensor_std: torch.Tensor, layout: L
     """Random originals plus Gaussian noise of `sigma` times each tensor's std."""
     idx = torch.randint(0, len(originals), (count,), generator=generator)
     noise = torch.randn(count, originals.shape[1], generator=generator)
-    return originals[idx] + sigma * noise * _expand(tensor_std, layout)
+    return originals[idx] + sigma * noise * per_tensor(tensor_std, layout)
 
 
 def interpolations(originals: torch.Tensor, count: int, generator: torch.Generator) -> torch.Tensor:

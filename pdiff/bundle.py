@@ -65,6 +65,8 @@ class Bundle:
     def save(self, path: str | Path) -> Path:
         """Write the bundle folder atomically; an existing bundle at `path` is replaced whole."""
         path = Path(path)
+        if path.exists() and not (path / BUNDLE_JSON).is_file():
+            raise BundleError(f"{path} exists and is not a bundle; choose a new folder (nothing was written)")
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
         try:

@@ -293,12 +293,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, DataError, OSError, KeyError) as e:
-        if os.environ.get("PDIFF_DEBUG"):
-            raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # one clear line for the user; PDIFF_DEBUG=1 shows the traceback
+        if os.environ.get("PDIFF_DEBUG"):
+            raise
+        if isinstance(e, (ValueError, DataError, OSError)):
+            msg = str(e)
+        elif isinstance(e, KeyError):
+            msg = f"missing entry {e.args[0]!r} in an input file"
+        else:
+            msg = f"{type(e).__name__}: {e} (run with PDIFF_DEBUG=1 for the traceback)"
+        print(f"error: {msg}", file=sys.stderr)
+        return 2

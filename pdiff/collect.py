@@ -169,6 +169,7 @@ def run_collect(task: Task, out: Path, train: Split, test: Split, seed: int, k: 
     coll = collect_checkpoints(model, task, train, test, g, k=k, device=device)
     layout = layout_of(coll.params, task.train_layer, stacked=True)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_FILE).unlink(missing_ok=True)  # no old manifest may describe new files, even after a crash
     write_safetensors(out / BASE_FILE, base_state, _state_meta(task, "clean"))
     write_safetensors(out / CHECKPOINTS_FILE, coll.params, {"format": "pdiff-checkpoints", "task": task.name})
     manifest = {
@@ -192,6 +193,7 @@ def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Spli
     seconds = time.perf_counter() - t0
     metrics = backdoor_metrics(model, test, trigger, device)
     out.mkdir(parents=True, exist_ok=True)
+    (out / VICTIM_JSON).unlink(missing_ok=True)
     write_safetensors(out / VICTIM_FILE, model.state_dict(), _state_meta(task, "victim"))
     report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": "scratch",
               "trigger": trigger.to_dict(), "seed": seed, **metrics, "timings_s": {"train": seconds},

@@ -50,14 +50,14 @@ class Task(_Dict):
 
 @dataclass
 class AEConfig(_Dict):
-    channels: list[int] = field(default_factory=lambda: [64, 128, 256])
+    channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     latent_channels: int = 4
     fold: int = 16                  # vector folded into `fold` channels before the convs
     input_noise: float = 1e-3       # p-diff: both noises are needed
     latent_noise: float = 0.1
-    steps: int = 3000
-    lr: float = 1e-3
-    batch_size: int = 50
+    steps: int = 4000
+    lr: float = 2e-3
+    batch_size: int = 100
 
 
 @dataclass
@@ -67,7 +67,7 @@ class DDPMConfig(_Dict):
     beta_end: float = 2e-2
     channels: int = 128
     blocks: int = 4
-    steps: int = 6000
+    steps: int = 4000
     lr: float = 1e-3
     batch_size: int = 100
     ema_decay: float = 0.999

@@ -102,4 +102,4 @@ def summary(values: list[float]) -> dict[str, float]:
     t = torch.tensor(values, dtype=torch.float64)
     if len(t) == 0:
         return {"best": None, "mean": None, "median": None, "min": None}
-    return {"best": t.max().item(), "mean": t.mean().item(), "median": t.median().item(), "min": t.min().item()}
+    return {"best": t.max().item(), "mean": t.mean().item(), "median": t.quantile(0.5).item(), "min": t.min().item()}

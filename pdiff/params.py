@@ -59,15 +59,15 @@ def norm_stats(stacked: dict[str, torch.Tensor], layout: Layout) -> tuple[torch.
     return mean, std
 
 
-def _expand(stat: torch.Tensor, layout: Layout) -> torch.Tensor:
+def per_tensor(stat: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Per-tensor scalars -> a length-P vector aligned with the flat layout."""
     sizes = torch.tensor([math.prod(s) for _, s in layout], device=stat.device)
     return torch.repeat_interleave(stat, sizes)
 
 
 def normalize(vectors: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, layout: Layout) -> torch.Tensor:
-    return (vectors - _expand(mean, layout)) / _expand(std, layout)
+    return (vectors - per_tensor(mean, layout)) / per_tensor(std, layout)
 
 
 def denormalize(vectors: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, layout: Layout) -> torch.Tensor:
-    return vectors * _expand(std, layout) + _expand(mean, layout)
+    return vectors * per_tensor(std, layout) + per_tensor(mean, layout)

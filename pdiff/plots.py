@@ -29,7 +29,8 @@ def _distribution(report: dict, key: str, title: str, axis: str) -> go.Figure:
                                  marker_color=COLORS.get(name), line_color=COLORS.get(name)))
     if key in report["target"]:
         fig.add_hline(y=report["target"][key], line_dash="dash", line_color="black",
-                      annotation_text=f"target as-is ({report['target']['name']}): {report['target'][key]:.2f}")
+                      annotation_text=f"target as-is ({report['target']['name']}): {report['target'][key]:.2f}",
+                      annotation_position="top left")
     return _layout(fig, title, "source", axis)
 
 
@@ -47,7 +48,9 @@ def tsne_scatter(report: dict) -> go.Figure:
     """The joint t-SNE of generated, original and baseline vectors, coloured by source, accuracy on hover."""
     t = report["tsne"]
     fig = go.Figure()
-    for name in dict.fromkeys(t["source"]):
+    names = list(dict.fromkeys(t["source"]))
+    names.sort(key=lambda s: s == "generated")  # generated drawn last, on top of the crowd
+    for name in names:
         idx = [i for i, s in enumerate(t["source"]) if s == name]
         fig.add_trace(go.Scatter(x=[t["x"][i] for i in idx], y=[t["y"][i] for i in idx], mode="markers", name=name,
                                  marker=dict(size=6, color=COLORS.get(name), opacity=0.75),

@@ -102,8 +102,8 @@ def run_report(bundle: Bundle, target: str = "clean", n: int = 100, seed: int = 
     sets = {"generated": vectors[finite], "originals": bundle.originals}
     if with_baselines:
         sets.update(baseline_sets(bundle.originals, bundle.norm_std, bundle.layout, min(n, len(bundle.originals)), g))
-    results = {name: engine.run(v) if len(v) else {"acc": [], "wrong": torch.zeros(0, len(test.labels))}
-               for name, v in sets.items()}
+    empty = {"acc": [], "asr": [], "ra": [], "wrong": torch.zeros(0, len(test.labels), dtype=torch.bool)}
+    results = {name: engine.run(v) if len(v) else empty for name, v in sets.items()}
     evaluate_s = time.perf_counter() - t0
     as_is = _as_is(engine, tgt, bundle.layout)
 
@@ -145,7 +145,9 @@ def run_report(bundle: Bundle, target: str = "clean", n: int = 100, seed: int = 
         "backdoor": "applicable" if tgt.trigger is not None else NOT_APPLICABLE,
         "n": n, "seed": seed, "sampler": sampler, "steps": steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps,
         "layers": layers,
-        "generated": {**metrics("generated"), "nonfinite": int((~finite).sum())},
+        # finite_index: row of the saved parameter file behind each entry of the lists above
+        "generated": {**metrics("generated"), "nonfinite": int((~finite).sum()),
+                      "finite_index": finite.nonzero().flatten().tolist()},
         "originals": metrics("originals"),
         "baselines": {name: metrics(name) for name in sets if name not in ("generated", "originals")},
         "summary": {name: summary(results[name]["acc"]) for name in sets},

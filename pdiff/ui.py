@@ -73,7 +73,10 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     from pdiff.files import write_json, write_safetensors
     from pdiff.params import unflatten
 
-    n, steps, seed = int(n), int(steps), int(seed)
+    try:
+        n, steps, seed = int(n), int(steps), int(seed)
+    except (TypeError, ValueError):
+        raise gr.Error("N, steps and seed must be whole numbers") from None
     if not 1 <= n <= MAX_N:
         raise gr.Error(f"N must be between 1 and {MAX_N}, got {n}")
     if target == "upload":
@@ -84,14 +87,18 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
         target_arg = target
     else:
         raise gr.Error(f"unknown target {target!r}; use clean, victim or upload")
+    if layers is not None and len(layers) == 0:
+        raise gr.Error("choose at least one layer to splice")
     try:
         report, vectors = _compute(bundle, target_arg, list(layers or []), n, sampler, steps, seed, progress)
         b = load_bundle(bundle)
     except (ValueError, BundleError, TargetError, DataError, OSError) as e:
         raise gr.Error(str(e)) from None
+    except Exception as e:  # never a stack trace in the page; the app keeps serving
+        raise gr.Error(f"{type(e).__name__}: {e}") from None
     if target == "upload":
         report["target"]["name"] = Path(target_arg).name
-    out = Path(tempfile.mkdtemp(prefix="pdiff-"))
+    out = _run_folder()
     report_path, params_path = out / "report.json", out / "generated.safetensors"
     write_json(report_path, report)
     write_safetensors(params_path, unflatten(vectors, b.layout),
@@ -101,6 +108,22 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
             plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
             plots.accuracy_vs_iou(report), _status(report))
+
+
+RUNS = Path(tempfile.gettempdir()) / "pdiff-runs"
+KEEP_RUNS_S = 3600
+
+
+def _run_folder() -> Path:
+    """A fresh folder for one run's downloads; folders older than an hour are removed."""
+    import shutil
+    import time
+
+    RUNS.mkdir(parents=True, exist_ok=True)
+    for old in RUNS.iterdir():
+        if time.time() - old.stat().st_mtime > KEEP_RUNS_S:
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(dir=RUNS))
 
 
 def _status(report: dict) -> str:
@@ -132,7 +155,8 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
     shipped = shipped_bundles()
     default_bundle = default_bundle or next(iter(shipped), "")
     default_layers = load_bundle(default_bundle).names if default_bundle else []
-    with gr.Blocks(title="pdiff: parameter diffusion") as demo:
+    # delete_cache: gradio's copies of uploads and downloads older than an hour go, checked hourly
+    with gr.Blocks(title="pdiff: parameter diffusion", delete_cache=(KEEP_RUNS_S, KEEP_RUNS_S)) as demo:
         gr.Markdown(text.INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
@@ -141,7 +165,11 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                 target = gr.Radio(["clean", "victim", "upload"], value="clean", label="Target model")
                 victim_file = gr.File(label="Uploaded model (.pth / .pt / .safetensors)",
                                       file_types=[".pth", ".pt", ".safetensors"], type="filepath")
-                layers = gr.CheckboxGroup(choices=default_layers, value=default_layers, label="Layers to splice")
+                # a dropdown that accepts custom values: an API client may name the layers of another bundle
+                layers = gr.Dropdown(choices=default_layers, value=default_layers, multiselect=True,
+                                     allow_custom_value=True, label="Layers to splice",
+                                     info="a subset of the bundle's train_layer; the target keeps its own values "
+                                          "for the rest")
                 n = gr.Slider(1, MAX_N, value=DEFAULT_N, step=1, label="N (parameter sets to generate)")
                 sampler = gr.Radio(["ddpm", "ddim"], value="ddim", label="Sampler",
                                    info="DDPM runs all 1000 steps; DDIM is the fast option")
@@ -149,7 +177,7 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                 seed = gr.Number(value=0, precision=0, label="Seed")
                 run = gr.Button("Run", variant="primary")
             with gr.Column(scale=2):
-                status = gr.Markdown("Press **Run** to sample and evaluate.")
+                status = gr.Markdown("Press **Run** to sample and evaluate.", elem_id="status")
                 table = gr.Dataframe(label="Summary", interactive=False)
                 with gr.Row():
                     acc_plot = gr.Plot(label="Accuracy distribution")

@@ -72,3 +72,18 @@ def test_same_seed_same_samples(two_mode_denoiser):
     b = d.sample(ema, (8, 1, 4), "ddim", 20, torch.Generator().manual_seed(5))
     c = d.sample(ema, (8, 1, 4), "ddim", 20, torch.Generator().manual_seed(6))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("sampler,steps", [("ddpm", None), ("ddim", 100)])
+def test_exact_noise_prediction_recovers_a_gaussian(sampler, steps):
+    # data N(0, s^2): the exact epsilon predictor is sqrt(1 - abar) x_t / (abar s^2 + 1 - abar);
+    # a correct reverse chain driven by it must return samples with standard deviation s
+    d, s = Diffusion(1000), 0.3
+
+    def exact(x, t):
+        abar = d.alphas_cumprod[t].float().view(-1, 1, 1)
+        return (1 - abar).sqrt() * x / (abar * s * s + 1 - abar)
+
+    x = d.sample(exact, (4000, 1, 2), sampler, steps, torch.Generator().manual_seed(0))
+    assert x.std().item() == pytest.approx(s, rel=0.05)
+    assert abs(x.mean().item()) < 0.02

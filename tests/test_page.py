@@ -37,7 +37,7 @@ def test_click_run_draws_both_plots(tmp_path):
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=300_000)
             seconds = time.perf_counter() - t0
             page.wait_for_timeout(500)
-            status = page.get_by_text("generated models").first.inner_text()
+            status = page.locator("#status").inner_text()
             assert "accuracy best" in status
             out = SCREENSHOT if os.environ.get("PDIFF_UPDATE_SCREENSHOT") else tmp_path / "screenshot.png"
             page.screenshot(path=str(out), full_page=True)

@@ -1,0 +1,92 @@
+"""The app as a user meets it: `python app.py` import-to-ready time, idle memory, and click-to-plots.
+
+Starts app.py in a subprocess on a free port, polls until the page answers, reads its resident
+memory after a few idle seconds, then (if Chromium and Playwright are here) clicks Run with
+the defaults (N = 100, DDIM 50) and times until the plots are drawn. Prints one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _click_to_plots(url: str) -> float | None:
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    if not os.path.exists(chromium):
+        return None
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run"]
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, args=flags, headless=True)
+        page = browser.new_page()
+        page.goto(url, wait_until="networkidle")
+        page.get_by_role("button", name="Run").click()
+        t0 = time.perf_counter()
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=600_000)
+        seconds = time.perf_counter() - t0
+        browser.close()
+    return seconds
+
+
+def main() -> None:
+    port = _free_port()
+    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                if proc.poll() is not None:
+                    raise SystemExit("app.py exited before it served the page")
+                time.sleep(0.1)
+        ready_s = time.perf_counter() - t0
+        time.sleep(5)
+        idle_rss = _rss_mb(proc.pid)
+        click_s = _click_to_plots(url)
+        after_rss = _rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    import torch
+
+    print(json.dumps({"name": "app", "device": "cuda" if torch.cuda.is_available() else "cpu",
+                      "ready_s": round(ready_s, 2), "idle_rss_mb": round(idle_rss, 1),
+                      "click_to_plots_s": None if click_s is None else round(click_s, 2),
+                      "n": 100, "sampler": "ddim50", "rss_after_run_mb": round(after_rss, 1)}))
+
+
+if __name__ == "__main__":
+    main()
