@@ -36,6 +36,13 @@ def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-subset", type=int, default=None, help="use only the first N test images")
 
 
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bundle", required=True, help="bundle folder or Hugging Face Hub repo id")
+    p.add_argument("--n", type=int, default=200, help="how many parameter sets to generate")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
+
+
 def _split(args, task, split: str):
     """One split of the task's dataset, cut to --train-subset / --test-subset."""
     from pdiff.collect import Split
@@ -149,10 +156,7 @@ def _add_sample(sub) -> None:
     p = sub.add_parser("sample", formatter_class=_FMT, help="sample N new parameter sets from a bundle",
                        description="Run N latents in one batch through the reverse chain (DDPM, or DDIM with "
                                    "--steps), decode and de-normalise; write {name: (N, *shape)} as safetensors.")
-    p.add_argument("--bundle", required=True, help="bundle folder or Hugging Face Hub repo id")
-    p.add_argument("--n", type=int, default=200, help="how many parameter sets")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
+    _add_sampling(p)
     p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
     _add_common(p)
     p.set_defaults(func=cmd_sample)
@@ -206,11 +210,8 @@ def _add_evaluate(sub) -> None:
                                    "BadNets victim, or a model file loaded safely) and evaluate every model at once "
                                    "on the test split, beside the K originals, noisy originals and interpolations. "
                                    "Writes a JSON report (accuracies in percent) and prints the familiar summary.")
-    p.add_argument("--bundle", required=True, help="bundle folder or Hugging Face Hub repo id")
+    _add_sampling(p)
     p.add_argument("--target", default="clean", help="clean, victim, or a model file (.safetensors / .pth)")
-    p.add_argument("--n", type=int, default=200, help="how many parameter sets to generate")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
     p.add_argument("--layers", default=None, help="comma-separated subset of the bundle's layers to splice (all)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")

@@ -14,6 +14,25 @@ from pdiff.data import load_split  # noqa: E402
 torch.set_num_threads(2)
 
 
+class _Payload:
+    """Unpickling this would create a file: proof that a loader ran pickled code."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mknod, (self.path,))
+
+
+@pytest.fixture()
+def payload_checkpoint(tmp_path):
+    """A .pth whose pickle would create `marker` if it were ever unpickled unsafely: (path, marker)."""
+    marker = tmp_path / "created-by-payload"
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "extra": _Payload(str(marker))}, path)
+    return path, marker
+
+
 @pytest.fixture(scope="session")
 def fmnist_test() -> Split:
     """The Fashion-MNIST test split shipped in assets/ (real data)."""

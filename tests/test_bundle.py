@@ -101,3 +101,12 @@ def test_non_bundle_paths(tmp_path):
         Bundle.load(tmp_path / "absent")
     with pytest.raises(BundleError, match="bundle.json is missing"):
         Bundle.load(tmp_path)
+
+
+def test_save_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_bundle, tmp_path):
+    precious = tmp_path / "collection"
+    precious.mkdir()
+    (precious / "checkpoints.safetensors").write_bytes(b"precious")
+    with pytest.raises(BundleError, match="exists and is not a bundle"):
+        tiny_bundle.save(precious)
+    assert (precious / "checkpoints.safetensors").read_bytes() == b"precious"

@@ -79,12 +79,17 @@ def test_originals_in_the_clean_target_match_the_collection(tiny_bundle, small_t
     assert "average:" in familiar_lines(r)
 
 
-def test_nonfinite_parameter_sets_are_counted_not_spliced(tiny_bundle, small_test):
-    broken = copy.copy(tiny_bundle)
-    broken.autoencoder = copy.deepcopy(tiny_bundle.autoencoder)
+def _broken(bundle, value):
+    """A copy of the bundle whose decoder emits `value` (nan or inf) in every vector."""
+    broken = copy.copy(bundle)
+    broken.autoencoder = copy.deepcopy(bundle.autoencoder)
     with torch.no_grad():
-        broken.autoencoder.decoder[-1].bias[0] = float("nan")
-    r, vectors = run_report(broken, "clean", n=4, sampler="ddim", steps=3, test=small_test, with_tsne=False)
+        broken.autoencoder.decoder[-1].bias[0] = value
+    return broken
+
+
+def test_nonfinite_parameter_sets_are_counted_not_spliced(tiny_bundle, small_test):
+    r, vectors = run_report(_broken(tiny_bundle, float("nan")), "clean", n=4, sampler="ddim", steps=3, test=small_test, with_tsne=False)
     assert r["generated"]["nonfinite"] == 4 and r["generated"]["acc"] == []
     assert r["summary"]["generated"]["mean"] is None and torch.isnan(vectors).any()
 
@@ -106,3 +111,10 @@ def test_plots_build_from_a_real_report(victim_report):
     assert list(iou.data[0].x) == victim_report["similarity"]["max_iou_to_originals"]
     rows = plots.summary_rows(victim_report)
     assert rows[0][0] == "generated" and len(rows[0]) == len(plots.summary_headers(victim_report)) == 8
+
+
+def test_nonfinite_sets_on_a_victim_keep_every_key(tiny_bundle, small_test):
+    r, _ = run_report(_broken(tiny_bundle, float("inf")), "victim", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False)
+    assert r["generated"]["nonfinite"] == 3 and r["generated"]["finite_index"] == []
+    assert r["generated"]["asr"] == [] and r["generated"]["der"] == []
+    assert r["summary_asr"]["generated"]["mean"] is None and len(r["originals"]["asr"]) == 8

@@ -1,5 +1,3 @@
-import os
-
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -19,20 +17,8 @@ def _same(a, b):
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-class _Payload:
-    """Unpickling this would create a file."""
-
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.mknod, (self.path,))
-
-
-def test_refuses_pickle_payload_and_nothing_runs(tmp_path, convnet):
-    marker = tmp_path / "created-by-payload"
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": convnet.state_dict(), "extra": _Payload(str(marker))}, path)
+def test_refuses_pickle_payload_and_nothing_runs(payload_checkpoint):
+    path, marker = payload_checkpoint
     with pytest.raises(TargetError, match="refusing to load .*mknod"):
         load_state_file(path)
     assert not marker.exists()

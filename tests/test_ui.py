@@ -59,18 +59,8 @@ def test_uploaded_victim_state_dict(client, tmp_path):
     assert json.loads(out[4]["plot"])["data"]  # ASR plot drawn
 
 
-class _Payload:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return (os.mknod, (self.path,))
-
-
-def test_uploaded_pickle_payload_is_refused_and_does_not_run(client, tmp_path):
-    marker = tmp_path / "payload-ran"
-    path = tmp_path / "evil.pth"
-    torch.save({"state_dict": _Payload(str(marker))}, path)
+def test_uploaded_pickle_payload_is_refused_and_does_not_run(client, payload_checkpoint):
+    path, marker = payload_checkpoint
     with pytest.raises(AppError, match="refusing to load"):
         _run(client, target="upload", victim_file=handle_file(str(path)))
     assert not marker.exists()
