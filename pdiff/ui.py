@@ -62,6 +62,12 @@ def _compute(bundle_source, target, layers, n, sampler, steps, seed, progress):
 
     bundle = load_bundle(bundle_source)
     device = _device()
+    shipped = shipped_bundles()
+    default = load_bundle(next(iter(shipped))).names if shipped else []
+    if sorted(layers) == sorted(default) and not set(layers) <= set(bundle.names):
+        # an API client that left `layers` at its default (the default bundle's layers) but chose
+        # another bundle means "all of this bundle's layers"
+        layers = bundle.names
     return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
                       progress=lambda frac, desc: progress(frac, desc=desc))
 
