@@ -8,21 +8,35 @@ import torch
 from pdiff.config import _Dict
 
 
+TRIGGERS = ("badnets", "blended")
+
+
 @dataclass
 class Trigger(_Dict):
-    kind: str = "badnets"       # white square patch, bottom-right corner
-    size: int = 3
+    kind: str = "badnets"       # badnets: white square patch, bottom-right; blended: a random pattern mixed in
+    size: int = 3               # badnets patch side
     target: int = 0             # all-to-one target label
     rate: float = 0.1           # share of training images poisoned
+    alpha: float = 0.1          # blended: opacity of the pattern
+    pattern_seed: int = 0       # blended: the fixed pattern is uniform noise from this seed
+
+
+def blend_pattern(shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """The blended trigger's fixed uint8 pattern (C, H, W), the same for every image."""
+    return torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
 
 
 def apply_trigger(images: torch.Tensor, trigger: Trigger) -> torch.Tensor:
     """Stamp the trigger on raw uint8 images (N, C, H, W); returns a copy."""
-    if trigger.kind != "badnets":
-        raise ValueError(f"unknown trigger kind {trigger.kind!r}")
-    out = images.clone()
-    out[..., -trigger.size:, -trigger.size:] = 255
-    return out
+    if trigger.kind == "badnets":
+        out = images.clone()
+        out[..., -trigger.size:, -trigger.size:] = 255
+        return out
+    if trigger.kind == "blended":
+        pattern = blend_pattern(tuple(images.shape[1:]), trigger.pattern_seed).float()
+        mixed = (1 - trigger.alpha) * images.float() + trigger.alpha * pattern
+        return mixed.round().clamp(0, 255).to(torch.uint8)
+    raise ValueError(f"unknown trigger kind {trigger.kind!r}; use one of {', '.join(TRIGGERS)}")
 
 
 def poison(images: torch.Tensor, labels: torch.Tensor, trigger: Trigger,

@@ -70,7 +70,11 @@ def _add_collect(sub) -> None:
     p.add_argument("--save-every", type=int, default=None, help="training steps between saved checkpoints")
     p.add_argument("--train-layer", default=None,
                    help="comma-separated parameter names to collect, in order (task default)")
-    p.add_argument("--backdoor", choices=["badnets"], default=None, help="train a backdoored victim instead")
+    p.add_argument("--backdoor", choices=["badnets", "blended"], default=None,
+                   help="train a backdoored victim instead (badnets: 3x3 white patch; blended: a random pattern mixed in)")
+    p.add_argument("--victim-kind", choices=["scratch", "finetuned"], default="scratch",
+                   help="scratch: trained from random init; finetuned: the clean base in --out fine-tuned on poisoned data")
+    p.add_argument("--blend-alpha", type=float, default=0.1, help="opacity of the blended trigger")
     p.add_argument("--target-label", type=int, default=0, help="backdoor target class")
     p.add_argument("--poison-rate", type=float, default=0.1, help="share of training images poisoned")
     _add_data(p)
@@ -97,9 +101,9 @@ def cmd_collect(args) -> int:
     if args.backdoor:
         if not 0 < args.poison_rate < 1:
             raise ValueError(f"--poison-rate must be between 0 and 1, got {args.poison_rate}")
-        trigger = Trigger(kind=args.backdoor, target=args.target_label, rate=args.poison_rate)
-        report = run_victim(task, trigger, args.out, train, test, args.seed, device)
-        _print_json({k: report[k] for k in ("acc", "asr", "ra", "timings_s")})
+        trigger = Trigger(kind=args.backdoor, target=args.target_label, rate=args.poison_rate, alpha=args.blend_alpha)
+        report = run_victim(task, trigger, args.out, train, test, args.seed, device, kind=args.victim_kind)
+        _print_json({k: report[k] for k in ("file", "acc", "asr", "ra", "timings_s")})
         return 0
     manifest = run_collect(task, args.out, train, test, args.seed, device=device)
     accs = manifest["accs"]

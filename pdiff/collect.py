@@ -183,22 +183,51 @@ def run_collect(task: Task, out: Path, train: Split, test: Split, seed: int, k: 
     return manifest
 
 
+VICTIM_KINDS = ("scratch", "finetuned")
+
+
+def victim_files(kind: str, trigger_kind: str) -> tuple[str, str]:
+    """(weights, report) file names; the scratch BadNets victim keeps the plain names bundles ship."""
+    if (kind, trigger_kind) == ("scratch", "badnets"):
+        return VICTIM_FILE, VICTIM_JSON
+    return f"victim-{kind}-{trigger_kind}.safetensors", f"victim-{kind}-{trigger_kind}.json"
+
+
 def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Split, seed: int,
-               device: str = "cpu") -> dict:
-    """Train a BadNets victim from scratch on poisoned data; write victim.safetensors + victim.json."""
+               device: str = "cpu", kind: str = "scratch") -> dict:
+    """Train a backdoored victim on poisoned data and write its weights and report to `out`.
+
+    scratch: trained from random initialisation (its features share nothing with the clean trunk).
+    finetuned: the clean base in `out` fine-tuned whole on the poisoned data for the recipe's
+    finetune_epochs at a quarter of its learning rate (its trunk stays aligned with the clean one).
+    """
+    if kind not in VICTIM_KINDS:
+        raise ValueError(f"unknown victim kind {kind!r}; use one of {', '.join(VICTIM_KINDS)}")
     g = torch.Generator().manual_seed(seed)
     images, labels, _ = poison(train.images, train.labels, trigger, g)
+    poisoned = Split(images, labels, train.dataset)
     t0 = time.perf_counter()
-    model = fit(init_model(task, g), Split(images, labels, train.dataset), task.recipe, g, device=device, desc="victim")
+    if kind == "scratch":
+        model = fit(init_model(task, g), poisoned, task.recipe, g, device=device, desc="victim")
+    else:
+        if not (out / BASE_FILE).is_file():
+            raise FileNotFoundError(f"a finetuned victim starts from the clean base, but {out / BASE_FILE} is missing "
+                                    "(run `python -m pdiff collect` into this folder first)")
+        from pdiff.targets import load_target
+
+        model = load_target(task, out / BASE_FILE)
+        model = fit(model, poisoned, task.recipe, g, epochs=task.recipe.finetune_epochs, lr=task.recipe.lr / 4,
+                    device=device, desc="finetune victim")
     seconds = time.perf_counter() - t0
     metrics = backdoor_metrics(model, test, trigger, device)
+    weights, report_file = victim_files(kind, trigger.kind)
     out.mkdir(parents=True, exist_ok=True)
-    (out / VICTIM_JSON).unlink(missing_ok=True)
-    write_safetensors(out / VICTIM_FILE, model.state_dict(), _state_meta(task, "victim"))
-    report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": "scratch",
+    (out / report_file).unlink(missing_ok=True)
+    write_safetensors(out / weights, model.state_dict(), _state_meta(task, f"victim-{kind}"))
+    report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": kind,
               "trigger": trigger.to_dict(), "seed": seed, **metrics, "timings_s": {"train": seconds},
-              "device": str(device)}
-    write_json(out / VICTIM_JSON, report)
+              "device": str(device), "file": weights}
+    write_json(out / report_file, report)
     return report
 
 

@@ -4,9 +4,11 @@ Shared by `python -m pdiff evaluate` and the app's Run button. Accuracies are in
 """
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -43,7 +45,19 @@ def resolve_target(bundle: Bundle, target: str) -> Target:
             raise BundleError("this bundle ships no victim model; choose the clean target or upload a model")
         return Target("victim", bundle.victim_state, trigger)
     model = load_target(bundle.task, target)
-    return Target(str(target).rsplit("/", 1)[-1], model.state_dict(), trigger)
+    return Target(str(target).rsplit("/", 1)[-1], model.state_dict(), _sibling_trigger(target) or trigger)
+
+
+def _sibling_trigger(model_path: str) -> Trigger | None:
+    """The trigger recorded in a victim report beside the model file (victim-*.json), if there is one."""
+    report = Path(model_path).with_suffix(".json")
+    try:
+        meta = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") == "pdiff-victim" and isinstance(meta.get("trigger"), dict):
+        return Trigger.from_dict(meta["trigger"])
+    return None
 
 
 class _Engine:

@@ -65,3 +65,27 @@ def test_victim_reports_backdoor_metrics(tmp_path, tiny_task, small_train, small
     assert saved["trigger"]["target"] == 0 and saved["kind"] == "scratch"
     for key in ("acc", "asr", "ra"):
         assert 0.0 <= report[key] <= 100.0
+
+
+def test_finetuned_victim_starts_from_the_clean_base(tmp_path, tiny_task, small_train, small_test):
+    from pdiff.collect import victim_files
+
+    run_collect(tiny_task, tmp_path, small_train, small_test, seed=0)
+    base = load_file(tmp_path / BASE_FILE)
+    tiny_task.recipe.finetune_epochs = 0  # no training at all: the victim must be the base itself
+    report = run_victim(tiny_task, Trigger(kind="blended"), tmp_path, small_train, small_test, seed=1, kind="finetuned")
+    weights, meta = victim_files("finetuned", "blended")
+    assert report["file"] == weights == "victim-finetuned-blended.safetensors" and (tmp_path / meta).is_file()
+    same = load_file(tmp_path / weights)
+    assert all(torch.equal(same[k], base[k]) for k in base)
+    tiny_task.recipe.finetune_epochs = 1  # one epoch moves it, but it stays near the base, far from a fresh init
+    run_victim(tiny_task, Trigger(kind="blended"), tmp_path, small_train, small_test, seed=1, kind="finetuned")
+    tuned = load_file(tmp_path / weights)
+    fresh = init_model(tiny_task, torch.Generator().manual_seed(5)).state_dict()
+    drift = (tuned["conv2.weight"] - base["conv2.weight"]).norm()
+    assert 0 < drift < 0.5 * (fresh["conv2.weight"] - base["conv2.weight"]).norm()
+
+
+def test_finetuned_victim_needs_a_base(tmp_path, tiny_task, small_train, small_test):
+    with pytest.raises(FileNotFoundError, match="starts from the clean base"):
+        run_victim(tiny_task, Trigger(), tmp_path, small_train, small_test, seed=1, kind="finetuned")

@@ -118,3 +118,17 @@ def test_nonfinite_sets_on_a_victim_keep_every_key(tiny_bundle, small_test):
     assert r["generated"]["nonfinite"] == 3 and r["generated"]["finite_index"] == []
     assert r["generated"]["asr"] == [] and r["generated"]["der"] == []
     assert r["summary_asr"]["generated"]["mean"] is None and len(r["originals"]["asr"]) == 8
+
+
+def test_a_victim_file_brings_its_own_trigger(tiny_bundle, tiny_collection, small_train, small_test):
+    from pdiff.backdoor import Trigger
+    from pdiff.collect import run_victim
+
+    task = tiny_bundle.task
+    task.recipe.finetune_epochs = 1
+    meta = run_victim(task, Trigger(kind="blended", alpha=0.15), tiny_collection, small_train, small_test, seed=2,
+                      kind="finetuned")
+    r, _ = run_report(tiny_bundle, str(tiny_collection / meta["file"]), n=3, sampler="ddim", steps=3, test=small_test,
+                      with_tsne=False)
+    assert r["target"]["trigger"]["kind"] == "blended" and r["target"]["trigger"]["alpha"] == 0.15
+    assert r["target"]["asr"] == pytest.approx(meta["asr"]) and r["target"]["acc"] == pytest.approx(meta["acc"])
