@@ -249,6 +249,40 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+# ---- transfer --------------------------------------------------------------------------
+def _add_transfer(sub) -> None:
+    p = sub.add_parser("transfer", formatter_class=_FMT,
+                       help="generated layers on a backdoored victim, beside the finetune and reinit defences",
+                       description="Splice generated parameter sets into a backdoored victim and compare them with "
+                                   "the clean originals spliced in, the victim's own train_layer fine-tuned on clean "
+                                   "data (the collection's step budget) and the same layers re-initialised and "
+                                   "retrained. Writes a JSON report and prints one line per method.")
+    _add_sampling(p)
+    p.add_argument("--victim", default="scratch",
+                   help="scratch (the bundle's victim) or a victim model file; a victim-*.json beside it names "
+                        "its trigger")
+    p.add_argument("--k-defence", type=int, default=None, help="parameter sets per defence (the bundle's K)")
+    p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_transfer)
+
+
+def cmd_transfer(args) -> int:
+    from pdiff.bundle import Bundle
+    from pdiff.files import write_json
+    from pdiff.transfer import run_transfer, table
+
+    device = _device(args.device)
+    bundle = Bundle.load(args.bundle, device)
+    report = run_transfer(bundle, args.victim, args.n, args.seed, _split(args, bundle.task, "train"),
+                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device)
+    write_json(args.json, report)
+    print(table(report))
+    print(f"report written to {args.json}")
+    return 0
+
+
 # ---- push / pull -----------------------------------------------------------------------
 def _add_push(sub) -> None:
     p = sub.add_parser("push", formatter_class=_FMT, help="upload a bundle folder to the Hugging Face Hub",
@@ -289,7 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Neural-network parameter diffusion: collect checkpoints, train an "
                                                  "autoencoder + latent DDPM, sample, splice and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_collect, _add_train, _add_sample, _add_evaluate, _add_push, _add_pull):
+    for add in (_add_collect, _add_train, _add_sample, _add_evaluate, _add_transfer, _add_push, _add_pull):
         add(sub)
     return parser
 

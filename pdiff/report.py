@@ -60,7 +60,7 @@ def _sibling_trigger(model_path: str) -> Trigger | None:
     return None
 
 
-class _Engine:
+class TargetEngine:
     """A target model with its clean and (for a backdoored target) triggered test sets cached."""
 
     def __init__(self, bundle: Bundle, target: Target, layers: list[str], test: Split, device):
@@ -84,7 +84,7 @@ class _Engine:
         return out
 
 
-def _as_is(engine: _Engine, target: Target, layout) -> dict:
+def as_is_metrics(engine: TargetEngine, target: Target, layout) -> dict:
     """The target's own metrics: its own values of the bundle's layers, spliced back unchanged."""
     own = torch.cat([target.state[n].reshape(-1).float() for n, _ in layout])[None]
     res = engine.run(own)
@@ -99,7 +99,7 @@ def run_report(bundle: Bundle, target: str = "clean", n: int = 100, seed: int = 
     layers = select_layers(bundle.layout, layers)
     test = test or Split(*load_split(bundle.task.dataset, "test"), bundle.task.dataset)
     tgt = resolve_target(bundle, target)
-    engine = _Engine(bundle, tgt, layers, test, device)
+    engine = TargetEngine(bundle, tgt, layers, test, device)
 
     # sample
     say(0.0, "sampling")
@@ -119,7 +119,7 @@ def run_report(bundle: Bundle, target: str = "clean", n: int = 100, seed: int = 
     empty = {"acc": [], "asr": [], "ra": [], "wrong": torch.zeros(0, len(test.labels), dtype=torch.bool)}
     results = {name: engine.run(v) if len(v) else empty for name, v in sets.items()}
     evaluate_s = time.perf_counter() - t0
-    as_is = _as_is(engine, tgt, bundle.layout)
+    as_is = as_is_metrics(engine, tgt, bundle.layout)
 
     def metrics(name: str) -> dict:
         r = results[name]

@@ -1,0 +1,49 @@
+import pytest
+import torch
+
+from pdiff.transfer import METHODS, _reinit_, run_transfer, table
+from pdiff.targets import check_architecture
+
+
+@pytest.fixture(scope="module")
+def transfer_report(tiny_bundle, small_train, small_test):
+    recipe = tiny_bundle.task.recipe
+    saved, recipe.save_every = recipe.save_every, 3
+    try:
+        return run_transfer(tiny_bundle, "scratch", n=4, seed=0, train=small_train, test=small_test, sampler="ddim",
+                            steps=3, k_defence=5)
+    finally:
+        recipe.save_every = saved
+
+
+def test_every_method_returns_the_report_keys(transfer_report):
+    r = transfer_report
+    assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["kind"] == "badnets"
+    assert list(r["methods"]) == list(METHODS)
+    sizes = {"generated": 4, "originals": 8, "finetune": 5, "reinit": 5}
+    for name, m in r["methods"].items():
+        for key in ("acc", "asr", "ra", "der"):
+            assert len(m[key]) == sizes[name], (name, key)
+        assert set(m["summary"]) == {"acc", "asr", "ra", "der"}
+        assert set(m["summary"]["der"]) == {"best", "mean", "median", "min"}
+    assert "finetune" in table(r) and "reinit" in table(r)
+
+
+def test_der_of_each_method_is_the_formula(transfer_report):
+    v = transfer_report["victim"]
+    for m in transfer_report["methods"].values():
+        for d, acc, asr in zip(m["der"], m["acc"], m["asr"]):
+            assert d == pytest.approx((max(0.0, v["asr"] - asr) / 100 - max(0.0, v["acc"] - acc) / 100 + 1) / 2)
+
+
+def test_reinit_touches_only_the_named_parameters(tiny_bundle):
+    model = check_architecture(tiny_bundle.task, tiny_bundle.victim_state)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    _reinit_(model, tiny_bundle.names, torch.Generator().manual_seed(0))
+    after = model.state_dict()
+    for k, v in before.items():
+        if k in tiny_bundle.names:
+            assert not torch.equal(after[k], v), k
+        else:  # the trunk and every BatchNorm running statistic stay the victim's
+            assert torch.equal(after[k], v), k
+    assert torch.equal(after["bn3.weight"], torch.ones(128)) and torch.equal(after["bn3.bias"], torch.zeros(128))
