@@ -73,6 +73,24 @@ def accuracy_vs_iou(report: dict) -> go.Figure:
     return _layout(fig, "Accuracy vs. similarity to the nearest original", "max IoU to originals", "test accuracy (%)")
 
 
+def acc_vs_asr(report: dict) -> go.Figure:
+    """Every generated model's clean accuracy against its attack success rate, with the target as-is
+    and each other source's mean marked: where a backdoor removal would sit (top left)."""
+    g = report["generated"]
+    fig = go.Figure(go.Scatter(x=g["asr"], y=g["acc"], mode="markers", name="generated",
+                               marker=dict(size=6, color=COLORS["generated"], opacity=0.7),
+                               hovertemplate="ASR %{x:.2f}%<br>ACC %{y:.2f}%<extra></extra>"))
+    for name, m in _sources(report).items():
+        if name != "generated" and m.get("asr"):
+            fig.add_trace(go.Scatter(x=[sum(m["asr"]) / len(m["asr"])], y=[sum(m["acc"]) / len(m["acc"])],
+                                     mode="markers", name=f"{name} (mean)",
+                                     marker=dict(size=12, symbol="diamond", color=COLORS.get(name))))
+    t = report["target"]
+    fig.add_trace(go.Scatter(x=[t["asr"]], y=[t["acc"]], mode="markers", name=f"target as-is ({t['name']})",
+                             marker=dict(size=14, symbol="x", color="black")))
+    return _layout(fig, "Clean accuracy vs. attack success", "ASR (%)", "test accuracy (%)")
+
+
 def summary_rows(report: dict) -> list[list]:
     """Rows of the summary table: source, best, mean, median, min (ACC), and mean ASR / RA / DER for a victim."""
     rows = []

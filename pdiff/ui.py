@@ -113,7 +113,7 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
             plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
-            plots.accuracy_vs_iou(report), _status(report))
+            plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None)
 
 
 RUNS = Path(tempfile.gettempdir()) / "pdiff-runs"
@@ -188,6 +188,7 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                 with gr.Row():
                     acc_plot = gr.Plot(label="Accuracy distribution")
                     asr_plot = gr.Plot(label="ASR distribution (backdoored or uploaded targets)")
+                asr_scatter = gr.Plot(label="ACC vs. ASR (backdoored or uploaded targets)")
                 with gr.Row():
                     tsne_plot = gr.Plot(label="t-SNE")
                     iou_plot = gr.Plot(label="Accuracy vs. max IoU")
@@ -197,7 +198,7 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                 gr.Markdown(text.HOW_TO_READ)
         bundle.change(layer_choices, bundle, layers, api_name=False)
         run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed],
-                  [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status],
+                  [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status, asr_scatter],
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
     demo.queue(max_size=16)
     return demo

@@ -109,6 +109,9 @@ def test_plots_build_from_a_real_report(victim_report):
     assert sum(len(t.x) for t in tsne.data) == len(victim_report["tsne"]["x"])
     iou = plots.accuracy_vs_iou(victim_report)
     assert list(iou.data[0].x) == victim_report["similarity"]["max_iou_to_originals"]
+    scatter = plots.acc_vs_asr(victim_report)
+    assert list(scatter.data[0].x) == victim_report["generated"]["asr"]
+    assert scatter.data[-1].x[0] == victim_report["target"]["asr"] and len(scatter.data) == 1 + 5 + 1
     rows = plots.summary_rows(victim_report)
     assert rows[0][0] == "generated" and len(rows[0]) == len(plots.summary_headers(victim_report)) == 8
 
