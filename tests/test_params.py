@@ -29,11 +29,12 @@ def test_rows_never_mix_checkpoints():
 
 
 def test_normalisation_is_per_tensor_and_invertible():
-    stacked = {"w": torch.randn(50, 8) * 5 + 3, "b": torch.randn(50, 2) * 0.01 - 1}
+    g = torch.Generator().manual_seed(0)
+    stacked = {"w": torch.randn(50, 8, generator=g) * 5 + 3, "b": torch.randn(50, 2, generator=g) * 0.01 - 1}
     layout = layout_of(stacked, ["w", "b"], stacked=True)
     mean, std = norm_stats(stacked, layout)
     x = normalize(flatten(stacked, layout), mean, std, layout)
     parts = unflatten(x, layout)
     for name in ("w", "b"):
-        assert abs(parts[name].mean().item()) < 1e-5 and abs(parts[name].std().item() - 1) < 1e-4
+        assert abs(parts[name].mean().item()) < 1e-4 and abs(parts[name].std().item() - 1) < 1e-4
     assert torch.allclose(denormalize(x, mean, std, layout), flatten(stacked, layout), atol=1e-5)
