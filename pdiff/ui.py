@@ -187,8 +187,8 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                 table = gr.Dataframe(label="Summary", interactive=False)
                 with gr.Row():
                     acc_plot = gr.Plot(label="Accuracy distribution")
-                    asr_plot = gr.Plot(label="ASR distribution (backdoored or uploaded targets)")
-                asr_scatter = gr.Plot(label="ACC vs. ASR (backdoored or uploaded targets)")
+                    asr_plot = gr.Plot(label="ASR distribution", visible=False)
+                asr_scatter = gr.Plot(label="ACC vs. ASR", visible=False)
                 with gr.Row():
                     tsne_plot = gr.Plot(label="t-SNE")
                     iou_plot = gr.Plot(label="Accuracy vs. max IoU")
@@ -197,6 +197,9 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                     params_file = gr.File(label="Generated parameters (safetensors)")
                 gr.Markdown(text.HOW_TO_READ)
         bundle.change(layer_choices, bundle, layers, api_name=False)
+        # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
+        target.change(lambda t: [gr.update(visible=t != "clean")] * 2, target, [asr_plot, asr_scatter],
+                      api_name=False)
         run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed],
                   [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status, asr_scatter],
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time

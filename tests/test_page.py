@@ -43,6 +43,12 @@ def test_click_run_draws_both_plots(tmp_path):
             page.screenshot(path=str(out), full_page=True)
             assert out.stat().st_size > 10_000
             print(f"click-to-plots: {seconds:.1f} s")
+            # the victim: the backdoor views appear and get drawn too
+            page.get_by_label("victim").check()
+            page.get_by_role("button", name="Run").click()
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 5", timeout=300_000)
+            page.wait_for_function("document.querySelector('#status').innerText.includes('on victim')", timeout=60_000)
+            assert page.locator(".js-plotly-plot").count() == 5
             browser.close()
     finally:
         demo.close()
