@@ -170,9 +170,7 @@ def cmd_sample(args) -> int:
     import time
 
     from pdiff.bundle import Bundle
-    from pdiff.files import write_safetensors
-    from pdiff.params import unflatten
-    from pdiff.sample import sample
+    from pdiff.sample import sample, save_samples
     from pdiff.splice import finite_rows
 
     device = _device(args.device)
@@ -182,10 +180,7 @@ def cmd_sample(args) -> int:
                      progress=_bar(f"sample ({args.sampler})"))
     seconds = time.perf_counter() - t0
     finite = finite_rows(vectors)
-    meta = {"format": "pdiff-samples", "task": bundle.task.name, "sampler": args.sampler, "seed": str(args.seed),
-            "steps": str(args.steps if args.sampler == "ddim" else bundle.ddpm_cfg.timesteps),
-            "layout": json.dumps([[n, list(s)] for n, s in bundle.layout])}
-    write_safetensors(args.out, unflatten(vectors, bundle.layout), meta)
+    save_samples(args.out, vectors, bundle, args.sampler, args.steps, args.seed)
     _print_json({"out": str(args.out), "n": args.n, "nonfinite": int((~finite).sum()), "seconds": seconds})
     return 0
 
@@ -227,9 +222,9 @@ def _add_evaluate(sub) -> None:
 
 def cmd_evaluate(args) -> int:
     from pdiff.bundle import Bundle
-    from pdiff.files import write_json, write_safetensors
-    from pdiff.params import unflatten
+    from pdiff.files import write_json
     from pdiff.report import familiar_lines, run_report
+    from pdiff.sample import save_samples
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
@@ -243,7 +238,7 @@ def cmd_evaluate(args) -> int:
                                  with_tsne=not args.no_tsne)
     write_json(args.json, report)
     if args.save_params:
-        write_safetensors(args.save_params, unflatten(vectors, bundle.layout))
+        save_samples(args.save_params, vectors, bundle, args.sampler, args.steps, args.seed)
     print(familiar_lines(report))
     print(f"report written to {args.json}")
     return 0

@@ -84,6 +84,15 @@ class TargetEngine:
         return out
 
 
+def method_metrics(result: dict, as_is: dict, backdoor: bool) -> dict:
+    """acc (and asr, ra, der against the target as-is) lists of one source, from TargetEngine.run."""
+    out = {"acc": result["acc"]}
+    if backdoor:
+        out.update(asr=result["asr"], ra=result["ra"],
+                   der=der(as_is["acc"], as_is["asr"], result["acc"], result["asr"]))
+    return out
+
+
 def as_is_metrics(engine: TargetEngine, target: Target, layout) -> dict:
     """The target's own metrics: its own values of the bundle's layers, spliced back unchanged."""
     own = torch.cat([target.state[n].reshape(-1).float() for n, _ in layout])[None]
@@ -122,11 +131,7 @@ def run_report(bundle: Bundle, target: str = "clean", n: int = 100, seed: int = 
     as_is = as_is_metrics(engine, tgt, bundle.layout)
 
     def metrics(name: str) -> dict:
-        r = results[name]
-        out = {"acc": r["acc"]}
-        if tgt.trigger is not None:
-            out.update(asr=r["asr"], ra=r["ra"], der=der(as_is["acc"], as_is["asr"], r["acc"], r["asr"]))
-        return out
+        return method_metrics(results[name], as_is, tgt.trigger is not None)
 
     # similarity: IoU of wrong-prediction sets, all pairs by matrix products
     say(0.8, "similarity")

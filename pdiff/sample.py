@@ -1,12 +1,15 @@
 """Bundle, n, sampler, steps, generator -> n new train_layer vectors (de-normalised)."""
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
 from pdiff.bundle import Bundle
-from pdiff.params import denormalize
+from pdiff.files import write_safetensors
+from pdiff.params import denormalize, unflatten
 
 
 @torch.no_grad()
@@ -21,3 +24,12 @@ def sample(bundle: Bundle, n: int, sampler: str = "ddpm", steps: int | None = No
     z = z * bundle.latent_std + bundle.latent_mean  # undo the latent standardisation
     flat = ae.decode(z).cpu()
     return denormalize(flat, bundle.norm_mean, bundle.norm_std, bundle.layout)
+
+
+def save_samples(path: str | Path, vectors: torch.Tensor, bundle: Bundle, sampler: str, steps: int | None,
+                 seed: int) -> None:
+    """Write {name: (N, *shape)} as safetensors; the layout order and the sampling settings travel as metadata."""
+    meta = {"format": "pdiff-samples", "task": bundle.task.name, "sampler": sampler, "seed": str(seed),
+            "steps": str(steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps),
+            "layout": json.dumps([[n, list(s)] for n, s in bundle.layout])}
+    write_safetensors(path, unflatten(vectors, bundle.layout), meta)

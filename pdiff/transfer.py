@@ -12,12 +12,11 @@ import time
 import torch
 from torch import nn
 
-from pdiff.backdoor import der
 from pdiff.bundle import Bundle
 from pdiff.collect import Split, collect_checkpoints
 from pdiff.evaluate import summary
 from pdiff.params import flatten
-from pdiff.report import TargetEngine, as_is_metrics, resolve_target
+from pdiff.report import TargetEngine, as_is_metrics, method_metrics, resolve_target
 from pdiff.sample import sample
 from pdiff.splice import finite_rows
 from pdiff.targets import check_architecture
@@ -71,8 +70,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seed: int, train: Split, t
     methods = {}
     for name in METHODS:
         res = engine.run(sets[name]) if len(sets[name]) else {"acc": [], "asr": [], "ra": []}
-        m = {"acc": res["acc"], "asr": res["asr"], "ra": res["ra"],
-             "der": der(as_is["acc"], as_is["asr"], res["acc"], res["asr"])}
+        m = method_metrics(res, as_is, backdoor=True)
         m["summary"] = {metric: summary(m[metric]) for metric in ("acc", "asr", "ra", "der")}
         methods[name] = m
     return {"task": bundle.task.name, "victim": {"name": target.name, **as_is, "trigger": target.trigger.to_dict()},

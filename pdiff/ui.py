@@ -1,7 +1,6 @@
 """build_demo() -> gr.Blocks: layout and wiring; handlers at module level only format."""
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from functools import lru_cache
@@ -76,8 +75,8 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
              n: int = DEFAULT_N, sampler: str = "ddim", steps: int = 50, seed: int = 0,
              progress=gr.Progress()):
     """Run: sample n parameter sets, splice into the target, evaluate; return report, files, table and figures."""
-    from pdiff.files import write_json, write_safetensors
-    from pdiff.params import unflatten
+    from pdiff.files import write_json
+    from pdiff.sample import save_samples
 
     try:
         n, steps, seed = int(n), int(steps), int(seed)
@@ -107,8 +106,7 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     out = _run_folder()
     report_path, params_path = out / "report.json", out / "generated.safetensors"
     write_json(report_path, report)
-    write_safetensors(params_path, unflatten(vectors, b.layout),
-                      {"task": b.task.name, "layout": json.dumps([[k, list(s)] for k, s in b.layout])})
+    save_samples(params_path, vectors, b, sampler, steps, seed)
     backdoor = report["backdoor"] == "applicable"
     table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),

@@ -8,7 +8,7 @@ from pdiff.backdoor import Trigger
 from pdiff.collect import (BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, VICTIM_JSON, collect_checkpoints, init_model,
                            run_collect, run_victim)
 from pdiff.evaluate import BatchedEvaluator, accuracies
-from pdiff.params import flatten, layout_of
+from pdiff.params import flatten
 from pdiff.splice import stacked_params
 from pdiff.targets import check_architecture
 from pdiff.tasks import get_task
