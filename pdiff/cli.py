@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -70,6 +71,11 @@ def _add_collect(sub) -> None:
     p.add_argument("--save-every", type=int, default=None, help="training steps between saved checkpoints")
     p.add_argument("--train-layer", default=None,
                    help="comma-separated parameter names to collect, in order (task default)")
+    p.add_argument("--trunks", type=int, default=1,
+                   help="collect on M trunks: the base and M-1 copies of it fine-tuned briefly on clean data "
+                        "(recipe trunk_epochs), about K/M checkpoints each; the manifest records each one's trunk")
+    p.add_argument("--from-base", type=Path, default=None,
+                   help="skip base training: collect on this model file (e.g. another collection's base.safetensors)")
     p.add_argument("--backdoor", choices=["badnets", "blended"], default=None,
                    help="train a backdoored victim instead (badnets: 3x3 white patch; blended: a random pattern mixed in)")
     p.add_argument("--victim-kind", choices=["scratch", "finetuned"], default="scratch",
@@ -105,11 +111,18 @@ def cmd_collect(args) -> int:
         report = run_victim(task, trigger, args.out, train, test, args.seed, device, kind=args.victim_kind)
         _print_json({k: report[k] for k in ("file", "acc", "asr", "ra", "timings_s")})
         return 0
-    manifest = run_collect(task, args.out, train, test, args.seed, device=device)
+    base = None
+    if args.from_base is not None:
+        from pdiff.targets import load_target
+
+        base = load_target(task, args.from_base).state_dict()
+    t0 = time.perf_counter()
+    manifest = run_collect(task, args.out, train, test, args.seed, device=device, trunks=args.trunks, base=base)
     accs = manifest["accs"]
     _print_json({"base_acc": manifest["base_acc"], "k": manifest["k"], "acc_min": min(accs), "acc_max": max(accs),
                  "acc_mean": sum(accs) / len(accs), "diversity": manifest["diversity"],
-                 "timings_s": manifest["timings_s"]})
+                 "trunks": manifest["trunks"], "timings_s": manifest["timings_s"],
+                 "wall_s": time.perf_counter() - t0})
     return 0
 
 
@@ -123,6 +136,11 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps (AEConfig default)")
     p.add_argument("--ddpm-steps", type=int, default=None, help="DDPM steps (DDPMConfig default)")
+    p.add_argument("--fold", type=int, default=None,
+                   help="channels the parameter vector is folded into (default: the smallest power of two, at least "
+                        "16, that leaves at most 256 positions)")
+    p.add_argument("--hold-out-trunk", type=int, default=None,
+                   help="leave this trunk's checkpoints out of training (multi-trunk collections; see `loto`)")
     p.add_argument("--no-recon-eval", action="store_true", help="skip evaluating the autoencoder's reconstructions")
     _add_data(p)
     _add_common(p)
@@ -139,7 +157,11 @@ def cmd_train(args) -> int:
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
             cfg.steps = value
-    collection = load_collection(args.collection)
+    if args.fold is not None:
+        if args.fold < 1:
+            raise ValueError(f"--fold must be at least 1, got {args.fold}")
+        ae_cfg.fold = args.fold
+    collection = load_collection(args.collection, args.hold_out_trunk)
     device = _device(args.device)
     bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device)
     if not args.no_recon_eval:
@@ -167,8 +189,6 @@ def _add_sample(sub) -> None:
 
 
 def cmd_sample(args) -> int:
-    import time
-
     from pdiff.bundle import Bundle
     from pdiff.sample import sample, save_samples
     from pdiff.splice import finite_rows
@@ -257,6 +277,10 @@ def _add_transfer(sub) -> None:
                    help="scratch (the bundle's victim) or a victim model file; a victim-*.json beside it names "
                         "its trigger")
     p.add_argument("--k-defence", type=int, default=None, help="parameter sets per defence (the bundle's K)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
+    p.add_argument("--methods", default=",".join(("generated", "originals", "finetune", "reinit")),
+                   help="comma-separated subset of generated, originals, finetune, reinit")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
     _add_common(p)
@@ -270,10 +294,42 @@ def cmd_transfer(args) -> int:
 
     device = _device(args.device)
     bundle = Bundle.load(args.bundle, device)
-    report = run_transfer(bundle, args.victim, args.n, args.seed, _split(args, bundle.task, "train"),
-                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device)
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    train = _split(args, bundle.task, "train") if {"finetune", "reinit"} & set(methods) else None
+    report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
+                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods)
     write_json(args.json, report)
     print(table(report))
+    print(f"report written to {args.json}")
+    return 0
+
+
+# ---- leave-one-trunk-out --------------------------------------------------------------
+def _add_loto(sub) -> None:
+    p = sub.add_parser("loto", formatter_class=_FMT,
+                       help="leave-one-trunk-out: a bundle trained without one trunk, spliced into that trunk",
+                       description="For a bundle made with `train --hold-out-trunk I` on a multi-trunk collection "
+                                   "(`collect --trunks M`): sample N sets and splice them into trunk I, beside trunk "
+                                   "I's own checkpoints and the other trunks' checkpoints. Accuracies in percent.")
+    _add_sampling(p)
+    p.add_argument("--collection", type=Path, required=True, help="the multi-trunk collection the bundle came from")
+    p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_loto)
+
+
+def cmd_loto(args) -> int:
+    from pdiff.bundle import Bundle
+    from pdiff.files import write_json
+    from pdiff.trunks import leave_one_trunk_out, loto_lines
+
+    device = _device(args.device)
+    bundle = Bundle.load(args.bundle, device)
+    report = leave_one_trunk_out(bundle, args.collection, args.n, args.seed, _split(args, bundle.task, "test"),
+                                 args.sampler, args.steps, device)
+    write_json(args.json, report)
+    print(loto_lines(report))
     print(f"report written to {args.json}")
     return 0
 
@@ -318,7 +374,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Neural-network parameter diffusion: collect checkpoints, train an "
                                                  "autoencoder + latent DDPM, sample, splice and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_collect, _add_train, _add_sample, _add_evaluate, _add_transfer, _add_push, _add_pull):
+    for add in (_add_collect, _add_train, _add_sample, _add_evaluate, _add_transfer, _add_loto, _add_push, _add_pull):
         add(sub)
     return parser
 

@@ -19,9 +19,10 @@ from pdiff.archs import StagedNet
 from pdiff.backdoor import Trigger, asr_ra, poison, triggered_test_set
 from pdiff.config import Recipe, Task
 from pdiff.data import normalize
-from pdiff.evaluate import accuracy, predict
+from pdiff.evaluate import BatchedEvaluator, accuracies, accuracy, predict
 from pdiff.files import write_json, write_safetensors
 from pdiff.params import layout_of
+from pdiff.targets import check_architecture, load_target
 from pdiff.tasks import build_model
 
 BASE_FILE = "base.safetensors"
@@ -101,27 +102,31 @@ class Collection:
 
 def collect_checkpoints(model: StagedNet, task: Task, train: Split, test: Split, generator: torch.Generator,
                         k: int | None = None, device: str = "cpu") -> Collection:
-    """Keep training only train_layer on the frozen trunk (BN statistics frozen too); save K times."""
+    """Keep training only train_layer on the frozen trunk (BN statistics frozen too); save K times.
+
+    BatchNorm statistics named in train_layer are saved with every checkpoint but never change:
+    they are the trunk's, the ones the trained layers learned under. Accuracies are measured on
+    the values as stored (after rounding to the recipe's storage_dtype).
+    """
     recipe = task.recipe
     k = recipe.k if k is None else k
+    dtype = storage_dtype(recipe)
     t0 = time.perf_counter()
     model.to(device).eval()  # eval mode: every BatchNorm keeps the base model's running statistics
     start = min(model.stage_of(n) for n in task.train_layer)
     # the trunk is frozen, so its features are computed once for the whole collection
     train_feats = predict(model, train.normalized(device), 0, start)
-    test_feats = predict(model, test.normalized(device), 0, start)
-    train_y, test_y = train.labels.to(device), test.labels.to(device)
+    train_y = train.labels.to(device)
 
-    named = dict(model.named_parameters())
+    live = model.state_dict(keep_vars=True)  # parameters and buffers by name, the tensors themselves
+    trainable = [p for n, p in model.named_parameters() if n in set(task.train_layer)]
     for p in model.parameters():
         p.requires_grad_(False)
-    trainable = [named[n] for n in task.train_layer]
     for p in trainable:
         p.requires_grad_(True)
     opt = torch.optim.SGD(trainable, lr=recipe.collect_lr, momentum=0.9)
 
     saved: dict[str, list[torch.Tensor]] = {n: [] for n in task.train_layer}
-    accs: list[float] = []
     order = torch.randperm(len(train_y), generator=generator)
     pos = 0
     for _ in tqdm(range(k), desc="collect", unit="ckpt", leave=False):
@@ -135,12 +140,20 @@ def collect_checkpoints(model: StagedNet, task: Task, train: Split, test: Split,
             loss.backward()
             opt.step()
         for n in task.train_layer:
-            saved[n].append(named[n].detach().clone().cpu())
-        accs.append(accuracy(predict(model, test_feats, start).cpu(), test_y.cpu()))
+            saved[n].append(live[n].detach().to("cpu", dtype).clone())
     for p in model.parameters():
         p.requires_grad_(True)
+    del train_feats
     params = {n: torch.stack(v) for n, v in saved.items()}
+    evaluator = BatchedEvaluator(model, test.normalized(device), task.train_layer, device)
+    accs = accuracies(evaluator.predict_many({n: v.float() for n, v in params.items()}), test.labels)
     return Collection(params, accs, time.perf_counter() - t0)
+
+
+def storage_dtype(recipe: Recipe) -> torch.dtype:
+    if recipe.storage_dtype not in ("float32", "float16"):
+        raise ValueError(f"storage_dtype must be float32 or float16, got {recipe.storage_dtype!r}")
+    return getattr(torch, recipe.storage_dtype)
 
 
 def diversity(params: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -157,26 +170,76 @@ def _state_meta(task: Task, kind: str) -> dict[str, str]:
     return {"format": "pdiff-model", "task": task.name, "arch": task.arch, "kind": kind}
 
 
+def trunk_file(trunk: int) -> str:
+    """Trunk 0 is the base itself; the others are stored beside it."""
+    return BASE_FILE if trunk == 0 else f"trunk-{trunk}.safetensors"
+
+
+def derive_trunk(base_state: dict[str, torch.Tensor], task: Task, train: Split, generator: torch.Generator,
+                 device: str = "cpu", desc: str = "trunk") -> StagedNet:
+    """The clean base fine-tuned whole on clean data for the recipe's trunk_epochs at a quarter of its
+    learning rate: a trunk close to the base but not the same, as a republished model would be."""
+    model = check_architecture(task, base_state)
+    return fit(model, train, task.recipe, generator, epochs=task.recipe.trunk_epochs, lr=task.recipe.lr / 4,
+               device=device, desc=desc)
+
+
+def _split_k(k: int, parts: int) -> list[int]:
+    return [k // parts + (1 if i < k % parts else 0) for i in range(parts)]
+
+
 def run_collect(task: Task, out: Path, train: Split, test: Split, seed: int, k: int | None = None,
-                device: str = "cpu") -> dict:
-    """Train the base model, collect K checkpoints, write base + checkpoints + manifest to `out`."""
+                device: str = "cpu", trunks: int = 1, base: dict[str, torch.Tensor] | None = None) -> dict:
+    """Train (or take) the base model, collect K checkpoints, write base + checkpoints + manifest to `out`.
+
+    With trunks > 1, trunk 0 is the base and trunks 1.. are derived from it (`derive_trunk`); each
+    gets its own frozen-trunk collection of about K / trunks checkpoints, and the manifest's
+    `trunk_of` says which trunk every checkpoint came from.
+    """
+    if trunks < 1:
+        raise ValueError(f"trunks must be at least 1, got {trunks}")
+    k = task.recipe.k if k is None else k
+    if k < trunks:
+        raise ValueError(f"{k} checkpoints cannot be spread over {trunks} trunks")
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
-    model = fit(init_model(task, g), train, task.recipe, g, device=device, desc="base")
-    base_s = time.perf_counter() - t0
-    base_acc = test_accuracy(model, test, device)
-    base_state = {name: v.detach().clone() for name, v in model.state_dict().items()}  # before collection moves it
-    coll = collect_checkpoints(model, task, train, test, g, k=k, device=device)
-    layout = layout_of(coll.params, task.train_layer, stacked=True)
+    if base is None:
+        model = fit(init_model(task, g), train, task.recipe, g, device=device, desc="base")
+        base_state = {name: v.detach().clone() for name, v in model.state_dict().items()}
+    else:
+        base_state = {name: v.detach().clone() for name, v in base.items()}
+    timings = {"base": time.perf_counter() - t0 if base is None else 0.0, "trunks": 0.0, "collect": 0.0}
+
+    trunk_states, trunk_accs, parts, trunk_of, accs = [], [], [], [], []
+    for trunk, k_trunk in enumerate(_split_k(k, trunks)):
+        t0 = time.perf_counter()
+        if trunk == 0:
+            model = check_architecture(task, base_state)
+        else:
+            model = derive_trunk(base_state, task, train, g, device, desc=f"trunk {trunk}")
+        trunk_states.append({name: v.detach().clone() for name, v in model.state_dict().items()})  # before collection moves it
+        trunk_accs.append(test_accuracy(model, test, device))
+        timings["trunks"] += time.perf_counter() - t0
+        coll = collect_checkpoints(model, task, train, test, g, k=k_trunk, device=device)
+        timings["collect"] += coll.seconds
+        parts.append(coll.params)
+        accs += coll.accs
+        trunk_of += [trunk] * k_trunk
+    params = {n: torch.cat([p[n] for p in parts]) for n in task.train_layer}
+    layout = layout_of(params, task.train_layer, stacked=True)
+
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_FILE).unlink(missing_ok=True)  # no old manifest may describe new files, even after a crash
-    write_safetensors(out / BASE_FILE, base_state, _state_meta(task, "clean"))
-    write_safetensors(out / CHECKPOINTS_FILE, coll.params, {"format": "pdiff-checkpoints", "task": task.name})
+    for trunk, state in enumerate(trunk_states):
+        write_safetensors(out / trunk_file(trunk), state, _state_meta(task, "clean" if trunk == 0 else "trunk"))
+    write_safetensors(out / CHECKPOINTS_FILE, params, {"format": "pdiff-checkpoints", "task": task.name})
     manifest = {
         "format": "pdiff-collection", "format_version": 1, "task": task.to_dict(),
-        "layout": [[n, list(s)] for n, s in layout], "k": len(coll.accs), "seed": seed,
-        "base_acc": base_acc, "accs": coll.accs, "diversity": diversity(coll.params),
-        "timings_s": {"base": base_s, "collect": coll.seconds}, "device": str(device),
+        "layout": [[n, list(s)] for n, s in layout], "k": len(accs), "seed": seed,
+        "base_acc": trunk_accs[0], "accs": accs, "diversity": diversity(params),
+        "trunks": [{"id": i, "file": trunk_file(i), "acc": a} for i, a in enumerate(trunk_accs)],
+        "trunk_of": trunk_of, "base_given": base is not None,
+        "timings_s": timings, "device": str(device),
         "train_size": len(train.labels), "test_size": len(test.labels),
     }
     write_json(out / MANIFEST_FILE, manifest)
@@ -213,8 +276,6 @@ def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Spli
         if not (out / BASE_FILE).is_file():
             raise FileNotFoundError(f"a finetuned victim starts from the clean base, but {out / BASE_FILE} is missing "
                                     "(run `python -m pdiff collect` into this folder first)")
-        from pdiff.targets import load_target
-
         model = load_target(task, out / BASE_FILE)
         model = fit(model, poisoned, task.recipe, g, epochs=task.recipe.finetune_epochs, lr=task.recipe.lr / 4,
                     device=device, desc="finetune victim")

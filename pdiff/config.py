@@ -31,6 +31,8 @@ class Recipe(_Dict):
     collect_batch_size: int = 128
     save_every: int = 100           # steps between saved checkpoints
     finetune_epochs: int = 2        # "finetuned" victims: clean base trained on poisoned data
+    trunk_epochs: int = 1           # multi-trunk collections: each extra trunk is the base fine-tuned this long
+    storage_dtype: str = "float32"  # checkpoints on disk; float16 halves a deep collection (accuracies use the stored values)
 
 
 @dataclass
@@ -52,12 +54,21 @@ class Task(_Dict):
 class AEConfig(_Dict):
     channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     latent_channels: int = 4
-    fold: int = 16                  # vector folded into `fold` channels before the convs
+    fold: int = 0                   # vector folded into `fold` channels before the convs; 0: auto_fold(P)
     input_noise: float = 1e-3       # p-diff: both noises are needed
     latent_noise: float = 0.1
     steps: int = 4000
     lr: float = 2e-3
     batch_size: int = 100
+
+
+def auto_fold(num_params: int, max_length: int = 256) -> int:
+    """The smallest power of two (at least 16) that folds P numbers into at most `max_length` positions:
+    16 for the default task's 1.5k, 512 for the deep ConvNet task's 75k, so AE cost grows slowly with P."""
+    fold = 16
+    while -(-num_params // fold) > max_length:
+        fold *= 2
+    return fold
 
 
 @dataclass

@@ -12,6 +12,12 @@ TASKS = {
     # the default: the last BatchNorm and the linear head of a small ConvNet
     "fmnist-convnet": Task("fmnist-convnet", "fashion-mnist", "convnet",
                            ["bn3.weight", "bn3.bias", "linear.weight", "linear.bias"]),
+    # the last block too: a fine-tuned victim's backdoor lives in conv3, so the generated part must reach it.
+    # bn3's running statistics travel with the generated conv3 they were measured on.
+    "fmnist-convnet-deep": Task("fmnist-convnet-deep", "fashion-mnist", "convnet",
+                                ["conv3.weight", "bn3.weight", "bn3.bias", "bn3.running_mean", "bn3.running_var",
+                                 "linear.weight", "linear.bias"],
+                                Recipe(k=40, collect_lr=0.01, save_every=50, storage_dtype="float16")),
     "fmnist-resnet18": Task("fmnist-resnet18", "fashion-mnist", "resnet18", list(_R18_BN), _R18_RECIPE),
     "mnist-resnet18": Task("mnist-resnet18", "mnist", "resnet18", list(_R18_BN), _R18_RECIPE),
     "cifar10-resnet18": Task("cifar10-resnet18", "cifar10", "resnet18", list(_R18_BN), Recipe(epochs=100, lr=1e-3)),
@@ -30,10 +36,12 @@ def build_model(task: Task) -> StagedNet:
     """A freshly initialised model of the task's architecture, with its train_layer checked."""
     spec = DATASETS[task.dataset]
     model = ARCHS[task.arch](in_channels=spec.channels, num_classes=spec.classes)
-    names = dict(model.named_parameters())
+    names = {n for n, v in model.state_dict().items() if v.is_floating_point()}  # parameters and BN statistics
     missing = [n for n in task.train_layer if n not in names]
     if missing:
         raise ValueError(f"train_layer names not in {task.arch}: {', '.join(missing)}")
+    if not any(n in dict(model.named_parameters()) for n in task.train_layer):
+        raise ValueError("train_layer names only buffers; it needs at least one trainable parameter")
     if len(set(task.train_layer)) != len(task.train_layer):
         raise ValueError("train_layer lists a parameter twice")
     return model

@@ -89,3 +89,67 @@ def test_finetuned_victim_starts_from_the_clean_base(tmp_path, tiny_task, small_
 def test_finetuned_victim_needs_a_base(tmp_path, tiny_task, small_train, small_test):
     with pytest.raises(FileNotFoundError, match="starts from the clean base"):
         run_victim(tiny_task, Trigger(), tmp_path, small_train, small_test, seed=1, kind="finetuned")
+
+
+def test_multi_trunk_manifest_records_trunks_and_checkpoints_fit_their_own_trunk(tmp_path, tiny_task, small_train,
+                                                                                 small_test):
+    tiny_task.recipe.trunk_epochs = 1
+    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=7, trunks=3)
+    assert [t["id"] for t in manifest["trunks"]] == [0, 1, 2]
+    assert manifest["trunk_of"] == [0, 0, 0, 1, 1, 2, 2]  # K split as evenly as it goes, in trunk order
+    assert manifest["trunks"][0]["file"] == BASE_FILE
+    base, trunk1 = load_file(tmp_path / BASE_FILE), load_file(tmp_path / "trunk-1.safetensors")
+    assert not torch.equal(base["conv1.weight"], trunk1["conv1.weight"])  # a derived trunk is another trunk
+    layout = [(n, tuple(s)) for n, s in manifest["layout"]]
+    vectors = flatten(load_file(tmp_path / CHECKPOINTS_FILE), layout)
+    for trunk in manifest["trunks"]:  # each checkpoint reproduces its accuracy on the trunk it came from
+        state = load_file(tmp_path / trunk["file"])
+        rows = torch.tensor(manifest["trunk_of"]) == trunk["id"]
+        evaluator = BatchedEvaluator(check_architecture(tiny_task, state), small_test.normalized(), tiny_task.train_layer)
+        accs = accuracies(evaluator.predict_many(stacked_params(vectors[rows], layout, state)), small_test.labels)
+        assert accs == pytest.approx([a for a, r in zip(manifest["accs"], rows) if r], abs=1e-6)
+
+
+def test_leave_one_trunk_out_never_trains_on_the_held_out_trunk(tmp_path, tiny_task, small_train, small_test):
+    from pdiff.train import load_collection
+
+    tiny_task.recipe.trunk_epochs = 1
+    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=6, trunks=3)
+    layout = [(n, tuple(s)) for n, s in manifest["layout"]]
+    every = flatten(load_file(tmp_path / CHECKPOINTS_FILE), layout)
+    coll = load_collection(tmp_path, hold_out_trunk=1)
+    kept = flatten(coll["params"], layout)
+    held = every[torch.tensor(manifest["trunk_of"]) == 1]
+    assert coll["trunk_of"] == [0, 0, 2, 2] and len(kept) == 4
+    assert torch.cdist(kept, held).min() > 0  # not one held-out vector is among the training rows
+    assert coll["accs"] == [a for a, t in zip(manifest["accs"], manifest["trunk_of"]) if t != 1]
+    with pytest.raises(ValueError, match="cannot hold out trunk 5"):
+        load_collection(tmp_path, hold_out_trunk=5)
+
+
+def test_deep_collection_keeps_bn_statistics_and_stores_float16(tmp_path, small_train, small_test):
+    task = get_task("fmnist-convnet-deep")
+    task.recipe.epochs, task.recipe.save_every = 1, 3
+    manifest = run_collect(task, tmp_path, small_train, small_test, seed=0, k=4)
+    params, base = load_file(tmp_path / CHECKPOINTS_FILE), load_file(tmp_path / BASE_FILE)
+    assert all(v.dtype == torch.float16 for v in params.values())
+    for stat in ("bn3.running_mean", "bn3.running_var"):  # saved with every checkpoint, never trained
+        assert torch.equal(params[stat], base[stat].half()[None].expand(4, -1))
+    assert not torch.equal(params["conv3.weight"][0], params["conv3.weight"][-1])
+    # the recorded accuracies are those of the stored (rounded) values
+    layout = [(n, tuple(s)) for n, s in manifest["layout"]]
+    evaluator = BatchedEvaluator(check_architecture(task, base), small_test.normalized(), task.train_layer)
+    stacked = stacked_params(flatten(params, layout).float(), layout, base)
+    assert accuracies(evaluator.predict_many(stacked), small_test.labels) == pytest.approx(manifest["accs"], abs=1e-6)
+
+
+def test_train_layer_of_buffers_only_is_refused():
+    from pdiff.tasks import build_model
+
+    task = get_task("fmnist-convnet")
+    task.train_layer = ["bn3.running_mean"]
+    with pytest.raises(ValueError, match="at least one trainable parameter"):
+        build_model(task)
+    task.train_layer = ["bn3.num_batches_tracked", "linear.weight"]
+    with pytest.raises(ValueError, match="not in convnet: bn3.num_batches_tracked"):
+        build_model(task)

@@ -26,7 +26,8 @@ def test_any_stage_split_equals_the_whole_forward(name):
     with torch.no_grad():
         assert torch.allclose(model(model(x, 0, start), start), model(x), atol=1e-5)
     # the trunk ends right before the block that owns the first generated layer
-    assert model.stages()[start][0] == ("bn3" if task.arch == "convnet" else "layer4.1")
+    first = {"fmnist-convnet": "bn3", "fmnist-convnet-deep": "conv3"}.get(name, "layer4.1")
+    assert model.stages()[start][0] == first
 
 
 def test_get_task_returns_a_copy_and_rejects_unknown():
