@@ -23,6 +23,8 @@ class ParamAutoencoder(nn.Module):
 
     def __init__(self, num_params: int, cfg: AEConfig):
         super().__init__()
+        if cfg.fold < 1:
+            raise ValueError("AEConfig.fold must be resolved (auto_fold) before building the autoencoder")
         self.num_params, self.fold = num_params, cfg.fold
         down = 2 ** len(cfg.channels)
         self.length = math.ceil(math.ceil(num_params / cfg.fold) / down) * down

@@ -53,10 +53,24 @@ def unflatten(vectors: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
 
 
 def norm_stats(stacked: dict[str, torch.Tensor], layout: Layout) -> tuple[torch.Tensor, torch.Tensor]:
-    """One (mean, std) scalar pair per tensor over all K checkpoints; returns (T,), (T,)."""
-    mean = torch.stack([stacked[n].float().mean() for n, _ in layout])
-    std = torch.stack([stacked[n].float().std() for n, _ in layout]).clamp(min=1e-8)
+    """Centre every number on its mean over the K checkpoints, scale each tensor by the std of those
+    deviations: returns the mean (P,) and one std per tensor (T,).
+
+    Centring per number matters once a big tensor is generated (the deep task's conv3): checkpoints
+    differ from their mean by about 3% of the weights, and the autoencoder then only has to model
+    that difference, not the weights themselves.
+    """
+    flat = flatten(stacked, layout).float()
+    mean = flat.mean(0)
+    dev = unflatten(flat - mean, layout)
+    std = torch.stack([dev[n].std() for n, _ in layout]).clamp(min=1e-8)
     return mean, std
+
+
+def tensor_std(vectors: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Each tensor's std over all K vectors and all its numbers (T,): the noise baselines' unit."""
+    parts = unflatten(vectors.float(), layout)
+    return torch.stack([parts[n].std() for n, _ in layout]).clamp(min=1e-8)
 
 
 def per_tensor(stat: torch.Tensor, layout: Layout) -> torch.Tensor:
@@ -65,9 +79,14 @@ def per_tensor(stat: torch.Tensor, layout: Layout) -> torch.Tensor:
     return torch.repeat_interleave(stat, sizes)
 
 
+def _mean_vector(mean: torch.Tensor, layout: Layout) -> torch.Tensor:
+    # bundles of format 1 made before per-number centring store one mean per tensor (T,)
+    return per_tensor(mean, layout) if mean.shape[0] == len(layout) else mean
+
+
 def normalize(vectors: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, layout: Layout) -> torch.Tensor:
-    return (vectors - per_tensor(mean, layout)) / per_tensor(std, layout)
+    return (vectors - _mean_vector(mean, layout)) / per_tensor(std, layout)
 
 
 def denormalize(vectors: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, layout: Layout) -> torch.Tensor:
-    return vectors * per_tensor(std, layout) + per_tensor(mean, layout)
+    return vectors * per_tensor(std, layout) + _mean_vector(mean, layout)

@@ -28,13 +28,19 @@ def test_rows_never_mix_checkpoints():
         assert set((row // 10).tolist()) == {k}
 
 
-def test_normalisation_is_per_tensor_and_invertible():
+def test_normalisation_centres_each_number_scales_each_tensor_and_inverts():
     g = torch.Generator().manual_seed(0)
-    stacked = {"w": torch.randn(50, 8, generator=g) * 5 + 3, "b": torch.randn(50, 2, generator=g) * 0.01 - 1}
+    stacked = {"w": torch.randn(50, 8, generator=g) * 5 + torch.arange(8.0), "b": torch.randn(50, 2, generator=g) * 0.01 - 1}
     layout = layout_of(stacked, ["w", "b"], stacked=True)
     mean, std = norm_stats(stacked, layout)
+    assert mean.shape == (10,) and std.shape == (2,)
     x = normalize(flatten(stacked, layout), mean, std, layout)
     parts = unflatten(x, layout)
     for name in ("w", "b"):
-        assert abs(parts[name].mean().item()) < 1e-4 and abs(parts[name].std().item() - 1) < 1e-4
+        assert parts[name].mean(0).abs().max().item() < 1e-4  # every number centred, not only each tensor
+        assert abs(parts[name].std().item() - 1) < 1e-4
     assert torch.allclose(denormalize(x, mean, std, layout), flatten(stacked, layout), atol=1e-5)
+    # a bundle of the earlier format keeps one mean per tensor and still inverts
+    old_mean = torch.tensor([stacked["w"].mean().item(), stacked["b"].mean().item()])
+    y = normalize(flatten(stacked, layout), old_mean, std, layout)
+    assert torch.allclose(denormalize(y, old_mean, std, layout), flatten(stacked, layout), atol=1e-5)
