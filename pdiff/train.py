@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from pdiff.bundle import Bundle
 from pdiff.collect import BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, VICTIM_FILE, VICTIM_JSON
-from pdiff.config import AEConfig, DDPMConfig, Task
+from pdiff.config import AEConfig, DDPMConfig, Task, auto_fold
 from pdiff.diffusion import Diffusion
 from pdiff.nets import Denoiser, ParamAutoencoder
 from pdiff.params import flatten, norm_stats, normalize
@@ -92,8 +92,12 @@ def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator,
     return ema.eval(), losses
 
 
-def load_collection(folder: str | Path) -> dict:
-    """The collection written by `collect`: manifest, stacked checkpoints, base and (optional) victim."""
+def load_collection(folder: str | Path, hold_out_trunk: int | None = None) -> dict:
+    """The collection written by `collect`: manifest, stacked checkpoints, base and (optional) victim.
+
+    hold_out_trunk drops every checkpoint of that trunk (leave-one-trunk-out); `trunk_of` and
+    `accs` are cut the same way.
+    """
     folder = Path(folder)
     for name in (MANIFEST_FILE, CHECKPOINTS_FILE, BASE_FILE):
         if not (folder / name).is_file():
@@ -106,6 +110,24 @@ def load_collection(folder: str | Path) -> dict:
     if (folder / VICTIM_FILE).is_file() and (folder / VICTIM_JSON).is_file():
         out["victim"] = load_file(folder / VICTIM_FILE)
         out["victim_meta"] = json.loads((folder / VICTIM_JSON).read_text())
+    out["victims"], out["victims_meta"] = {}, {}
+    for report_path in sorted(folder.glob("victim-*.json")):  # the other victims written by `collect --backdoor`
+        report = json.loads(report_path.read_text())
+        weights = folder / str(report.get("file", ""))
+        if report.get("format") == "pdiff-victim" and weights.is_file():
+            name = f"{report['kind']}-{report['trigger']['kind']}"
+            out["victims"][name], out["victims_meta"][name] = load_file(weights), report
+    out["trunk_of"] = manifest.get("trunk_of") or [0] * manifest["k"]
+    out["accs"] = list(manifest["accs"])
+    if hold_out_trunk is not None:
+        known = sorted(set(out["trunk_of"]))
+        if hold_out_trunk not in known or len(known) < 2:
+            raise ValueError(f"cannot hold out trunk {hold_out_trunk}: the collection's trunks are {known}")
+        keep = [t != hold_out_trunk for t in out["trunk_of"]]
+        out["params"] = {n: v[torch.tensor(keep)] for n, v in out["params"].items()}
+        out["trunk_of"] = [t for t, k in zip(out["trunk_of"], keep) if k]
+        out["accs"] = [a for a, k in zip(out["accs"], keep) if k]
+    out["hold_out_trunk"] = hold_out_trunk
     return out
 
 
@@ -116,6 +138,8 @@ def train_bundle(collection: dict, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed:
     layout = collection["layout"]
     originals = flatten(collection["params"], layout).float()
     mean, std = norm_stats(collection["params"], layout)
+    if not ae_cfg.fold:
+        ae_cfg = AEConfig.from_dict({**ae_cfg.to_dict(), "fold": auto_fold(originals.shape[1])})
     x = normalize(originals, mean, std, layout)
 
     t0 = time.perf_counter()
@@ -130,13 +154,14 @@ def train_bundle(collection: dict, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed:
     ddpm_s = time.perf_counter() - t0
 
     m = collection["manifest"]
-    meta = {"originals_acc": m["accs"], "base_acc": m["base_acc"], "collection_seed": m["seed"],
-            "victim": collection["victim_meta"],
+    meta = {"originals_acc": collection["accs"], "base_acc": m["base_acc"], "collection_seed": m["seed"],
+            "trunk_of": collection["trunk_of"], "held_out_trunk": collection["hold_out_trunk"],
+            "victim": collection["victim_meta"], "victims": collection.get("victims_meta") or {},
             "training": {"seed": seed, "device": str(device), "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
                          "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
                          "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])}}
     return Bundle(collection["task"], layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
-                  z_mean, z_std, collection["base"], collection["victim"], meta)
+                  z_mean, z_std, collection["base"], collection["victim"], meta, victims=collection.get("victims") or {})
 
 
 @torch.no_grad()
