@@ -44,13 +44,14 @@ class Bundle:
     autoencoder: ParamAutoencoder
     denoiser: Denoiser              # the EMA weights: the ones sampling uses
     originals: torch.Tensor         # (K, P) raw train_layer vectors, layout order
-    norm_mean: torch.Tensor         # (T,) one scalar per tensor of the layout
-    norm_std: torch.Tensor
+    norm_mean: torch.Tensor         # (P,) each number's mean over the K originals ((T,) in older bundles)
+    norm_std: torch.Tensor          # (T,) one scale per tensor of the layout
     latent_mean: float
     latent_std: float
     base_state: dict[str, torch.Tensor]
     victim_state: dict[str, torch.Tensor] | None = None
-    meta: dict = field(default_factory=dict)   # accuracies, victim metrics, training log
+    meta: dict = field(default_factory=dict)   # accuracies, victim metrics (meta["victims"] for the others), training log
+    victims: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # more victims by name, e.g. finetuned-blended
     path: Path | None = None
 
     @property
@@ -73,13 +74,18 @@ class Bundle:
             files = {
                 AE_FILE: self.autoencoder.state_dict(),
                 DENOISER_FILE: self.denoiser.state_dict(),
-                ORIGINALS_FILE: {"vectors": self.originals},
+                ORIGINALS_FILE: {"vectors": self.originals.to(getattr(torch, self.task.recipe.storage_dtype))},
                 STATS_FILE: {"norm_mean": self.norm_mean, "norm_std": self.norm_std,
                              "latent_mean": torch.tensor(self.latent_mean), "latent_std": torch.tensor(self.latent_std)},
                 BASE_FILE: self.base_state,
             }
             if self.victim_state is not None:
                 files[VICTIM_FILE] = self.victim_state
+            unknown = sorted(set(self.victims) - set(self.meta.get("victims") or {}))
+            if unknown:
+                raise BundleError(f"victims without a report in meta['victims']: {', '.join(unknown)}")
+            for name, state in self.victims.items():
+                files[victim_file(name)] = state
             for name, tensors in files.items():
                 write_safetensors(tmp / name, tensors)
             meta = {
@@ -112,7 +118,7 @@ class Bundle:
         layout = [(n, tuple(s)) for n, s in meta["layout"]]
         ae_cfg, ddpm_cfg = AEConfig.from_dict(meta["autoencoder"]), DDPMConfig.from_dict(meta["ddpm"])
         tensors = {name: load_file(path / name) for name in meta["files"]}
-        stats, originals = tensors[STATS_FILE], tensors[ORIGINALS_FILE]["vectors"]
+        stats, originals = tensors[STATS_FILE], tensors[ORIGINALS_FILE]["vectors"].float()
         ae = ParamAutoencoder(originals.shape[1], ae_cfg)
         denoiser = Denoiser(ae.latent_shape, ddpm_cfg)
         for module, name in ((ae, AE_FILE), (denoiser, DENOISER_FILE)):
@@ -122,9 +128,20 @@ class Bundle:
                 raise BundleError(f"{path / name} does not match bundle.json's settings: {e}") from None
         extra = {k: v for k, v in meta.items()
                  if k not in ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files")}
+        victims = {}
+        for name in extra.get("victims") or {}:
+            if victim_file(name) not in tensors:
+                raise BundleError(f"{path / BUNDLE_JSON} names victim {name!r} but lists no {victim_file(name)}")
+            victims[name] = tensors[victim_file(name)]
         return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
                    stats["norm_mean"], stats["norm_std"], float(stats["latent_mean"]), float(stats["latent_std"]),
-                   tensors[BASE_FILE], tensors.get(VICTIM_FILE), extra, path)
+                   tensors[BASE_FILE], tensors.get(VICTIM_FILE), extra, victims=victims, path=path)
+
+
+def victim_file(name: str) -> str:
+    """File of a named extra victim ("finetuned-badnets" -> victim-finetuned-badnets.safetensors)."""
+    return f"victim-{name}.safetensors"
+
 
 
 def resolve(source: str | Path) -> Path:

@@ -19,7 +19,7 @@ def model_card(bundle: Bundle, repo_id: str) -> str:
         f"# {repo_id}: a pdiff bundle for `{bundle.task.name}`", "",
         "A latent parameter-diffusion bundle (p-diff, Wang et al. 2024): a parameter autoencoder and the EMA "
         f"weights of a latent DDPM that generate the `{bundle.task.arch}` layers below, the K original "
-        "checkpoints it was trained on, the base model they fit, and (where present) a BadNets victim.", "",
+        "checkpoints it was trained on, the base model they fit, and (where present) backdoored victims.", "",
         "| | |", "|---|---|",
         f"| task | `{bundle.task.name}` ({bundle.task.dataset}, {bundle.task.arch}) |",
         f"| generated layers | {', '.join(f'`{n}` {tuple(s)}' for n, s in bundle.layout)} |",
@@ -34,6 +34,9 @@ def model_card(bundle: Bundle, repo_id: str) -> str:
     if victim:
         lines.append(f"| victim (BadNets, target {victim['trigger']['target']}) | ACC {victim['acc']:.2f}, "
                      f"ASR {victim['asr']:.2f}, RA {victim['ra']:.2f} |")
+    for name, v in (bundle.meta.get("victims") or {}).items():
+        lines.append(f"| victim `{name}` ({v['trigger']['kind']}, target {v['trigger']['target']}) | "
+                     f"ACC {v['acc']:.2f}, ASR {v['asr']:.2f}, RA {v['ra']:.2f} |")
     lines += ["", "## Use", "", "```bash",
               f"python -m pdiff evaluate --bundle {repo_id} --target clean --n 100 --json report.json",
               "```", "", "Or choose it in the pdiff app's bundle box. Every weight file is safetensors; "

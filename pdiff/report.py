@@ -13,12 +13,13 @@ from pathlib import Path
 import torch
 
 from pdiff.backdoor import Trigger, der, triggered_test_set
-from pdiff.baselines import baseline_sets
+from pdiff.baselines import baseline_sets, defence_sets
 from pdiff.bundle import Bundle, BundleError
 from pdiff.collect import Split
 from pdiff.data import load_split, normalize
 from pdiff.evaluate import BatchedEvaluator, accuracies, iou_matrix, mean_offdiag, summary, tsne_2d
 from pdiff.params import normalize as normalize_params
+from pdiff.params import tensor_std
 from pdiff.sample import sample
 from pdiff.splice import finite_rows, select_layers, stacked_params
 from pdiff.targets import check_architecture, load_target
@@ -35,17 +36,32 @@ class Target:
 
 
 def resolve_target(bundle: Bundle, target: str) -> Target:
-    """'clean' and 'victim' come from the bundle; anything else is a model file, loaded safely."""
+    """'clean', 'victim' (alias 'scratch'), a named victim of the bundle ('finetuned-blended', or just
+    'finetuned' for its first fine-tuned one), or else a model file, loaded safely."""
     victim_meta = bundle.meta.get("victim") or {}
     trigger = Trigger.from_dict(victim_meta["trigger"]) if victim_meta.get("trigger") else Trigger()
     if target == "clean":
         return Target("clean", bundle.base_state, None)
-    if target == "victim":
+    if target in ("victim", "scratch"):
         if bundle.victim_state is None:
             raise BundleError("this bundle ships no victim model; choose the clean target or upload a model")
         return Target("victim", bundle.victim_state, trigger)
+    name = named_victim(bundle, target)
+    if name is not None:
+        return Target(name, bundle.victims[name], Trigger.from_dict(bundle.meta["victims"][name]["trigger"]))
+    if "/" not in str(target) and "." not in str(target) and not Path(target).exists():
+        known = ", ".join(["clean", "victim", *bundle.victims]) or "clean"
+        raise BundleError(f"no target {target!r} in this bundle (it has: {known}); or give a model file")
     model = load_target(bundle.task, target)
     return Target(str(target).rsplit("/", 1)[-1], model.state_dict(), _sibling_trigger(target) or trigger)
+
+
+def named_victim(bundle: Bundle, target: str) -> str | None:
+    """The bundle victim a name means: an exact name, or a kind ('finetuned') -> its BadNets one first."""
+    if target in bundle.victims:
+        return target
+    kind = sorted((n for n in bundle.victims if n.startswith(f"{target}-")), key=lambda n: not n.endswith("-badnets"))
+    return kind[0] if kind else None
 
 
 def _sibling_trigger(model_path: str) -> Trigger | None:
@@ -102,8 +118,13 @@ def as_is_metrics(engine: TargetEngine, target: Target, layout) -> dict:
 
 def run_report(bundle: Bundle, target: str = "clean", n: int = 100, seed: int = 0, sampler: str = "ddim",
                steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
-               progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True):
-    """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors)."""
+               progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
+               defences_train: Split | None = None):
+    """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
+
+    With `defences_train` (the training split) and a backdoored target, the finetune and reinit
+    defences (`baselines.defence_sets`, min(n, K) sets each) are evaluated beside the rest.
+    """
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
     test = test or Split(*load_split(bundle.task.dataset, "test"), bundle.task.dataset)
@@ -124,7 +145,12 @@ def run_report(bundle: Bundle, target: str = "clean", n: int = 100, seed: int = 
     g = torch.Generator().manual_seed(seed + 1)
     sets = {"generated": vectors[finite], "originals": bundle.originals}
     if with_baselines:
-        sets.update(baseline_sets(bundle.originals, bundle.norm_std, bundle.layout, min(n, len(bundle.originals)), g))
+        sets.update(baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout), bundle.layout,
+                                  min(n, len(bundle.originals)), g))
+    if defences_train is not None and tgt.trigger is not None:
+        say(0.65, "defence baselines (fine-tune, re-init)")
+        sets.update(defence_sets(bundle.task, bundle.layout, tgt.state, defences_train, test, g,
+                                 min(n, len(bundle.originals)), device))
     empty = {"acc": [], "asr": [], "ra": [], "wrong": torch.zeros(0, len(test.labels), dtype=torch.bool)}
     results = {name: engine.run(v) if len(v) else empty for name, v in sets.items()}
     evaluate_s = time.perf_counter() - t0

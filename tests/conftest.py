@@ -56,7 +56,7 @@ def small_train() -> Split:
 
 @pytest.fixture(scope="session")
 def tiny_collection(tmp_path_factory, small_train, small_test):
-    """A real collection (K = 8) and BadNets victim on 1024 training images, one epoch each."""
+    """A real collection (K = 8), a BadNets victim and a fine-tuned blended one, on 1024 training images."""
     from pdiff.backdoor import Trigger
     from pdiff.collect import run_collect, run_victim
     from pdiff.tasks import get_task
@@ -66,6 +66,8 @@ def tiny_collection(tmp_path_factory, small_train, small_test):
     out = tmp_path_factory.mktemp("collection")
     run_collect(task, out, small_train, small_test, seed=0)
     run_victim(task, Trigger(), out, small_train, small_test, seed=1)
+    task.recipe.finetune_epochs = 1
+    run_victim(task, Trigger(kind="blended"), out, small_train, small_test, seed=2, kind="finetuned")
     return out
 
 

@@ -110,3 +110,27 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_bundle, tmp_
     with pytest.raises(BundleError, match="exists and is not a bundle"):
         tiny_bundle.save(precious)
     assert (precious / "checkpoints.safetensors").read_bytes() == b"precious"
+
+
+def test_named_victims_travel_with_the_bundle(tiny_bundle, tiny_collection):
+    from pdiff.report import resolve_target
+
+    assert list(tiny_bundle.victims) == ["finetuned-blended"]
+    assert tiny_bundle.meta["victims"]["finetuned-blended"]["trigger"]["kind"] == "blended"
+    for name in ("finetuned", "finetuned-blended"):  # a kind means its victim
+        target = resolve_target(tiny_bundle, name)
+        assert target.name == "finetuned-blended" and target.trigger.kind == "blended"
+    on_disk = load_file(tiny_collection / "victim-finetuned-blended.safetensors")
+    assert all(torch.equal(target.state[k], on_disk[k]) for k in on_disk)
+    assert resolve_target(tiny_bundle, "scratch").trigger.kind == "badnets"
+    with pytest.raises(BundleError, match="no target 'finetunde'.*clean, victim, finetuned-blended"):
+        resolve_target(tiny_bundle, "finetunde")
+
+
+def test_fold_is_chosen_from_the_vector_length_and_recorded(tiny_bundle):
+    from pdiff.config import auto_fold
+
+    assert auto_fold(1546) == 16 and auto_fold(75530) == 512  # the two ConvNet tasks
+    assert all(-(-p // auto_fold(p)) <= 256 for p in (10, 4096, 4097, 10**6))
+    assert tiny_bundle.ae_cfg.fold == 16
+    assert json.loads((tiny_bundle.path / BUNDLE_JSON).read_text())["autoencoder"]["fold"] == 16
