@@ -6,10 +6,15 @@ training checkpoints, so every report shows those too, evaluated by the same eng
 from __future__ import annotations
 
 import torch
+from torch import nn
 
-from pdiff.params import Layout, per_tensor
+from pdiff.collect import Split, collect_checkpoints
+from pdiff.config import Task
+from pdiff.params import Layout, flatten, per_tensor
+from pdiff.targets import check_architecture
 
 NOISE_SIGMAS = (0.01, 0.05, 0.15)  # in units of each tensor's std over the K originals
+DEFENCES = ("finetune", "reinit")
 
 
 def noisy_originals(originals: torch.Tensor, tensor_std: torch.Tensor, layout: Layout, sigma: float, count: int,
@@ -34,3 +39,33 @@ def baseline_sets(originals: torch.Tensor, tensor_std: torch.Tensor, layout: Lay
     sets = {f"noise_{s:g}": noisy_originals(originals, tensor_std, layout, s, count, generator) for s in NOISE_SIGMAS}
     sets["interpolation"] = interpolations(originals, count, generator)
     return sets
+
+
+def _reinit_(model: nn.Module, names: list[str], generator: torch.Generator) -> None:
+    """Fresh values for the named parameters only; BatchNorm running statistics stay the victim's."""
+    owners = {n.rsplit(".", 1)[0] for n in names}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+        for owner in sorted(owners):
+            module = model.get_submodule(owner)
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.weight.fill_(1.0)   # reset_parameters() would also reset the running statistics
+                module.bias.zero_()
+            else:
+                module.reset_parameters()
+
+
+def defence_sets(task: Task, layout: Layout, victim_state: dict[str, torch.Tensor], train: Split, test: Split,
+                 generator: torch.Generator, k: int, device="cpu", names: tuple[str, ...] | list[str] = DEFENCES
+                 ) -> dict[str, torch.Tensor]:
+    """The classic defences a generator must beat, K parameter sets each, collected along one training run
+    (the collection's recipe and step budget, trunk and BN frozen) on clean training data:
+    finetune trains the victim's own train_layer, reinit the same layers re-initialised first."""
+    out = {}
+    for name in names:
+        model = check_architecture(task, victim_state)
+        if name == "reinit":
+            _reinit_(model, [n for n, _ in layout], generator)
+        coll = collect_checkpoints(model, task, train, test, generator, k=k, device=device)
+        out[name] = flatten(coll.params, layout).float()
+    return out

@@ -113,7 +113,29 @@ def test_plots_build_from_a_real_report(victim_report):
     assert list(scatter.data[0].x) == victim_report["generated"]["asr"]
     assert scatter.data[-1].x[0] == victim_report["target"]["asr"] and len(scatter.data) == 1 + 5 + 1
     rows = plots.summary_rows(victim_report)
-    assert rows[0][0] == "generated" and len(rows[0]) == len(plots.summary_headers(victim_report)) == 8
+    assert rows[0][:2] == ["generated", len(victim_report["generated"]["acc"])]
+    assert len(rows[0]) == len(plots.summary_headers(victim_report)) == 6
+    transfer = plots.transfer_rows(victim_report)
+    assert transfer[0][0].startswith("target as-is") and transfer[0][3] == round(victim_report["target"]["asr"], 2)
+    gen = victim_report["generated"]
+    assert transfer[1][:2] == ["generated", len(gen["acc"])] and len(transfer[1]) == len(plots.TRANSFER_HEADERS)
+    assert transfer[1][5] == round(sum(gen["der"]) / len(gen["der"]), 3) and transfer[1][6] == round(max(gen["der"]), 3)
+
+
+def test_report_with_the_defences_beside_the_generator(tiny_bundle, small_train, small_test):
+    recipe = tiny_bundle.task.recipe
+    saved, recipe.save_every = recipe.save_every, 2
+    try:
+        r, _ = run_report(tiny_bundle, "victim", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
+                          defences_train=small_train)
+        clean, _ = run_report(tiny_bundle, "clean", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
+                              defences_train=small_train)
+    finally:
+        recipe.save_every = saved
+    for name in ("finetune", "reinit"):  # min(n, K) sets each, with every backdoor metric
+        assert len(r["baselines"][name]["acc"]) == 3 and len(r["baselines"][name]["der"]) == 3
+    assert {"finetune", "reinit"} <= {row[0] for row in plots.transfer_rows(r)}
+    assert "finetune" not in clean["baselines"]  # a clean target has no backdoor to defend against
 
 
 def test_nonfinite_sets_on_a_victim_keep_every_key(tiny_bundle, small_test):

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pdiff.transfer import METHODS, _reinit_, run_transfer, table
+from pdiff.baselines import _reinit_
+from pdiff.transfer import METHODS, run_transfer, table
 from pdiff.targets import check_architecture
 
 
@@ -47,3 +48,19 @@ def test_reinit_touches_only_the_named_parameters(tiny_bundle):
         else:  # the trunk and every BatchNorm running statistic stay the victim's
             assert torch.equal(after[k], v), k
     assert torch.equal(after["bn3.weight"], torch.ones(128)) and torch.equal(after["bn3.bias"], torch.zeros(128))
+
+
+def test_several_seeds_report_a_spread_and_the_originals_once(tiny_bundle, small_test):
+    r = run_transfer(tiny_bundle, "finetuned", n=3, seeds=[0, 1], train=None, test=small_test, sampler="ddim",
+                     steps=3, methods=("generated", "originals"))
+    assert r["victim"]["name"] == "finetuned-blended" and r["seeds"] == [0, 1]
+    gen, orig = r["methods"]["generated"], r["methods"]["originals"]
+    assert len(gen["acc"]) == 6 and len(gen["per_seed"]["acc"]) == 2
+    assert len(orig["acc"]) == 8 and len(orig["per_seed"]["acc"]) == 1  # the same K sets whatever the seed
+    means = torch.tensor(gen["per_seed"]["der"], dtype=torch.float64)
+    assert gen["spread"]["der"]["mean"] == pytest.approx(means.mean().item())
+    assert gen["spread"]["der"]["std"] == pytest.approx(means.std().item())
+    assert gen["per_seed"]["acc"][0] == pytest.approx(sum(gen["acc"][:3]) / 3)
+    assert "±" in table(r)
+    with pytest.raises(ValueError, match="unknown methods"):
+        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=None, test=small_test, methods=("nope",))
