@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-SOURCE_ORDER = ["generated", "originals", "interpolation", "noise_0.01", "noise_0.05", "noise_0.15"]
-COLORS = {"generated": "#d62728", "originals": "#1f77b4", "interpolation": "#2ca02c",
-          "noise_0.01": "#9467bd", "noise_0.05": "#8c564b", "noise_0.15": "#7f7f7f"}
+SOURCE_ORDER = ["generated", "originals", "finetune", "reinit", "interpolation", "noise_0.01", "noise_0.05",
+                "noise_0.15"]
+COLORS = {"generated": "#d62728", "originals": "#1f77b4", "finetune": "#ff7f0e", "reinit": "#e377c2",
+          "interpolation": "#2ca02c", "noise_0.01": "#9467bd", "noise_0.05": "#8c564b", "noise_0.15": "#7f7f7f"}
 
 
 def _sources(report: dict) -> dict[str, dict]:
@@ -92,18 +93,30 @@ def acc_vs_asr(report: dict) -> go.Figure:
 
 
 def summary_rows(report: dict) -> list[list]:
-    """Rows of the summary table: source, best, mean, median, min (ACC), and mean ASR / RA / DER for a victim."""
+    """Rows of the accuracy table: source, n, best, mean, median, min."""
     rows = []
-    backdoor = report["backdoor"] == "applicable"
     for name, m in _sources(report).items():
         s = report["summary"][name]
-        row = [name, *(round(s[k], 2) if s[k] is not None else None for k in ("best", "mean", "median", "min"))]
-        if backdoor:
-            row += [round(sum(m[k]) / len(m[k]), 2 if k != "der" else 3) if m.get(k) else None for k in ("asr", "ra", "der")]
-        rows.append(row)
+        rows.append([name, len(m["acc"]), *(round(s[k], 2) if s[k] is not None else None
+                                            for k in ("best", "mean", "median", "min"))])
     return rows
 
 
 def summary_headers(report: dict) -> list[str]:
-    head = ["source", "ACC best", "ACC mean", "ACC median", "ACC min"]
-    return head + (["ASR mean", "RA mean", "DER mean"] if report["backdoor"] == "applicable" else [])
+    return ["source", "n", "ACC best", "ACC mean", "ACC median", "ACC min"]
+
+
+TRANSFER_HEADERS = ["method", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best"]
+
+
+def transfer_rows(report: dict) -> list[list]:
+    """The transfer table of a backdoored target: the target as-is, then every method's means and best DER."""
+    t = report["target"]
+    rows = [[f"target as-is ({t['name']})", 1, round(t["acc"], 2), round(t["asr"], 2), round(t["ra"], 2), 0.5, 0.5]]
+    for name, m in _sources(report).items():
+        if not m.get("acc"):
+            rows.append([name, 0, None, None, None, None, None])
+            continue
+        means = [sum(m[k]) / len(m[k]) for k in ("acc", "asr", "ra", "der")]
+        rows.append([name, len(m["acc"]), *(round(v, 2) for v in means[:3]), round(means[3], 3), round(max(m["der"]), 3)])
+    return rows

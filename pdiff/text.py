@@ -8,9 +8,12 @@ Generate new parameters for a classifier's layers with a latent diffusion model
 they perform next to the checkpoints they were trained on and simple baselines
 (noisy copies, interpolations).
 
-Pick a bundle and a target, press **Run**. The target may be the bundle's clean model,
-its BadNets victim, or a model you upload (a `.pth` state dict, a whole module of a known
-architecture, or `.safetensors`): uploads are loaded without running any pickled code.
+Pick a bundle and a target, press **Run**. The target may be the bundle's clean model, one of
+its backdoored victims (`victim`: BadNets, trained from scratch; `finetuned-*`: the clean model
+fine-tuned on BadNets or blended poison), or a model you upload (a `.pth` state dict, a whole
+module of a known architecture, or `.safetensors`): uploads are loaded without running any
+pickled code. The `fmnist-convnet-deep` bundle generates the last convolution too, which is
+what removes a fine-tuned victim's backdoor.
 """
 
 HOW_TO_READ = """
@@ -22,6 +25,9 @@ generator that only copies sits at the far right, with the small-noise baseline.
 For a backdoored target, ASR is the share of triggered non-target images classified as the
 target class, RA the share still classified correctly, DER the defence effectiveness
 rating against the target as-is (0.5 = no change, 1 = backdoor gone at no accuracy cost).
+The *transfer table* sets the generated layers beside the clean originals spliced in as they
+are and, when ticked, the classic defences: the target's own layers fine-tuned on clean data,
+and the same layers re-initialised and retrained, with the same step budget.
 
 Data: Fashion-MNIST (Zalando Research, MIT licence).
 """

@@ -54,8 +54,21 @@ def _test_split(dataset: str):
     return Split(*load_split(dataset, "test"), dataset)
 
 
+@lru_cache(maxsize=2)
+def _train_split(dataset: str):
+    """The training split, which only the defence baselines need (a Space may not have it)."""
+    from pdiff.collect import Split
+    from pdiff.data import load_split
+
+    try:
+        return Split(*load_split(dataset, "train"), dataset)
+    except DataError as e:
+        raise DataError(f"the defence baselines train on the {dataset} training split, which is not available "
+                        f"here ({e}); untick them") from None
+
+
 @_gpu
-def _compute(bundle_source, target, layers, n, sampler, steps, seed, progress):
+def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, progress):
     """The GPU part: sample, splice, evaluate. Returns plain data; figures are built outside."""
     from pdiff.report import run_report
 
@@ -67,14 +80,19 @@ def _compute(bundle_source, target, layers, n, sampler, steps, seed, progress):
         # an API client that left `layers` at its default (the default bundle's layers) but chose
         # another bundle means "all of this bundle's layers"
         layers = bundle.names
+    train = _train_split(bundle.task.dataset) if defences and target != "clean" else None
     return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
-                      progress=lambda frac, desc: progress(frac, desc=desc))
+                      progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train)
 
 
 def generate(bundle: str, target: str = "clean", victim_file: str | None = None, layers: list[str] | None = None,
-             n: int = DEFAULT_N, sampler: str = "ddim", steps: int = 50, seed: int = 0,
+             n: int = DEFAULT_N, sampler: str = "ddim", steps: int = 50, seed: int = 0, defences: bool = False,
              progress=gr.Progress()):
-    """Run: sample n parameter sets, splice into the target, evaluate; return report, files, table and figures."""
+    """Run: sample n parameter sets, splice into the target, evaluate; return report, files, tables and figures.
+
+    target: clean, victim, one of the bundle's named victims (e.g. finetuned-blended), or upload.
+    defences: also train the fine-tune and re-init defences (needs the training split).
+    """
     from pdiff.files import write_json
     from pdiff.sample import save_samples
 
@@ -88,14 +106,19 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
         if not victim_file:
             raise gr.Error("target is 'upload' but no model file was uploaded")
         target_arg = victim_file if isinstance(victim_file, str) else victim_file.name
-    elif target in ("clean", "victim"):
-        target_arg = target
     else:
-        raise gr.Error(f"unknown target {target!r}; use clean, victim or upload")
+        try:
+            choices = target_choices(load_bundle(bundle))
+        except (ValueError, BundleError, OSError) as e:
+            raise gr.Error(str(e)) from None
+        if target not in choices:
+            raise gr.Error(f"unknown target {target!r}; this bundle offers {', '.join(choices)}")
+        target_arg = target
     if layers is not None and len(layers) == 0:
         raise gr.Error("choose at least one layer to splice")
     try:
-        report, vectors = _compute(bundle, target_arg, list(layers or []), n, sampler, steps, seed, progress)
+        report, vectors = _compute(bundle, target_arg, list(layers or []), n, sampler, steps, seed, bool(defences),
+                                   progress)
         b = load_bundle(bundle)
     except (ValueError, BundleError, TargetError, DataError, OSError) as e:
         raise gr.Error(str(e)) from None
@@ -109,9 +132,10 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     save_samples(params_path, vectors, b, sampler, steps, seed)
     backdoor = report["backdoor"] == "applicable"
     table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
+    transfer = {"headers": plots.TRANSFER_HEADERS, "data": plots.transfer_rows(report) if backdoor else []}
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
             plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
-            plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None)
+            plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None, transfer)
 
 
 RUNS = Path(tempfile.gettempdir()) / "pdiff-runs"
@@ -146,19 +170,25 @@ def _status(report: dict) -> str:
     return line
 
 
-def layer_choices(bundle: str):
-    """When the bundle changes: its layers become the choices, all selected."""
+def target_choices(bundle: Bundle) -> list[str]:
+    """clean, the bundle's victims (the scratch one is `victim`), upload."""
+    return ["clean", *(["victim"] if bundle.victim_state is not None else []), *bundle.victims, "upload"]
+
+
+def bundle_changed(bundle: str):
+    """When the bundle changes: its layers become the choices, all selected; its victims become targets."""
     try:
-        names = load_bundle(bundle).names
+        b = load_bundle(bundle)
     except (ValueError, BundleError, OSError) as e:
         raise gr.Error(str(e)) from None
-    return gr.update(choices=names, value=names)
+    return gr.update(choices=b.names, value=b.names), gr.update(choices=target_choices(b), value="clean")
 
 
 def build_demo(default_bundle: str | None = None) -> gr.Blocks:
     shipped = shipped_bundles()
     default_bundle = default_bundle or next(iter(shipped), "")
     default_layers = load_bundle(default_bundle).names if default_bundle else []
+    targets = target_choices(load_bundle(default_bundle)) if default_bundle else ["clean", "upload"]
     # delete_cache: gradio's copies of uploads and downloads older than an hour go, checked hourly
     with gr.Blocks(title="pdiff: parameter diffusion", delete_cache=(KEEP_RUNS_S, KEEP_RUNS_S)) as demo:
         gr.Markdown(text.INTRO)
@@ -166,7 +196,9 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
             with gr.Column(scale=1, min_width=320):
                 bundle = gr.Dropdown(choices=list(shipped), value=default_bundle, allow_custom_value=True,
                                      label="Bundle", info="a shipped bundle, a local folder, or a Hub repo id (owner/name)")
-                target = gr.Radio(["clean", "victim", "upload"], value="clean", label="Target model")
+                target = gr.Radio(targets, value="clean", label="Target model",
+                                  info="victim: trained from scratch on poisoned data; finetuned-*: the clean base "
+                                       "fine-tuned on poisoned data (BadNets patch or blended pattern)")
                 victim_file = gr.File(label="Uploaded model (.pth / .pt / .safetensors)",
                                       file_types=[".pth", ".pt", ".safetensors"], type="filepath")
                 # a dropdown that accepts custom values: an API client may name the layers of another bundle
@@ -179,10 +211,16 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                                    info="DDPM runs all 1000 steps; DDIM is the fast option")
                 steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps")
                 seed = gr.Number(value=0, precision=0, label="Seed")
+                defences = gr.Checkbox(False, label="Defence baselines (fine-tune, re-init)",
+                                       info="for a backdoored target: train the target's own layers on clean data, "
+                                            "and the same layers re-initialised; needs the training split, "
+                                            "adds about a minute")
                 run = gr.Button("Run", variant="primary")
             with gr.Column(scale=2):
                 status = gr.Markdown("Press **Run** to sample and evaluate.", elem_id="status")
-                table = gr.Dataframe(label="Summary", interactive=False)
+                transfer_table = gr.Dataframe(label="Transfer: backdoor removal by method", interactive=False,
+                                              visible=False)
+                table = gr.Dataframe(label="Accuracy by source", interactive=False)
                 with gr.Row():
                     acc_plot = gr.Plot(label="Accuracy distribution")
                     asr_plot = gr.Plot(label="ASR distribution", visible=False)
@@ -194,12 +232,13 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                     report_file = gr.File(label="JSON report")
                     params_file = gr.File(label="Generated parameters (safetensors)")
                 gr.Markdown(text.HOW_TO_READ)
-        bundle.change(layer_choices, bundle, layers, api_name=False)
+        bundle.change(bundle_changed, bundle, [layers, target], api_name=False)
         # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
-        target.change(lambda t: [gr.update(visible=t != "clean")] * 2, target, [asr_plot, asr_scatter],
+        target.change(lambda t: [gr.update(visible=t != "clean")] * 3, target, [asr_plot, asr_scatter, transfer_table],
                       api_name=False)
-        run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed],
-                  [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status, asr_scatter],
+        run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed, defences],
+                  [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status, asr_scatter,
+                   transfer_table],
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
     demo.queue(max_size=16)
     return demo

@@ -44,11 +44,12 @@ def test_click_run_draws_both_plots(tmp_path):
             assert out.stat().st_size > 10_000
             print(f"click-to-plots: {seconds:.1f} s")
             # the victim: the backdoor views appear and get drawn too
-            page.get_by_label("victim").check()
+            page.get_by_label("victim", exact=True).check()
             page.get_by_role("button", name="Run").click()
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 5", timeout=300_000)
             page.wait_for_function("document.querySelector('#status').innerText.includes('on victim')", timeout=60_000)
             assert page.locator(".js-plotly-plot").count() == 5
+            assert page.get_by_text("Transfer: backdoor removal by method").first.is_visible()
             browser.close()
     finally:
         demo.close()

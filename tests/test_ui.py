@@ -80,3 +80,21 @@ def test_bad_parameters_get_clear_errors(client):
         _run(client, target="upload")
     with pytest.raises(AppError, match="layers not in the bundle's train_layer"):
         _run(client, layers=["conv1.weight"])
+
+
+def test_named_victim_with_the_defence_baselines(client):
+    out = _run(client, target="finetuned-blended", n=4, defences=True)
+    report = json.loads(open(out[0]).read())
+    assert report["target"]["name"] == "finetuned-blended" and report["target"]["trigger"]["kind"] == "blended"
+    transfer = out[9]
+    rows = {row[0]: row for row in transfer["data"]}
+    assert transfer["headers"][:2] == ["method", "n"]
+    assert rows["finetune"][1] == rows["reinit"][1] == 4 and rows["generated"][1] == 4
+    assert rows["target as-is (finetuned-blended)"][3] == pytest.approx(report["target"]["asr"], abs=0.01)
+    names = [t["name"] for t in json.loads(out[8]["plot"])["data"]]
+    assert "finetune (mean)" in names and "reinit (mean)" in names
+
+
+def test_unknown_target_names_the_choices(client):
+    with pytest.raises(AppError, match="unknown target 'nope'; this bundle offers clean, victim, finetuned-badnets"):
+        _run(client, target="nope")
