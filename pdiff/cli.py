@@ -235,6 +235,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding")
+    p.add_argument("--defences", action="store_true",
+                   help="for a backdoored target, also evaluate the finetune and reinit defences (trains on the "
+                        "training split; see `transfer`)")
     _add_data(p)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -255,7 +258,8 @@ def cmd_evaluate(args) -> int:
     bar = _bar("evaluate")
     report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
                                  test, progress=lambda frac, desc: bar(int(100 * frac), 100),
-                                 with_tsne=not args.no_tsne)
+                                 with_tsne=not args.no_tsne,
+                                 defences_train=_split(args, bundle.task, "train") if args.defences else None)
     write_json(args.json, report)
     if args.save_params:
         save_samples(args.save_params, vectors, bundle, args.sampler, args.steps, args.seed)

@@ -65,3 +65,15 @@ def test_evaluate_writes_the_report(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["generated"]["der"]) == 4 and report["target"]["asr"] > 90  # the shipped victim's backdoor
     assert "average:" in out.stdout and "median:" in out.stdout
+
+
+def test_transfer_and_trunk_options_refuse_bad_values_in_one_line(tmp_path):
+    out = _run("transfer", "--bundle", BUNDLE, "--victim", "finetunde", "--methods", "generated", "--json",
+               str(tmp_path / "t.json"), "--test-subset", "100")
+    assert out.returncode == 2 and out.stderr.startswith("error: no target 'finetunde' in this bundle")
+    assert "finetuned-badnets, finetuned-blended" in out.stderr and not (tmp_path / "t.json").exists()
+    out = _run("train", "--collection", "checkpoints/fmnist-convnet", "--hold-out-trunk", "1", "--out",
+               str(tmp_path / "b"))
+    assert out.returncode == 2 and out.stderr.strip() == "error: cannot hold out trunk 1: the collection's trunks are [0]"
+    out = _run("loto", "--bundle", BUNDLE, "--collection", "checkpoints/fmnist-convnet", "--json", str(tmp_path / "l.json"))
+    assert out.returncode == 2 and "trained on every trunk" in out.stderr

@@ -11,7 +11,7 @@ def transfer_report(tiny_bundle, small_train, small_test):
     recipe = tiny_bundle.task.recipe
     saved, recipe.save_every = recipe.save_every, 3
     try:
-        return run_transfer(tiny_bundle, "scratch", n=4, seed=0, train=small_train, test=small_test, sampler="ddim",
+        return run_transfer(tiny_bundle, "scratch", n=4, seeds=0, train=small_train, test=small_test, sampler="ddim",
                             steps=3, k_defence=5)
     finally:
         recipe.save_every = saved
