@@ -230,7 +230,8 @@ def _add_evaluate(sub) -> None:
                                    "on the test split, beside the K originals, noisy originals and interpolations. "
                                    "Writes a JSON report (accuracies in percent) and prints the familiar summary.")
     _add_sampling(p)
-    p.add_argument("--target", default="clean", help="clean, victim, or a model file (.safetensors / .pth)")
+    p.add_argument("--target", default="clean",
+                   help="clean, victim, a bundle victim's name (finetuned-badnets), or a model file (.safetensors / .pth)")
     p.add_argument("--layers", default=None, help="comma-separated subset of the bundle's layers to splice (all)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")
@@ -278,8 +279,9 @@ def _add_transfer(sub) -> None:
                                    "retrained. Writes a JSON report and prints one line per method.")
     _add_sampling(p)
     p.add_argument("--victim", default="scratch",
-                   help="scratch (the bundle's victim) or a victim model file; a victim-*.json beside it names "
-                        "its trigger")
+                   help="scratch (the bundle's scratch BadNets victim), finetuned (its first fine-tuned one), a "
+                        "bundle victim's name (finetuned-blended), or a victim model file; a victim-*.json beside "
+                        "the file names its trigger")
     p.add_argument("--k-defence", type=int, default=None, help="parameter sets per defence (the bundle's K)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
