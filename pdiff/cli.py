@@ -57,6 +57,15 @@ def _print_json(obj) -> None:
     print(json.dumps(obj, indent=1))
 
 
+def _write_report(path: Path, report: dict, text: str) -> None:
+    """Write a command's JSON report (atomically) and print its human summary."""
+    from pdiff.files import write_json
+
+    write_json(path, report)
+    print(text)
+    print(f"report written to {path}")
+
+
 # ---- collect ---------------------------------------------------------------------------
 def _add_collect(sub) -> None:
     p = sub.add_parser("collect", formatter_class=_FMT,
@@ -246,7 +255,6 @@ def _add_evaluate(sub) -> None:
 
 def cmd_evaluate(args) -> int:
     from pdiff.bundle import Bundle
-    from pdiff.files import write_json
     from pdiff.report import familiar_lines, run_report
     from pdiff.sample import save_samples
 
@@ -261,11 +269,9 @@ def cmd_evaluate(args) -> int:
                                  test, progress=lambda frac, desc: bar(int(100 * frac), 100),
                                  with_tsne=not args.no_tsne,
                                  defences_train=_split(args, bundle.task, "train") if args.defences else None)
-    write_json(args.json, report)
     if args.save_params:
         save_samples(args.save_params, vectors, bundle, args.sampler, args.steps, args.seed)
-    print(familiar_lines(report))
-    print(f"report written to {args.json}")
+    _write_report(args.json, report, familiar_lines(report))
     return 0
 
 
@@ -295,7 +301,6 @@ def _add_transfer(sub) -> None:
 
 def cmd_transfer(args) -> int:
     from pdiff.bundle import Bundle
-    from pdiff.files import write_json
     from pdiff.transfer import run_transfer, table
 
     device = _device(args.device)
@@ -304,9 +309,7 @@ def cmd_transfer(args) -> int:
     train = _split(args, bundle.task, "train") if {"finetune", "reinit"} & set(methods) else None
     report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
                           _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods)
-    write_json(args.json, report)
-    print(table(report))
-    print(f"report written to {args.json}")
+    _write_report(args.json, report, table(report))
     return 0
 
 
@@ -327,16 +330,13 @@ def _add_loto(sub) -> None:
 
 def cmd_loto(args) -> int:
     from pdiff.bundle import Bundle
-    from pdiff.files import write_json
     from pdiff.trunks import leave_one_trunk_out, loto_lines
 
     device = _device(args.device)
     bundle = Bundle.load(args.bundle, device)
     report = leave_one_trunk_out(bundle, args.collection, args.n, args.seed, _split(args, bundle.task, "test"),
                                  args.sampler, args.steps, device)
-    write_json(args.json, report)
-    print(loto_lines(report))
-    print(f"report written to {args.json}")
+    _write_report(args.json, report, loto_lines(report))
     return 0
 
 
