@@ -8,9 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pdiff.collect import Split, collect_checkpoints
+from pdiff.collect import collect_checkpoints
 from pdiff.config import Task
+from pdiff.data import Split
 from pdiff.params import Layout, flatten, per_tensor
+from pdiff.runtime import seeded_from
 from pdiff.targets import check_architecture
 
 NOISE_SIGMAS = (0.01, 0.05, 0.15)  # in units of each tensor's std over the K originals
@@ -44,8 +46,7 @@ def baseline_sets(originals: torch.Tensor, tensor_std: torch.Tensor, layout: Lay
 def _reinit_(model: nn.Module, names: list[str], generator: torch.Generator) -> None:
     """Fresh values for the named parameters only; BatchNorm running statistics stay the victim's."""
     owners = {n.rsplit(".", 1)[0] for n in names}
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    with seeded_from(generator), torch.no_grad():
         for owner in sorted(owners):
             module = model.get_submodule(owner)
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -66,6 +67,6 @@ def defence_sets(task: Task, layout: Layout, victim_state: dict[str, torch.Tenso
         model = check_architecture(task, victim_state)
         if name == "reinit":
             _reinit_(model, [n for n, _ in layout], generator)
-        coll = collect_checkpoints(model, task, train, test, generator, k=k, device=device)
-        out[name] = flatten(coll.params, layout).float()
+        params, _ = collect_checkpoints(model, task, train, test, generator, k=k, device=device)
+        out[name] = flatten(params, layout).float()
     return out

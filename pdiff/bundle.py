@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from pdiff.collection import BASE_FILE, PLAIN_VICTIM, victim_files
 from pdiff.config import AEConfig, DDPMConfig, Task
 from pdiff.diffusion import Diffusion
 from pdiff.files import sha256, write_json, write_safetensors
 from pdiff.nets import Denoiser, ParamAutoencoder
-from pdiff.params import Layout
+from pdiff.params import Layout, layout_from_json, layout_to_json
 
 FORMAT = "pdiff-bundle"
 FORMAT_VERSION = 1
@@ -27,8 +28,6 @@ AE_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser_ema.safetensors"
 ORIGINALS_FILE = "originals.safetensors"
 STATS_FILE = "stats.safetensors"
-BASE_FILE = "base.safetensors"
-VICTIM_FILE = "victim.safetensors"
 
 
 class BundleError(ValueError):
@@ -49,9 +48,10 @@ class Bundle:
     latent_mean: float
     latent_std: float
     base_state: dict[str, torch.Tensor]
-    victim_state: dict[str, torch.Tensor] | None = None
-    meta: dict = field(default_factory=dict)   # accuracies, victim metrics (meta["victims"] for the others), training log
-    victims: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # more victims by name, e.g. finetuned-blended
+    meta: dict = field(default_factory=dict)   # accuracies, victim reports, training log
+    # victims by name (collection.victim_name), e.g. scratch-badnets, finetuned-blended; each has a report in
+    # meta: the scratch BadNets one under meta["victim"] (the first format's key), the others in meta["victims"]
+    victims: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     path: Path | None = None
 
     @property
@@ -62,6 +62,14 @@ class Bundle:
     @property
     def names(self) -> list[str]:
         return [n for n, _ in self.layout]
+
+    @property
+    def victim_state(self) -> dict[str, torch.Tensor] | None:
+        """The scratch BadNets victim, the target called `victim`."""
+        return self.victims.get(PLAIN_VICTIM)
+
+    def victim_report(self, name: str) -> dict:
+        return self.meta["victim"] if name == PLAIN_VICTIM else self.meta["victims"][name]
 
     def save(self, path: str | Path) -> Path:
         """Write the bundle folder atomically; an existing bundle at `path` is replaced whole."""
@@ -79,18 +87,17 @@ class Bundle:
                              "latent_mean": torch.tensor(self.latent_mean), "latent_std": torch.tensor(self.latent_std)},
                 BASE_FILE: self.base_state,
             }
-            if self.victim_state is not None:
-                files[VICTIM_FILE] = self.victim_state
-            unknown = sorted(set(self.victims) - set(self.meta.get("victims") or {}))
+            reported = set(self.meta.get("victims") or {}) | ({PLAIN_VICTIM} if self.meta.get("victim") else set())
+            unknown = sorted(set(self.victims) - reported)
             if unknown:
-                raise BundleError(f"victims without a report in meta['victims']: {', '.join(unknown)}")
+                raise BundleError(f"victims without a report in meta: {', '.join(unknown)}")
             for name, state in self.victims.items():
-                files[victim_file(name)] = state
+                files[victim_files(name)[0]] = state
             for name, tensors in files.items():
                 write_safetensors(tmp / name, tensors)
             meta = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "task": self.task.to_dict(),
-                "layout": [[n, list(s)] for n, s in self.layout], "autoencoder": self.ae_cfg.to_dict(),
+                "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
                 "ddpm": self.ddpm_cfg.to_dict(), **self.meta,
                 "files": {name: sha256(tmp / name) for name in sorted(files)},
             }
@@ -115,7 +122,7 @@ class Bundle:
         path = resolve(source)
         meta = _read_meta(path)
         task = Task.from_dict(meta["task"])
-        layout = [(n, tuple(s)) for n, s in meta["layout"]]
+        layout = layout_from_json(meta["layout"])
         ae_cfg, ddpm_cfg = AEConfig.from_dict(meta["autoencoder"]), DDPMConfig.from_dict(meta["ddpm"])
         tensors = {name: load_file(path / name) for name in meta["files"]}
         stats, originals = tensors[STATS_FILE], tensors[ORIGINALS_FILE]["vectors"].float()
@@ -129,19 +136,15 @@ class Bundle:
         extra = {k: v for k, v in meta.items()
                  if k not in ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files")}
         victims = {}
-        for name in extra.get("victims") or {}:
-            if victim_file(name) not in tensors:
-                raise BundleError(f"{path / BUNDLE_JSON} names victim {name!r} but lists no {victim_file(name)}")
-            victims[name] = tensors[victim_file(name)]
+        named = [*([PLAIN_VICTIM] if extra.get("victim") else []), *(extra.get("victims") or {})]
+        for name in named:
+            file = victim_files(name)[0]
+            if file not in tensors:
+                raise BundleError(f"{path / BUNDLE_JSON} names victim {name!r} but lists no {file}")
+            victims[name] = tensors[file]
         return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
                    stats["norm_mean"], stats["norm_std"], float(stats["latent_mean"]), float(stats["latent_std"]),
-                   tensors[BASE_FILE], tensors.get(VICTIM_FILE), extra, victims=victims, path=path)
-
-
-def victim_file(name: str) -> str:
-    """File of a named extra victim ("finetuned-badnets" -> victim-finetuned-badnets.safetensors)."""
-    return f"victim-{name}.safetensors"
-
+                   tensors[BASE_FILE], extra, victims=victims, path=path)
 
 
 def resolve(source: str | Path) -> Path:

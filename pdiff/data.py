@@ -130,3 +130,29 @@ def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
     mean = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std
+
+
+@dataclass
+class Split:
+    """Raw uint8 images and labels of one split, with the dataset whose normalisation applies."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    dataset: str
+
+    @classmethod
+    def load(cls, dataset: str, split: str, data_dir: str | Path | None = None, download: bool = False) -> "Split":
+        return cls(*load_split(dataset, split, data_dir, download), dataset)
+
+    def normalized(self, device: str | torch.device = "cpu") -> torch.Tensor:
+        return normalize(self.images.to(device), self.dataset)
+
+    def subset(self, n: int | None) -> "Split":
+        return self if n is None else Split(self.images[:n], self.labels[:n], self.dataset)
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flips: the training augmentation of every model (none at test time)."""
+    flip = torch.rand(len(images), generator=generator) < 0.5
+    images = images.clone()
+    images[flip] = images[flip].flip(-1)
+    return images

@@ -21,6 +21,15 @@ def layout_of(state: dict[str, torch.Tensor], names: list[str], stacked: bool = 
     return [(n, tuple(state[n].shape[1:] if stacked else state[n].shape)) for n in names]
 
 
+def layout_to_json(layout: Layout) -> list[list]:
+    """The layout as bundle.json, manifest.json and sample files store it: [[name, [dims...]], ...]."""
+    return [[n, list(s)] for n, s in layout]
+
+
+def layout_from_json(items: list) -> Layout:
+    return [(str(n), tuple(int(d) for d in s)) for n, s in items]
+
+
 def numel(layout: Layout) -> int:
     return sum(math.prod(shape) for _, shape in layout)
 

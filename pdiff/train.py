@@ -2,21 +2,23 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from pdiff.bundle import Bundle
-from pdiff.collect import BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, VICTIM_FILE, VICTIM_JSON
-from pdiff.config import AEConfig, DDPMConfig, Task, auto_fold
+from pdiff.collection import PLAIN_VICTIM, Collection
+from pdiff.config import AEConfig, DDPMConfig, auto_fold
+from pdiff.data import Split
 from pdiff.diffusion import Diffusion
+from pdiff.evaluate import BatchedEvaluator, accuracies
 from pdiff.nets import Denoiser, ParamAutoencoder
-from pdiff.params import flatten, norm_stats, normalize
+from pdiff.params import denormalize, norm_stats, normalize
+from pdiff.runtime import optimizer_step, seeded_from
+from pdiff.splice import stacked_params
+from pdiff.targets import check_architecture
 
 
 def _batches(k: int, batch_size: int, generator: torch.Generator):
@@ -33,8 +35,7 @@ def _noise(shape, scale: float, generator: torch.Generator, device) -> torch.Ten
 
 def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator, device="cpu") -> tuple[ParamAutoencoder, list[float]]:
     """x: (K, P) normalised vectors. MSE with noise on the input and on the latent (p-diff)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    with seeded_from(generator):
         ae = ParamAutoencoder(x.shape[1], cfg).to(device)
     x = x.to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -47,10 +48,7 @@ def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator
         z = ae.encode(xb + _noise(xb.shape, cfg.input_noise, generator, device))
         z = z + _noise(z.shape, cfg.latent_noise, generator, device)
         loss = F.mse_loss(ae.decode(z), xb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched)
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(mse=f"{loss.item():.2e}", refresh=False)
@@ -68,8 +66,7 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator,
                    device="cpu") -> tuple[Denoiser, list[float]]:
     """z: (K, C, L) standardised latents. Epsilon-MSE, a timestep per sample, EMA kept from step 0."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    with seeded_from(generator):
         model = Denoiser(tuple(z.shape[1:]), cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
     diffusion = Diffusion(cfg.timesteps, cfg.beta_start, cfg.beta_end)
@@ -81,10 +78,7 @@ def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator,
     bar = tqdm(range(cfg.steps), desc="ddpm", unit="step", leave=False)
     for step in bar:
         loss = diffusion.loss(model, z[next(batches).to(device)], generator)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
+        optimizer_step(loss, opt, sched)
         _ema_update(ema, model, cfg.ema_decay)
         losses.append(loss.item())
         if step % 50 == 0:
@@ -92,52 +86,13 @@ def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator,
     return ema.eval(), losses
 
 
-def load_collection(folder: str | Path, hold_out_trunk: int | None = None) -> dict:
-    """The collection written by `collect`: manifest, stacked checkpoints, base and (optional) victim.
-
-    hold_out_trunk drops every checkpoint of that trunk (leave-one-trunk-out); `trunk_of` and
-    `accs` are cut the same way.
-    """
-    folder = Path(folder)
-    for name in (MANIFEST_FILE, CHECKPOINTS_FILE, BASE_FILE):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} is not a collection: {name} is missing (run `python -m pdiff collect`)")
-    manifest = json.loads((folder / MANIFEST_FILE).read_text())
-    out = {"manifest": manifest, "task": Task.from_dict(manifest["task"]),
-           "layout": [(n, tuple(s)) for n, s in manifest["layout"]],
-           "params": load_file(folder / CHECKPOINTS_FILE), "base": load_file(folder / BASE_FILE),
-           "victim": None, "victim_meta": None}
-    if (folder / VICTIM_FILE).is_file() and (folder / VICTIM_JSON).is_file():
-        out["victim"] = load_file(folder / VICTIM_FILE)
-        out["victim_meta"] = json.loads((folder / VICTIM_JSON).read_text())
-    out["victims"], out["victims_meta"] = {}, {}
-    for report_path in sorted(folder.glob("victim-*.json")):  # the other victims written by `collect --backdoor`
-        report = json.loads(report_path.read_text())
-        weights = folder / str(report.get("file", ""))
-        if report.get("format") == "pdiff-victim" and weights.is_file():
-            name = f"{report['kind']}-{report['trigger']['kind']}"
-            out["victims"][name], out["victims_meta"][name] = load_file(weights), report
-    out["trunk_of"] = manifest.get("trunk_of") or [0] * manifest["k"]
-    out["accs"] = list(manifest["accs"])
-    if hold_out_trunk is not None:
-        known = sorted(set(out["trunk_of"]))
-        if hold_out_trunk not in known or len(known) < 2:
-            raise ValueError(f"cannot hold out trunk {hold_out_trunk}: the collection's trunks are {known}")
-        keep = [t != hold_out_trunk for t in out["trunk_of"]]
-        out["params"] = {n: v[torch.tensor(keep)] for n, v in out["params"].items()}
-        out["trunk_of"] = [t for t, k in zip(out["trunk_of"], keep) if k]
-        out["accs"] = [a for a, k in zip(out["accs"], keep) if k]
-    out["hold_out_trunk"] = hold_out_trunk
-    return out
-
-
-def train_bundle(collection: dict, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed: int = 0,
+def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed: int = 0,
                  device="cpu") -> Bundle:
     """Normalise, fit the autoencoder, encode, fit the DDPM; a Bundle ready to save."""
     g = torch.Generator().manual_seed(seed)
-    layout = collection["layout"]
-    originals = flatten(collection["params"], layout).float()
-    mean, std = norm_stats(collection["params"], layout)
+    layout = collection.layout
+    originals = collection.vectors()
+    mean, std = norm_stats(collection.params, layout)
     if not ae_cfg.fold:
         ae_cfg = AEConfig.from_dict({**ae_cfg.to_dict(), "fold": auto_fold(originals.shape[1])})
     x = normalize(originals, mean, std, layout)
@@ -153,25 +108,21 @@ def train_bundle(collection: dict, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed:
     denoiser, ddpm_losses = train_denoiser((z - z_mean) / z_std, ddpm_cfg, g, device)
     ddpm_s = time.perf_counter() - t0
 
-    m = collection["manifest"]
-    meta = {"originals_acc": collection["accs"], "base_acc": m["base_acc"], "collection_seed": m["seed"],
-            "trunk_of": collection["trunk_of"], "held_out_trunk": collection["hold_out_trunk"],
-            "victim": collection["victim_meta"], "victims": collection.get("victims_meta") or {},
+    victims = collection.victims
+    meta = {"originals_acc": collection.accs, "base_acc": collection.trunk_accs[0], "collection_seed": collection.seed,
+            "trunk_of": collection.trunk_of, "held_out_trunk": collection.held_out_trunk,
+            "victim": victims[PLAIN_VICTIM].report if PLAIN_VICTIM in victims else None,
+            "victims": {name: v.report for name, v in victims.items() if name != PLAIN_VICTIM},
             "training": {"seed": seed, "device": str(device), "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
                          "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
                          "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])}}
-    return Bundle(collection["task"], layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
-                  z_mean, z_std, collection["base"], collection["victim"], meta, victims=collection.get("victims") or {})
+    return Bundle(collection.task, layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
+                  z_mean, z_std, collection.base, meta, victims={n: v.state for n, v in victims.items()})
 
 
 @torch.no_grad()
-def reconstruction_report(bundle: Bundle, test, device="cpu") -> dict:
+def reconstruction_report(bundle: Bundle, test: Split, device="cpu") -> dict:
     """Decode the K originals, splice each into the base model, compare test accuracies (percent)."""
-    from pdiff.evaluate import BatchedEvaluator, accuracies
-    from pdiff.params import denormalize
-    from pdiff.splice import stacked_params
-    from pdiff.targets import check_architecture
-
     ae = bundle.autoencoder.to(device).eval()
     x = normalize(bundle.originals, bundle.norm_mean, bundle.norm_std, bundle.layout)
     recon = denormalize(ae.decode(ae.encode(x.to(device))).cpu(), bundle.norm_mean, bundle.norm_std, bundle.layout)

@@ -8,8 +8,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pdiff.collect import Split  # noqa: E402
-from pdiff.data import load_split  # noqa: E402
+from pdiff.data import Split, load_split  # noqa: E402
 
 torch.set_num_threads(2)
 
@@ -58,8 +57,9 @@ def small_train() -> Split:
 def tiny_collection(tmp_path_factory, small_train, small_test):
     """A real collection (K = 8), a BadNets victim and a fine-tuned blended one, on 1024 training images."""
     from pdiff.backdoor import Trigger
-    from pdiff.collect import run_collect, run_victim
+    from pdiff.collect import run_collect
     from pdiff.tasks import get_task
+    from pdiff.victims import run_victim
 
     task = get_task("fmnist-convnet")
     task.recipe.epochs, task.recipe.k, task.recipe.save_every = 1, 8, 4
@@ -76,9 +76,10 @@ def tiny_bundle(tmp_path_factory, tiny_collection):
     """A bundle trained for a few steps with small networks, saved and loaded back."""
     from pdiff.bundle import Bundle
     from pdiff.config import AEConfig, DDPMConfig
-    from pdiff.train import load_collection, train_bundle
+    from pdiff.collection import Collection
+    from pdiff.train import train_bundle
 
-    bundle = train_bundle(load_collection(tiny_collection), AEConfig(channels=[16, 32], steps=60),
+    bundle = train_bundle(Collection.load(tiny_collection), AEConfig(channels=[16, 32], steps=60),
                           DDPMConfig(channels=32, blocks=2, steps=60), seed=0)
     path = bundle.save(tmp_path_factory.mktemp("bundles") / "tiny")
     return Bundle.load(path)

@@ -8,7 +8,8 @@ from safetensors.torch import load_file
 from pdiff.bundle import BUNDLE_JSON, DENOISER_FILE, Bundle, BundleError
 from pdiff.config import AEConfig, DDPMConfig
 from pdiff.sample import sample
-from pdiff.train import load_collection, train_bundle
+from pdiff.collection import Collection
+from pdiff.train import train_bundle
 
 
 def test_roundtrip_gives_identical_samples(tiny_bundle, tmp_path):
@@ -26,7 +27,8 @@ def test_bundle_json_records_what_the_design_asks(tiny_bundle):
     meta = json.loads((tiny_bundle.path / BUNDLE_JSON).read_text())
     assert meta["format_version"] == 1 and meta["task"]["name"] == "fmnist-convnet"
     assert [n for n, _ in meta["layout"]] == tiny_bundle.task.train_layer
-    assert len(meta["originals_acc"]) == 8 and meta["victim"]["asr"] >= 0
+    assert len(meta["originals_acc"]) == 8 and meta["victim"]["trigger"]["kind"] == "badnets"
+    assert meta["victim"]["asr"] == tiny_bundle.victim_report("scratch-badnets")["asr"]
     assert set(meta["files"]) >= {"autoencoder.safetensors", DENOISER_FILE, "originals.safetensors",
                                   "stats.safetensors", "base.safetensors", "victim.safetensors"}
     assert all(len(h) == 64 for h in meta["files"].values())
@@ -35,7 +37,7 @@ def test_bundle_json_records_what_the_design_asks(tiny_bundle):
 def test_ema_weights_are_saved_and_used(tiny_collection, tmp_path):
     # decay 1.0: the EMA never leaves its initialisation, whose output layer is zero,
     # while the trained network moves away from it; the bundle must hold the EMA
-    bundle = train_bundle(load_collection(tiny_collection), AEConfig(channels=[16, 32], steps=5),
+    bundle = train_bundle(Collection.load(tiny_collection), AEConfig(channels=[16, 32], steps=5),
                           DDPMConfig(channels=32, blocks=2, steps=20, ema_decay=1.0), seed=0)
     saved = load_file(bundle.save(tmp_path / "b") / DENOISER_FILE)
     assert torch.count_nonzero(saved["out.2.weight"]) == 0
@@ -113,9 +115,9 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_bundle, tmp_
 
 
 def test_named_victims_travel_with_the_bundle(tiny_bundle, tiny_collection):
-    from pdiff.report import resolve_target
+    from pdiff.targets import resolve_target
 
-    assert list(tiny_bundle.victims) == ["finetuned-blended"]
+    assert list(tiny_bundle.victims) == ["scratch-badnets", "finetuned-blended"]
     assert tiny_bundle.meta["victims"]["finetuned-blended"]["trigger"]["kind"] == "blended"
     for name in ("finetuned", "finetuned-blended"):  # a kind means its victim
         target = resolve_target(tiny_bundle, name)
@@ -142,7 +144,7 @@ def test_the_shipped_deep_bundle_generates_working_last_blocks(small_test):
     bundle = Bundle.load("checkpoints/fmnist-convnet-deep/bundle")
     assert bundle.names[0] == "conv3.weight" and bundle.originals.shape == (40, 75530)
     assert load_file(bundle.path / "originals.safetensors")["vectors"].dtype == torch.float16
-    assert set(bundle.victims) == {"finetuned-badnets", "finetuned-blended"}
+    assert set(bundle.victims) == {"scratch-badnets", "finetuned-badnets", "finetuned-blended"}
     report, _ = run_report(bundle, "finetuned-badnets", n=4, sampler="ddim", steps=10, test=small_test,
                            with_baselines=False, with_tsne=False)
     assert min(report["generated"]["acc"]) > 85  # on 500 test images; the victim's backdoor is gone

@@ -5,13 +5,14 @@ import torch
 from safetensors.torch import load_file
 
 from pdiff.backdoor import Trigger
-from pdiff.collect import (BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, VICTIM_JSON, collect_checkpoints, init_model,
-                           run_collect, run_victim)
+from pdiff.collect import collect_checkpoints, init_model, run_collect
+from pdiff.collection import BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, Collection, victim_files
 from pdiff.evaluate import BatchedEvaluator, accuracies
 from pdiff.params import flatten
 from pdiff.splice import stacked_params
 from pdiff.targets import check_architecture
 from pdiff.tasks import get_task
+from pdiff.victims import run_victim
 
 
 @pytest.fixture()
@@ -22,7 +23,7 @@ def tiny_task():
 
 
 def test_collection_writes_k_distinct_vectors_that_load_back(tmp_path, tiny_task, small_train, small_test):
-    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0)
+    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0).manifest()
     assert json.loads((tmp_path / MANIFEST_FILE).read_text()) == manifest
     params = load_file(tmp_path / CHECKPOINTS_FILE)
     layout = [(n, tuple(s)) for n, s in manifest["layout"]]
@@ -41,6 +42,17 @@ def test_collection_writes_k_distinct_vectors_that_load_back(tmp_path, tiny_task
     assert abs(manifest["base_acc"] - 10.0) > 5  # it learned something (chance is 10%)
 
 
+def test_collection_round_trips_through_its_one_writer_and_reader(tmp_path, tiny_task, small_train, small_test):
+    coll = run_collect(tiny_task, None, small_train, small_test, seed=0, k=4)  # in memory: nothing written
+    assert not any(tmp_path.iterdir())
+    coll.save(tmp_path)
+    back = Collection.load(tmp_path)
+    assert back.layout == coll.layout and back.accs == coll.accs and back.trunk_of == coll.trunk_of == [0] * 4
+    assert all(torch.equal(back.params[n], coll.params[n]) for n in coll.params)
+    assert all(torch.equal(back.base[n], coll.base[n]) for n in coll.base)
+    assert back.manifest() == coll.manifest() == json.loads((tmp_path / MANIFEST_FILE).read_text())
+
+
 def test_collection_freezes_trunk_and_batchnorm_stats(tiny_task, small_train, small_test):
     g = torch.Generator().manual_seed(0)
     model = init_model(tiny_task, g)
@@ -49,32 +61,36 @@ def test_collection_freezes_trunk_and_batchnorm_stats(tiny_task, small_train, sm
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    coll = collect_checkpoints(model, tiny_task, small_train, small_test, g, k=3)
+    params, _ = collect_checkpoints(model, tiny_task, small_train, small_test, g, k=3)
     after = model.state_dict()
     for name, value in before.items():
         if name in tiny_task.train_layer:
             assert not torch.equal(after[name], value), name
-            assert torch.equal(coll.params[name][-1], after[name])
+            assert torch.equal(params[name][-1], after[name])
         else:
             assert torch.equal(after[name], value), f"{name} changed during collection"
 
 
 def test_victim_reports_backdoor_metrics(tmp_path, tiny_task, small_train, small_test):
+    from pdiff.victims import backdoor_metrics
+
     report = run_victim(tiny_task, Trigger(target=0), tmp_path, small_train, small_test, seed=0)
-    saved = json.loads((tmp_path / VICTIM_JSON).read_text())
-    assert saved["trigger"]["target"] == 0 and saved["kind"] == "scratch"
-    for key in ("acc", "asr", "ra"):
-        assert 0.0 <= report[key] <= 100.0
+    weights, meta = victim_files("scratch-badnets")
+    saved = json.loads((tmp_path / meta).read_text())
+    assert saved["trigger"]["target"] == 0 and saved["kind"] == "scratch" and saved["file"] == weights
+    # the report's figures are those of the saved weights, measured again from the file
+    model = check_architecture(tiny_task, load_file(tmp_path / weights))
+    again = backdoor_metrics(model, small_test, Trigger(target=0))
+    assert {k: report[k] for k in again} == pytest.approx(again)
+    assert report["acc"] > 30 and report["asr"] + report["ra"] <= 100  # it learned something; ASR and RA exclude
 
 
 def test_finetuned_victim_starts_from_the_clean_base(tmp_path, tiny_task, small_train, small_test):
-    from pdiff.collect import victim_files
-
     run_collect(tiny_task, tmp_path, small_train, small_test, seed=0)
     base = load_file(tmp_path / BASE_FILE)
     tiny_task.recipe.finetune_epochs = 0  # no training at all: the victim must be the base itself
     report = run_victim(tiny_task, Trigger(kind="blended"), tmp_path, small_train, small_test, seed=1, kind="finetuned")
-    weights, meta = victim_files("finetuned", "blended")
+    weights, meta = victim_files("finetuned-blended")
     assert report["file"] == weights == "victim-finetuned-blended.safetensors" and (tmp_path / meta).is_file()
     same = load_file(tmp_path / weights)
     assert all(torch.equal(same[k], base[k]) for k in base)
@@ -94,7 +110,7 @@ def test_finetuned_victim_needs_a_base(tmp_path, tiny_task, small_train, small_t
 def test_multi_trunk_manifest_records_trunks_and_checkpoints_fit_their_own_trunk(tmp_path, tiny_task, small_train,
                                                                                  small_test):
     tiny_task.recipe.trunk_epochs = 1
-    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=7, trunks=3)
+    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=7, trunks=3).manifest()
     assert [t["id"] for t in manifest["trunks"]] == [0, 1, 2]
     assert manifest["trunk_of"] == [0, 0, 0, 1, 1, 2, 2]  # K split as evenly as it goes, in trunk order
     assert manifest["trunks"][0]["file"] == BASE_FILE
@@ -111,26 +127,24 @@ def test_multi_trunk_manifest_records_trunks_and_checkpoints_fit_their_own_trunk
 
 
 def test_leave_one_trunk_out_never_trains_on_the_held_out_trunk(tmp_path, tiny_task, small_train, small_test):
-    from pdiff.train import load_collection
-
     tiny_task.recipe.trunk_epochs = 1
-    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=6, trunks=3)
+    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=6, trunks=3).manifest()
     layout = [(n, tuple(s)) for n, s in manifest["layout"]]
     every = flatten(load_file(tmp_path / CHECKPOINTS_FILE), layout)
-    coll = load_collection(tmp_path, hold_out_trunk=1)
-    kept = flatten(coll["params"], layout)
+    coll = Collection.load(tmp_path, hold_out_trunk=1)
+    kept = coll.vectors()
     held = every[torch.tensor(manifest["trunk_of"]) == 1]
-    assert coll["trunk_of"] == [0, 0, 2, 2] and len(kept) == 4
+    assert coll.trunk_of == [0, 0, 2, 2] and len(kept) == 4 and coll.held_out_trunk == 1
     assert torch.cdist(kept, held).min() > 0  # not one held-out vector is among the training rows
-    assert coll["accs"] == [a for a, t in zip(manifest["accs"], manifest["trunk_of"]) if t != 1]
+    assert coll.accs == [a for a, t in zip(manifest["accs"], manifest["trunk_of"]) if t != 1]
     with pytest.raises(ValueError, match="cannot hold out trunk 5"):
-        load_collection(tmp_path, hold_out_trunk=5)
+        Collection.load(tmp_path, hold_out_trunk=5)
 
 
 def test_deep_collection_keeps_bn_statistics_and_stores_float16(tmp_path, small_train, small_test):
     task = get_task("fmnist-convnet-deep")
     task.recipe.epochs, task.recipe.save_every = 1, 3
-    manifest = run_collect(task, tmp_path, small_train, small_test, seed=0, k=4)
+    manifest = run_collect(task, tmp_path, small_train, small_test, seed=0, k=4).manifest()
     params, base = load_file(tmp_path / CHECKPOINTS_FILE), load_file(tmp_path / BASE_FILE)
     assert all(v.dtype == torch.float16 for v in params.values())
     for stat in ("bn3.running_mean", "bn3.running_var"):  # saved with every checkpoint, never trained

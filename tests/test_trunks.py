@@ -2,9 +2,10 @@ import pytest
 
 from pdiff.bundle import Bundle
 from pdiff.collect import run_collect
+from pdiff.collection import Collection
 from pdiff.config import AEConfig, DDPMConfig
 from pdiff.tasks import get_task
-from pdiff.train import load_collection, train_bundle
+from pdiff.train import train_bundle
 from pdiff.trunks import leave_one_trunk_out, loto_lines
 
 
@@ -18,7 +19,7 @@ def two_trunks(tmp_path_factory, small_train, small_test):
 
 
 def test_leave_one_trunk_out_reports_the_held_out_trunk(two_trunks, small_test, tmp_path):
-    bundle = train_bundle(load_collection(two_trunks, hold_out_trunk=1), AEConfig(channels=[16, 32], steps=20),
+    bundle = train_bundle(Collection.load(two_trunks, hold_out_trunk=1), AEConfig(channels=[16, 32], steps=20),
                           DDPMConfig(channels=32, blocks=2, steps=20), seed=0)
     assert bundle.meta["held_out_trunk"] == 1 and bundle.meta["trunk_of"] == [0, 0, 0, 0]
     bundle = Bundle.load(bundle.save(tmp_path / "loto"))

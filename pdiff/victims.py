@@ -1,0 +1,70 @@
+"""Backdoored victims: a model trained on poisoned data, from scratch or from the clean base.
+
+scratch: trained from random initialisation (its features share nothing with the clean trunk).
+finetuned: the clean base fine-tuned whole on the poisoned data for the recipe's finetune_epochs at
+a quarter of its learning rate (its trunk stays aligned with the clean one).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from pdiff.archs import StagedNet
+from pdiff.backdoor import Trigger, asr_ra, poison, triggered_test_set
+from pdiff.collect import fit, init_model, test_accuracy
+from pdiff.collection import BASE_FILE, Victim, save_victim, victim_files, victim_name
+from pdiff.config import Task
+from pdiff.data import Split, normalize
+from pdiff.evaluate import predict
+from pdiff.targets import check_architecture, load_target
+
+VICTIM_KINDS = ("scratch", "finetuned")
+
+
+def train_victim(task: Task, trigger: Trigger, train: Split, test: Split, seed: int, device: str = "cpu",
+                 kind: str = "scratch", base: dict[str, torch.Tensor] | None = None) -> Victim:
+    """A victim trained on poisoned data, with its report (ACC, ASR, RA on the test split)."""
+    if kind not in VICTIM_KINDS:
+        raise ValueError(f"unknown victim kind {kind!r}; use one of {', '.join(VICTIM_KINDS)}")
+    g = torch.Generator().manual_seed(seed)
+    images, labels, _ = poison(train.images, train.labels, trigger, g)
+    poisoned = Split(images, labels, train.dataset)
+    t0 = time.perf_counter()
+    if kind == "scratch":
+        model = fit(init_model(task, g), poisoned, task.recipe, g, device=device, desc="victim")
+    else:
+        if base is None:
+            raise ValueError("a finetuned victim starts from the clean base; give its state dict")
+        model = fit(check_architecture(task, base), poisoned, task.recipe, g, epochs=task.recipe.finetune_epochs,
+                    lr=task.recipe.lr / 4, device=device, desc="finetune victim")
+    seconds = time.perf_counter() - t0
+    report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": kind,
+              "trigger": trigger.to_dict(), "seed": seed, **backdoor_metrics(model, test, trigger, device),
+              "timings_s": {"train": seconds}, "device": str(device)}
+    return Victim({k: v.detach().cpu() for k, v in model.state_dict().items()}, report)
+
+
+def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Split, seed: int,
+               device: str = "cpu", kind: str = "scratch") -> dict:
+    """Train a victim (a finetuned one starts from the base in `out`) and write it into the collection `out`."""
+    out = Path(out)
+    base = None
+    if kind == "finetuned":
+        if not (out / BASE_FILE).is_file():
+            raise FileNotFoundError(f"a finetuned victim starts from the clean base, but {out / BASE_FILE} is missing "
+                                    "(run `python -m pdiff collect` into this folder first)")
+        base = load_target(task, out / BASE_FILE).state_dict()
+    victim = train_victim(task, trigger, train, test, seed, device, kind, base)
+    save_victim(out, victim, task)
+    return {**victim.report, "file": victim_files(victim_name(kind, trigger.kind))[0]}
+
+
+def backdoor_metrics(model: StagedNet, test: Split, trigger: Trigger, device: str = "cpu") -> dict[str, float]:
+    """ACC on the clean test split; ASR and RA on its triggered non-target images (percent)."""
+    acc = test_accuracy(model, test, device)
+    trig_images, trig_labels = triggered_test_set(test.images, test.labels, trigger)
+    pred = predict(model, normalize(trig_images.to(device), test.dataset)).argmax(-1).cpu()
+    asr, ra = asr_ra(pred, trig_labels, trigger.target)
+    return {"acc": acc, "asr": asr, "ra": ra}
