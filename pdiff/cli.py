@@ -10,18 +10,16 @@ from pathlib import Path
 
 import torch
 
-from pdiff.data import DataError
+from pdiff.backdoor import TRIGGERS
+from pdiff.data import DataError, Split
+from pdiff.diffusion import SAMPLERS
+from pdiff.runtime import resolve_device as _device
+from pdiff.splice import ALL_LAYERS
 from pdiff.tasks import DEFAULT_TASK, TASKS
+from pdiff.transfer import METHODS
+from pdiff.victims import VICTIM_KINDS
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
-
-
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available")
-    return name
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -40,17 +38,22 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True, help="bundle folder or Hugging Face Hub repo id")
     p.add_argument("--n", type=int, default=200, help="how many parameter sets to generate")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
 
 
 def _split(args, task, split: str):
     """One split of the task's dataset, cut to --train-subset / --test-subset."""
-    from pdiff.collect import Split
-    from pdiff.data import load_split
-
-    data = Split(*load_split(task.dataset, split, args.data_dir, args.download), task.dataset)
+    data = Split.load(task.dataset, split, args.data_dir, args.download)
     return data.subset(getattr(args, f"{split}_subset", None))
+
+
+def _bundle(args):
+    """The --bundle, loaded onto the --device: (bundle, device)."""
+    from pdiff.bundle import Bundle
+
+    device = _device(args.device)
+    return Bundle.load(args.bundle, device), device
 
 
 def _print_json(obj) -> None:
@@ -85,9 +88,9 @@ def _add_collect(sub) -> None:
                         "(recipe trunk_epochs), about K/M checkpoints each; the manifest records each one's trunk")
     p.add_argument("--from-base", type=Path, default=None,
                    help="skip base training: collect on this model file (e.g. another collection's base.safetensors)")
-    p.add_argument("--backdoor", choices=["badnets", "blended"], default=None,
+    p.add_argument("--backdoor", choices=TRIGGERS, default=None,
                    help="train a backdoored victim instead (badnets: 3x3 white patch; blended: a random pattern mixed in)")
-    p.add_argument("--victim-kind", choices=["scratch", "finetuned"], default="scratch",
+    p.add_argument("--victim-kind", choices=VICTIM_KINDS, default="scratch",
                    help="scratch: trained from random init; finetuned: the clean base in --out fine-tuned on poisoned data")
     p.add_argument("--blend-alpha", type=float, default=0.1, help="opacity of the blended trigger")
     p.add_argument("--target-label", type=int, default=0, help="backdoor target class")
@@ -99,8 +102,9 @@ def _add_collect(sub) -> None:
 
 def cmd_collect(args) -> int:
     from pdiff.backdoor import Trigger
-    from pdiff.collect import run_collect, run_victim
+    from pdiff.collect import run_collect
     from pdiff.tasks import build_model, get_task
+    from pdiff.victims import run_victim
 
     task = get_task(args.task)
     if args.train_layer:
@@ -126,7 +130,8 @@ def cmd_collect(args) -> int:
 
         base = load_target(task, args.from_base).state_dict()
     t0 = time.perf_counter()
-    manifest = run_collect(task, args.out, train, test, args.seed, device=device, trunks=args.trunks, base=base)
+    manifest = run_collect(task, args.out, train, test, args.seed, device=device, trunks=args.trunks,
+                           base=base).manifest()
     accs = manifest["accs"]
     _print_json({"base_acc": manifest["base_acc"], "k": manifest["k"], "acc_min": min(accs), "acc_max": max(accs),
                  "acc_mean": sum(accs) / len(accs), "diversity": manifest["diversity"],
@@ -157,8 +162,9 @@ def _add_train(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    from pdiff.collection import Collection
     from pdiff.config import AEConfig, DDPMConfig
-    from pdiff.train import load_collection, reconstruction_report, train_bundle
+    from pdiff.train import reconstruction_report, train_bundle
 
     ae_cfg, ddpm_cfg = AEConfig(), DDPMConfig()
     for cfg, value, flag in ((ae_cfg, args.ae_steps, "--ae-steps"), (ddpm_cfg, args.ddpm_steps, "--ddpm-steps")):
@@ -170,11 +176,11 @@ def cmd_train(args) -> int:
         if args.fold < 1:
             raise ValueError(f"--fold must be at least 1, got {args.fold}")
         ae_cfg.fold = args.fold
-    collection = load_collection(args.collection, args.hold_out_trunk)
+    collection = Collection.load(args.collection, args.hold_out_trunk, trunks=False)
     device = _device(args.device)
     bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device)
     if not args.no_recon_eval:
-        test = _split(args, collection["task"], "test")
+        test = _split(args, collection.task, "test")
         bundle.meta["training"]["reconstruction"] = reconstruction_report(bundle, test, device)
     bundle.save(args.out)
     tr = bundle.meta["training"]
@@ -198,17 +204,13 @@ def _add_sample(sub) -> None:
 
 
 def cmd_sample(args) -> int:
-    from pdiff.bundle import Bundle
-    from pdiff.sample import sample, save_samples
-    from pdiff.splice import finite_rows
+    from pdiff.sample import sample_finite, save_samples
 
-    device = _device(args.device)
-    bundle = Bundle.load(args.bundle, device)
+    bundle, device = _bundle(args)
     t0 = time.perf_counter()
-    vectors = sample(bundle, args.n, args.sampler, args.steps, torch.Generator().manual_seed(args.seed), device,
-                     progress=_bar(f"sample ({args.sampler})"))
+    vectors, finite = sample_finite(bundle, args.n, args.sampler, args.steps, torch.Generator().manual_seed(args.seed),
+                                    device, progress=_bar(f"sample ({args.sampler})"))
     seconds = time.perf_counter() - t0
-    finite = finite_rows(vectors)
     save_samples(args.out, vectors, bundle, args.sampler, args.steps, args.seed)
     _print_json({"out": str(args.out), "n": args.n, "nonfinite": int((~finite).sum()), "seconds": seconds})
     return 0
@@ -241,7 +243,7 @@ def _add_evaluate(sub) -> None:
     _add_sampling(p)
     p.add_argument("--target", default="clean",
                    help="clean, victim, a bundle victim's name (finetuned-badnets), or a model file (.safetensors / .pth)")
-    p.add_argument("--layers", default=None, help="comma-separated subset of the bundle's layers to splice (all)")
+    p.add_argument("--layers", default=ALL_LAYERS, help="comma-separated subset of the bundle's layers to splice")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding")
@@ -254,15 +256,13 @@ def _add_evaluate(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from pdiff.bundle import Bundle
     from pdiff.report import familiar_lines, run_report
     from pdiff.sample import save_samples
 
     if args.n < 1:
         raise ValueError(f"--n must be at least 1, got {args.n}")
-    device = _device(args.device)
-    bundle = Bundle.load(args.bundle, device)
-    layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
+    bundle, device = _bundle(args)
+    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     test = _split(args, bundle.task, "test")
     bar = _bar("evaluate")
     report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
@@ -291,8 +291,7 @@ def _add_transfer(sub) -> None:
     p.add_argument("--k-defence", type=int, default=None, help="parameter sets per defence (the bundle's K)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
-    p.add_argument("--methods", default=",".join(("generated", "originals", "finetune", "reinit")),
-                   help="comma-separated subset of generated, originals, finetune, reinit")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
     _add_common(p)
@@ -300,13 +299,12 @@ def _add_transfer(sub) -> None:
 
 
 def cmd_transfer(args) -> int:
-    from pdiff.bundle import Bundle
+    from pdiff.baselines import DEFENCES
     from pdiff.transfer import run_transfer, table
 
-    device = _device(args.device)
-    bundle = Bundle.load(args.bundle, device)
+    bundle, device = _bundle(args)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    train = _split(args, bundle.task, "train") if {"finetune", "reinit"} & set(methods) else None
+    train = _split(args, bundle.task, "train") if set(DEFENCES) & set(methods) else None
     report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
                           _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods)
     _write_report(args.json, report, table(report))
@@ -329,11 +327,9 @@ def _add_loto(sub) -> None:
 
 
 def cmd_loto(args) -> int:
-    from pdiff.bundle import Bundle
     from pdiff.trunks import leave_one_trunk_out, loto_lines
 
-    device = _device(args.device)
-    bundle = Bundle.load(args.bundle, device)
+    bundle, device = _bundle(args)
     report = leave_one_trunk_out(bundle, args.collection, args.n, args.seed, _split(args, bundle.task, "test"),
                                  args.sampler, args.steps, device)
     _write_report(args.json, report, loto_lines(report))

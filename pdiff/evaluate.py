@@ -1,10 +1,26 @@
-"""Evaluate many parameter sets at once: trunk computed once, generated tail under vmap."""
+"""The measurement engine: many parameter sets at once on one target, per-source metrics and similarity.
+
+Every command that measures (evaluate, transfer, leave-one-trunk-out, the app) builds a dict of
+parameter sets by source, hands it with a `TargetEngine` to `measure`, and only chooses the sources
+and formats the result. Within the engine the trunk is computed once and the generated tail runs
+per model under vmap.
+"""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call, vmap
 
 from pdiff.archs import StagedNet
+from pdiff.backdoor import der, triggered_test_set
+from pdiff.data import Split, normalize
+from pdiff.params import Layout
+from pdiff.splice import select_layers, stacked_params
+
+if TYPE_CHECKING:
+    from pdiff.config import Task
+    from pdiff.targets import Target
 
 
 @torch.no_grad()
@@ -66,6 +82,75 @@ def accuracies(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return (100.0 * (pred == labels[None]).double().mean(1)).tolist()
 
 
+class TargetEngine:
+    """A target model with its clean and (for a backdoored target) triggered test sets cached.
+
+    `run` evaluates (M, P) vectors of the layout spliced into the selected layers; the target keeps
+    its own values elsewhere. `as_is` is the target with its own values: the reference for DER.
+    """
+
+    def __init__(self, task: "Task", layout: Layout, target: "Target", test: Split, layers: list[str] | None = None,
+                 device: str | torch.device = "cpu"):
+        from pdiff.targets import check_architecture
+
+        self.layout, self.layers, self.labels = layout, select_layers(layout, layers), test.labels
+        self.target, self.trigger = target, target.trigger
+        model = check_architecture(task, target.state)
+        self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device)
+        if self.trigger is not None:
+            images, self.trig_labels = triggered_test_set(test.images, test.labels, self.trigger)
+            self.triggered = BatchedEvaluator(model, normalize(images.to(device), test.dataset), self.layers, device)
+        self._as_is: dict | None = None
+
+    @property
+    def backdoor(self) -> bool:
+        return self.trigger is not None
+
+    def run(self, vectors: torch.Tensor) -> dict:
+        """(M, P) finite vectors -> wrong-prediction masks (M, n) and acc (and asr, ra) lists."""
+        if len(vectors) == 0:
+            out = {"acc": [], "wrong": torch.zeros(0, len(self.labels), dtype=torch.bool)}
+            return {**out, "asr": [], "ra": []} if self.backdoor else out
+        stacked = stacked_params(vectors, self.layout, self.target.state, self.layers)
+        pred = self.clean.predict_many(stacked)
+        out = {"acc": accuracies(pred, self.labels), "wrong": pred != self.labels[None]}
+        if self.backdoor:
+            tp = self.triggered.predict_many(stacked)
+            out["asr"] = (100.0 * (tp == self.trigger.target).double().mean(1)).tolist()
+            out["ra"] = accuracies(tp, self.trig_labels)
+        return out
+
+    def as_is(self) -> dict:
+        """The target's own metrics: its own values of the layout's layers, spliced back unchanged."""
+        if self._as_is is None:
+            own = torch.cat([self.target.state[n].reshape(-1).float() for n, _ in self.layout])[None]
+            self._as_is = {k: v[0] for k, v in self.run(own).items() if k != "wrong"}
+        return self._as_is
+
+    def metrics(self, result: dict) -> dict:
+        """acc (and asr, ra, der against the target as-is) lists of one source, from `run`."""
+        out = {"acc": result["acc"]}
+        if self.backdoor:
+            base = self.as_is()
+            out.update(asr=result["asr"], ra=result["ra"], der=der(base["acc"], base["asr"], result["acc"], result["asr"]))
+        return out
+
+
+def measure(engine: TargetEngine, sets: dict[str, torch.Tensor], reference: str | None = "originals") -> dict:
+    """The one measurement: every source's parameter sets on the engine's target.
+
+    Returns {"metrics": {source: acc/asr/ra/der lists}, "summary": {source: {metric: best/mean/median/min}},
+    "similarity": {source: IoU measures against `reference`}} (similarity only when `reference` is a source).
+    """
+    results = {name: engine.run(vectors) for name, vectors in sets.items()}
+    metrics = {name: engine.metrics(r) for name, r in results.items()}
+    out = {"metrics": metrics,
+           "summary": {name: {k: summary(v) for k, v in m.items()} for name, m in metrics.items()}}
+    if reference in results:
+        out["similarity"] = similarity({name: r["wrong"] for name, r in results.items()}, reference)
+    return out
+
+
 # ---- similarity ------------------------------------------------------------------------
 def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
     """IoU of wrong-prediction sets for all pairs: 0/1 masks (A, n), (B, n) -> (A, B), by matrix products."""
@@ -79,6 +164,21 @@ def mean_offdiag(m: torch.Tensor) -> float | None:
     """Mean of a square similarity matrix without its diagonal (self-similarity); None below 2 models."""
     n = len(m)
     return None if n < 2 else ((m.sum() - m.diagonal().sum()) / (n * (n - 1))).item()
+
+
+def similarity(wrong: dict[str, torch.Tensor], reference: str = "originals") -> dict[str, dict]:
+    """IoU of wrong-prediction sets, per source: each model's max IoU to the reference models, the mean IoU
+    within the source, and the mean IoU between the source and the reference."""
+    ref = wrong[reference]
+    out = {reference: {"self_iou": mean_offdiag(iou_matrix(ref, ref))}}
+    for name, w in wrong.items():
+        if name == reference:
+            continue
+        max_iou = iou_matrix(w, ref).max(1).values.tolist() if len(w) and len(ref) else []
+        out[name] = {"max_iou": max_iou, "max_iou_mean": sum(max_iou) / len(max_iou) if max_iou else None,
+                     "self_iou": mean_offdiag(iou_matrix(w, w)),
+                     "cross_iou": iou_matrix(ref, w).mean().item() if len(w) and len(ref) else None}
+    return out
 
 
 # ---- t-SNE -----------------------------------------------------------------------------

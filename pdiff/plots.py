@@ -104,19 +104,3 @@ def summary_rows(report: dict) -> list[list]:
 
 def summary_headers(report: dict) -> list[str]:
     return ["source", "n", "ACC best", "ACC mean", "ACC median", "ACC min"]
-
-
-TRANSFER_HEADERS = ["method", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best"]
-
-
-def transfer_rows(report: dict) -> list[list]:
-    """The transfer table of a backdoored target: the target as-is, then every method's means and best DER."""
-    t = report["target"]
-    rows = [[f"target as-is ({t['name']})", 1, round(t["acc"], 2), round(t["asr"], 2), round(t["ra"], 2), 0.5, 0.5]]
-    for name, m in _sources(report).items():
-        if not m.get("acc"):
-            rows.append([name, 0, None, None, None, None, None])
-            continue
-        means = [sum(m[k]) / len(m[k]) for k in ("acc", "asr", "ra", "der")]
-        rows.append([name, len(m["acc"]), *(round(v, 2) for v in means[:3]), round(means[3], 3), round(max(m["der"]), 3)])
-    return rows

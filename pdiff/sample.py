@@ -9,7 +9,7 @@ import torch
 
 from pdiff.bundle import Bundle
 from pdiff.files import write_safetensors
-from pdiff.params import denormalize, unflatten
+from pdiff.params import denormalize, layout_to_json, unflatten
 
 
 @torch.no_grad()
@@ -26,10 +26,18 @@ def sample(bundle: Bundle, n: int, sampler: str = "ddpm", steps: int | None = No
     return denormalize(flat, bundle.norm_mean, bundle.norm_std, bundle.layout)
 
 
+def sample_finite(bundle: Bundle, n: int, sampler: str = "ddpm", steps: int | None = None,
+                  generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+                  progress: Callable[[int, int], None] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`sample`, plus the mask (n,) of vectors with no NaN or inf: only those are ever spliced."""
+    vectors = sample(bundle, n, sampler, steps, generator, device, progress)
+    return vectors, torch.isfinite(vectors).all(dim=1)
+
+
 def save_samples(path: str | Path, vectors: torch.Tensor, bundle: Bundle, sampler: str, steps: int | None,
                  seed: int) -> None:
     """Write {name: (N, *shape)} as safetensors; the layout order and the sampling settings travel as metadata."""
     meta = {"format": "pdiff-samples", "task": bundle.task.name, "sampler": sampler, "seed": str(seed),
             "steps": str(steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps),
-            "layout": json.dumps([[n, list(s)] for n, s in bundle.layout])}
+            "layout": json.dumps(layout_to_json(bundle.layout))}
     write_safetensors(path, unflatten(vectors, bundle.layout), meta)

@@ -6,10 +6,13 @@ import torch
 from pdiff.params import Layout, unflatten
 
 
+ALL_LAYERS = "all"  # the default of the CLI's --layers and of the app's layer box: every layer of the bundle
+
+
 def select_layers(layout: Layout, layers: list[str] | None) -> list[str]:
-    """The names to splice: all of the layout's, or a subset of it, kept in layout order."""
+    """The names to splice: all of the layout's (None, [] or ["all"]), or a subset of it, in layout order."""
     names = [n for n, _ in layout]
-    if not layers:
+    if not layers or ALL_LAYERS in layers:
         return names
     unknown = [n for n in layers if n not in names]
     if unknown:
@@ -31,17 +34,13 @@ def check_target(state: dict[str, torch.Tensor], layout: Layout, layers: list[st
         raise ValueError("the target does not fit the bundle's layers: " + "; ".join(problems))
 
 
-def finite_rows(vectors: torch.Tensor) -> torch.Tensor:
-    """Boolean mask (N,) of parameter vectors with no NaN or inf; the others are never spliced."""
-    return torch.isfinite(vectors).all(dim=1)
-
-
 def stacked_params(vectors: torch.Tensor, layout: Layout, state: dict[str, torch.Tensor],
                    layers: list[str] | None = None) -> dict[str, torch.Tensor]:
     """(N, P) vectors -> {name: (N, *shape)} for the selected layers; the target keeps the rest."""
     check_target(state, layout, layers)
-    if not bool(finite_rows(vectors).all()):
-        raise ValueError(f"{int((~finite_rows(vectors)).sum())} vectors have non-finite values; drop them first")
+    finite = torch.isfinite(vectors).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(f"{int((~finite).sum())} vectors have non-finite values; drop them first")
     by_name = unflatten(vectors, layout)
     return {n: by_name[n].to(state[n].dtype) for n in select_layers(layout, layers)}
 

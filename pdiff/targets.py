@@ -1,4 +1,5 @@
-"""Load target models safely: safetensors, .pth state dicts, allowlisted whole modules.
+"""Targets: load model files safely (safetensors, .pth state dicts, allowlisted whole modules), and
+resolve a target by name (clean, a bundle's victims, a file) with the trigger it is scored against.
 
 Nothing is unpickled except through `torch.load(weights_only=True)`; a whole pickled module
 is accepted only when every class in it is on SAFE_MODULE_CLASSES, and then only its state
@@ -6,7 +7,9 @@ dict is kept and copied into a freshly built model of the task's architecture.
 """
 from __future__ import annotations
 
+import json
 import pickle
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -15,6 +18,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pdiff.archs import SAFE_MODULE_CLASSES, StagedNet
+from pdiff.backdoor import Trigger
+from pdiff.bundle import Bundle, BundleError
+from pdiff.collection import PLAIN_VICTIM
 from pdiff.config import Task
 from pdiff.tasks import build_model
 
@@ -106,3 +112,58 @@ def _short(items: list[str], limit: int = 12) -> str:
 def load_target(task: Task, path: str | Path) -> StagedNet:
     """A model file -> a checked model of the task's architecture."""
     return check_architecture(task, load_state_file(path))
+
+
+# ---- targets by name ---------------------------------------------------------------------
+@dataclass
+class Target:
+    name: str                      # "clean", a victim's name, or the model file's name
+    state: dict[str, torch.Tensor]
+    trigger: Trigger | None        # None: backdoor metrics do not apply
+
+
+def resolve_target(bundle: Bundle, target: str | Path | Target) -> Target:
+    """'clean', 'victim' (alias 'scratch'), a named victim of the bundle ('finetuned-blended', or just
+    'finetuned' for its first fine-tuned one), or else a model file, loaded safely."""
+    if isinstance(target, Target):
+        return target
+    target = str(target)
+    if target == "clean":
+        return Target("clean", bundle.base_state, None)
+    if target == "victim" and bundle.victim_state is None:
+        raise BundleError("this bundle ships no victim model; choose the clean target or upload a model")
+    name = named_victim(bundle, "scratch-badnets" if target == "victim" else target)
+    if name is not None:
+        return Target("victim" if name == PLAIN_VICTIM else name, bundle.victims[name],
+                      Trigger.from_dict(bundle.victim_report(name)["trigger"]))
+    if "/" not in target and "." not in target and not Path(target).exists():
+        known = ", ".join(["clean", *target_names(bundle)])
+        raise BundleError(f"no target {target!r} in this bundle (it has: {known}); or give a model file")
+    plain = bundle.meta.get("victim") or {}
+    default = Trigger.from_dict(plain["trigger"]) if plain.get("trigger") else Trigger()
+    model = load_target(bundle.task, target)
+    return Target(Path(target).name, model.state_dict(), sibling_trigger(target) or default)
+
+
+def target_names(bundle: Bundle) -> list[str]:
+    """The bundle's victims as targets are named: the scratch BadNets one is `victim`."""
+    return ["victim" if n == PLAIN_VICTIM else n for n in bundle.victims]
+
+
+def named_victim(bundle: Bundle, target: str) -> str | None:
+    """The bundle victim a name means: an exact name, or a kind ('finetuned') -> its BadNets one first."""
+    if target in bundle.victims:
+        return target
+    kind = sorted((n for n in bundle.victims if n.startswith(f"{target}-")), key=lambda n: not n.endswith("-badnets"))
+    return kind[0] if kind else None
+
+
+def sibling_trigger(model_path: str | Path) -> Trigger | None:
+    """The trigger recorded in a victim report beside the model file (victim-*.json), if there is one."""
+    try:
+        meta = json.loads(Path(model_path).with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+    if meta.get("format") == "pdiff-victim" and isinstance(meta.get("trigger"), dict):
+        return Trigger.from_dict(meta["trigger"])
+    return None

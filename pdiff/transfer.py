@@ -13,16 +13,17 @@ import torch
 
 from pdiff.baselines import DEFENCES, defence_sets
 from pdiff.bundle import Bundle
-from pdiff.collect import Split
-from pdiff.evaluate import summary
-from pdiff.report import TargetEngine, as_is_metrics, method_metrics, resolve_target
-from pdiff.sample import sample
-from pdiff.splice import finite_rows
+from pdiff.data import Split
+from pdiff.evaluate import TargetEngine, measure, summary
+from pdiff.sample import sample_finite
+from pdiff.targets import resolve_target
 
 METHODS = ("generated", "originals", "finetune", "reinit")
+METRICS = ("acc", "asr", "ra", "der")
+TABLE_HEADERS = ["method", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best"]
 
 
-def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], train: Split, test: Split,
+def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], train: Split | None, test: Split,
                  sampler: str = "ddim", steps: int | None = 50, k_defence: int | None = None, device="cpu",
                  methods: tuple[str, ...] = METHODS) -> dict:
     """Every method's ACC / ASR / RA / DER lists on the victim, with a summary of each.
@@ -37,47 +38,43 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
-    target = resolve_target(bundle, victim)
-    engine = TargetEngine(bundle, target, bundle.names, test, device)
-    as_is = as_is_metrics(engine, target, bundle.layout)
+    engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, victim), test, device=device)
 
-    results = {m: [] for m in methods}       # per method, one engine result per seed
+    runs = {m: [] for m in methods}          # per method, one metrics dict per seed
     timings = {"sample": 0.0, "defences": 0.0, "evaluate": 0.0}
     nonfinite = 0
-    originals = None
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
-        sets = {}
+        sets = {"originals": bundle.originals} if "originals" in methods and seed == seeds[0] else {}
         if "generated" in methods:
             t0 = time.perf_counter()
-            vectors = sample(bundle, n, sampler, steps, g, device)
-            sets["generated"] = vectors[finite_rows(vectors)]
-            nonfinite += int((~finite_rows(vectors)).sum())
+            vectors, finite = sample_finite(bundle, n, sampler, steps, g, device)
+            sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
             timings["sample"] += time.perf_counter() - t0
-        defences = [m for m in DEFENCES if m in methods]
-        if defences:
-            t0 = time.perf_counter()
-            sets.update(defence_sets(bundle.task, bundle.layout, target.state, train, test, g,
-                                     k_defence or len(bundle.originals), device, defences))
-            timings["defences"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if "originals" in methods and not results["originals"]:  # the same K sets whatever the seed: once
-            results["originals"].append(engine.run(bundle.originals))
-        for name, vectors in sets.items():
-            results[name].append(engine.run(vectors) if len(vectors) else {"acc": [], "asr": [], "ra": []})
+        if [m for m in DEFENCES if m in methods]:
+            sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, train, test, g,
+                                     k_defence or len(bundle.originals), device, [m for m in DEFENCES if m in methods]))
+        timings["defences"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
+            runs[name].append(metrics)
         timings["evaluate"] += time.perf_counter() - t0
 
-    out_methods = {}
-    for name in methods:
-        per_seed = [method_metrics(r, as_is, backdoor=True) for r in results[name]]
-        m = {metric: [v for run in per_seed for v in run[metric]] for metric in ("acc", "asr", "ra", "der")}
-        m["summary"] = {metric: summary(m[metric]) for metric in ("acc", "asr", "ra", "der")}
-        m["per_seed"] = {metric: [summary(run[metric])["mean"] for run in per_seed] for metric in ("acc", "asr", "ra", "der")}
-        m["spread"] = {metric: _mean_std(vals) for metric, vals in m["per_seed"].items()}
-        out_methods[name] = m
-    return {"task": bundle.task.name, "victim": {"name": target.name, **as_is, "trigger": target.trigger.to_dict()},
-            "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names, "methods": out_methods,
+    as_is = engine.as_is()
+    return {"task": bundle.task.name, "victim": {"name": engine.target.name, **as_is, "trigger": engine.trigger.to_dict()},
+            "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names,
+            "methods": {name: _pooled(runs[name]) for name in methods},
             "nonfinite": nonfinite, "timings_s": timings, "device": str(device)}
+
+
+def _pooled(per_seed: list[dict]) -> dict:
+    """One method's seeds pooled: every value, a summary of each metric, each seed's means and their spread."""
+    m = {metric: [v for run in per_seed for v in run[metric]] for metric in METRICS}
+    m["summary"] = {metric: summary(m[metric]) for metric in METRICS}
+    m["per_seed"] = {metric: [summary(run[metric])["mean"] for run in per_seed] for metric in METRICS}
+    m["spread"] = {metric: _mean_std(vals) for metric, vals in m["per_seed"].items()}
+    return m
 
 
 def _mean_std(values: list[float | None]) -> dict[str, float | None]:
@@ -87,21 +84,31 @@ def _mean_std(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": vals.mean().item(), "std": vals.std().item() if len(vals) > 1 else 0.0}
 
 
+def table_rows(target: dict, sources: dict[str, dict]) -> list[list]:
+    """The transfer table (TABLE_HEADERS): the target as-is, then every source's means and best DER."""
+    rows = [[f"target as-is ({target['name']})", 1, round(target["acc"], 2), round(target["asr"], 2),
+             round(target["ra"], 2), 0.5, 0.5]]
+    for name, m in sources.items():
+        if not m.get("acc"):
+            rows.append([name, 0, None, None, None, None, None])
+            continue
+        acc, asr, ra, d = (sum(m[k]) / len(m[k]) for k in METRICS)
+        rows.append([name, len(m["acc"]), round(acc, 2), round(asr, 2), round(ra, 2), round(d, 3), round(max(m["der"]), 3)])
+    return rows
+
+
 def table(report: dict) -> str:
-    """One line per method: means of ACC, ASR, RA and DER; with several seeds, mean ± std of the seeds' means."""
+    """The transfer table as text; with several seeds each mean is the mean ± std of the seeds' means."""
     v = report["victim"]
     several = len(report.get("seeds", [])) > 1
     lines = [f"victim {v['name']}: ACC {v['acc']:.2f}  ASR {v['asr']:.2f}  RA {v['ra']:.2f}"
              + (f"  (seeds {', '.join(map(str, report['seeds']))}: mean ± std over seeds)" if several else ""),
              f"{'method':<10} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} {'DER best':>9}"]
-    for name, m in report["methods"].items():
-        if not m["acc"]:
+    for row, (name, m) in zip(table_rows(v, report["methods"])[1:], report["methods"].items()):
+        if not row[1]:
             lines.append(f"{name:<10} {0:>5}  (no finite parameter sets)")
             continue
-        cells = []
-        for metric, fmt in (("acc", ".2f"), ("asr", ".2f"), ("ra", ".2f"), ("der", ".3f")):
-            sp = m["spread"][metric]
-            cells.append(f"{sp['mean']:{fmt}} ± {sp['std']:{fmt}}" if several else f"{m['summary'][metric]['mean']:{fmt}}")
-        lines.append(f"{name:<10} {len(m['acc']):>5} " + " ".join(f"{c:>13}" for c in cells)
-                     + f" {m['summary']['der']['best']:>9.3f}")
+        cells = [f"{m['spread'][k]['mean']:{f}} ± {m['spread'][k]['std']:{f}}" if several else f"{cell:{f}}"
+                 for k, f, cell in zip(METRICS, (".2f", ".2f", ".2f", ".3f"), row[2:6])]
+        lines.append(f"{name:<10} {row[1]:>5} " + " ".join(f"{c:>13}" for c in cells) + f" {row[6]:>9.3f}")
     return "\n".join(lines)

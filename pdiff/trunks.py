@@ -5,51 +5,44 @@ layers that fit a trunk it never saw, as well as that trunk's own checkpoints do
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
 from pdiff.bundle import Bundle
-from pdiff.collect import CHECKPOINTS_FILE, MANIFEST_FILE, Split
-from pdiff.evaluate import summary
-from pdiff.params import flatten
-from pdiff.report import Target, TargetEngine
-from pdiff.sample import sample
-from pdiff.splice import finite_rows
-from pdiff.targets import load_target
+from pdiff.collection import Collection
+from pdiff.data import Split
+from pdiff.evaluate import TargetEngine, measure
+from pdiff.sample import sample_finite
+from pdiff.targets import Target, check_architecture
+
+SOURCES = ("generated", "own_checkpoints", "other_trunks_checkpoints")
 
 
-def leave_one_trunk_out(bundle: Bundle, collection: str | Path, n: int, seed: int, test: Split,
+def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, n: int, seed: int, test: Split,
                         sampler: str = "ddim", steps: int | None = 50, device="cpu") -> dict:
     """Accuracy on the held-out trunk of: generated sets, that trunk's own checkpoints, the other trunks' ones."""
     held = bundle.meta.get("held_out_trunk")
     if held is None:
         raise ValueError("this bundle was trained on every trunk; train one with `train --hold-out-trunk I`")
-    collection = Path(collection)
-    manifest = json.loads((collection / MANIFEST_FILE).read_text())
-    trunk = next((t for t in manifest.get("trunks", []) if t["id"] == held), None)
-    if trunk is None:
-        raise ValueError(f"{collection} has no trunk {held}; is it the collection the bundle was trained on?")
-    trunk_of = torch.tensor(manifest["trunk_of"])
-    own = flatten(load_file(collection / CHECKPOINTS_FILE), bundle.layout).float()[trunk_of == held]
+    coll = collection if isinstance(collection, Collection) else Collection.load(collection)
+    if held >= len(coll.trunks):
+        raise ValueError(f"the collection has no trunk {held}; is it the collection the bundle was trained on?")
 
-    model = load_target(bundle.task, collection / trunk["file"])
-    engine = TargetEngine(bundle, Target(f"trunk {held}", model.state_dict(), None), bundle.names, test, device)
-    vectors = sample(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device)
-    accs = {"generated": engine.run(vectors[finite_rows(vectors)])["acc"],
-            "own_checkpoints": engine.run(own)["acc"],
-            "other_trunks_checkpoints": engine.run(bundle.originals)["acc"]}
-    return {"task": bundle.task.name, "held_out_trunk": held, "trunk_acc": trunk["acc"], "n": n, "seed": seed,
+    trunk = Target(f"trunk {held}", check_architecture(bundle.task, coll.trunks[held]).state_dict(), None)
+    engine = TargetEngine(bundle.task, bundle.layout, trunk, test, device=device)
+    vectors, finite = sample_finite(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device)
+    sets = dict(zip(SOURCES, (vectors[finite], coll.rows_of_trunk(held), bundle.originals)))
+    m = measure(engine, sets, reference=None)
+    return {"task": bundle.task.name, "held_out_trunk": held, "trunk_acc": coll.trunk_accs[held], "n": n, "seed": seed,
             "sampler": sampler, "trained_on_trunks": sorted(set(bundle.meta.get("trunk_of", []))),
-            **{name: {"acc": a, "summary": summary(a)} for name, a in accs.items()}}
+            **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in SOURCES}}
 
 
 def loto_lines(report: dict) -> str:
     lines = [f"held-out trunk {report['held_out_trunk']} (its own accuracy {report['trunk_acc']:.2f}); "
              f"bundle trained on trunks {report['trained_on_trunks']}"]
-    for name in ("generated", "own_checkpoints", "other_trunks_checkpoints"):
+    for name in SOURCES:
         s = report[name]["summary"]
         lines.append(f"{name:<25} n={len(report[name]['acc']):<4} best {s['best']:.2f}  mean {s['mean']:.2f}  "
                      f"median {s['median']:.2f}  min {s['min']:.2f}")

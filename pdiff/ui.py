@@ -7,12 +7,14 @@ from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
-import torch
 
 from pdiff import plots, text
 from pdiff.bundle import Bundle, BundleError
-from pdiff.data import DataError
-from pdiff.targets import TargetError
+from pdiff.data import DataError, Split
+from pdiff.runtime import resolve_device
+from pdiff.splice import ALL_LAYERS
+from pdiff.targets import TargetError, target_names
+from pdiff.transfer import TABLE_HEADERS, table_rows
 
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_N, MAX_N = 100, 500
@@ -32,10 +34,6 @@ def shipped_bundles() -> dict[str, Path]:
     return {p.parent.name: p for p in sorted(CHECKPOINTS.glob("*/bundle")) if (p / "bundle.json").is_file()}
 
 
-def _device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @lru_cache(maxsize=4)
 def load_bundle(source: str) -> Bundle:
     """A shipped bundle by name, a local folder, or a Hub repo id; cached."""
@@ -47,21 +45,15 @@ def load_bundle(source: str) -> Bundle:
 
 
 @lru_cache(maxsize=2)
-def _test_split(dataset: str):
-    from pdiff.collect import Split
-    from pdiff.data import load_split
-
-    return Split(*load_split(dataset, "test"), dataset)
+def _test_split(dataset: str) -> Split:
+    return Split.load(dataset, "test")
 
 
 @lru_cache(maxsize=2)
-def _train_split(dataset: str):
+def _train_split(dataset: str) -> Split:
     """The training split, which only the defence baselines need (a Space may not have it)."""
-    from pdiff.collect import Split
-    from pdiff.data import load_split
-
     try:
-        return Split(*load_split(dataset, "train"), dataset)
+        return Split.load(dataset, "train")
     except DataError as e:
         raise DataError(f"the defence baselines train on the {dataset} training split, which is not available "
                         f"here ({e}); untick them") from None
@@ -73,13 +65,7 @@ def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, p
     from pdiff.report import run_report
 
     bundle = load_bundle(bundle_source)
-    device = _device()
-    shipped = shipped_bundles()
-    default = load_bundle(next(iter(shipped))).names if shipped else []
-    if sorted(layers) == sorted(default) and not set(layers) <= set(bundle.names):
-        # an API client that left `layers` at its default (the default bundle's layers) but chose
-        # another bundle means "all of this bundle's layers"
-        layers = bundle.names
+    device = resolve_device("auto")
     train = _train_split(bundle.task.dataset) if defences and target != "clean" else None
     return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
                       progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train)
@@ -132,7 +118,8 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     save_samples(params_path, vectors, b, sampler, steps, seed)
     backdoor = report["backdoor"] == "applicable"
     table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
-    transfer = {"headers": plots.TRANSFER_HEADERS, "data": plots.transfer_rows(report) if backdoor else []}
+    sources = {"generated": report["generated"], "originals": report["originals"], **report["baselines"]}
+    transfer = {"headers": TABLE_HEADERS, "data": table_rows(report["target"], sources) if backdoor else []}
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
             plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
             plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None, transfer)
@@ -171,8 +158,8 @@ def _status(report: dict) -> str:
 
 
 def target_choices(bundle: Bundle) -> list[str]:
-    """clean, the bundle's victims (the scratch one is `victim`), upload."""
-    return ["clean", *(["victim"] if bundle.victim_state is not None else []), *bundle.victims, "upload"]
+    """clean, the bundle's victims (the scratch BadNets one is `victim`), upload."""
+    return ["clean", *target_names(bundle), "upload"]
 
 
 def bundle_changed(bundle: str):
@@ -181,13 +168,13 @@ def bundle_changed(bundle: str):
         b = load_bundle(bundle)
     except (ValueError, BundleError, OSError) as e:
         raise gr.Error(str(e)) from None
-    return gr.update(choices=b.names, value=b.names), gr.update(choices=target_choices(b), value="clean")
+    return gr.update(choices=[ALL_LAYERS, *b.names], value=[ALL_LAYERS]), gr.update(choices=target_choices(b), value="clean")
 
 
 def build_demo(default_bundle: str | None = None) -> gr.Blocks:
     shipped = shipped_bundles()
     default_bundle = default_bundle or next(iter(shipped), "")
-    default_layers = load_bundle(default_bundle).names if default_bundle else []
+    default_layers = [ALL_LAYERS, *(load_bundle(default_bundle).names if default_bundle else [])]
     targets = target_choices(load_bundle(default_bundle)) if default_bundle else ["clean", "upload"]
     # delete_cache: gradio's copies of uploads and downloads older than an hour go, checked hourly
     with gr.Blocks(title="pdiff: parameter diffusion", delete_cache=(KEEP_RUNS_S, KEEP_RUNS_S)) as demo:
@@ -202,10 +189,10 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                 victim_file = gr.File(label="Uploaded model (.pth / .pt / .safetensors)",
                                       file_types=[".pth", ".pt", ".safetensors"], type="filepath")
                 # a dropdown that accepts custom values: an API client may name the layers of another bundle
-                layers = gr.Dropdown(choices=default_layers, value=default_layers, multiselect=True,
+                layers = gr.Dropdown(choices=default_layers, value=[ALL_LAYERS], multiselect=True,
                                      allow_custom_value=True, label="Layers to splice",
-                                     info="a subset of the bundle's train_layer; the target keeps its own values "
-                                          "for the rest")
+                                     info="all, or a subset of the bundle's train_layer; the target keeps its own "
+                                          "values for the rest")
                 n = gr.Slider(1, MAX_N, value=DEFAULT_N, step=1, label="N (parameter sets to generate)")
                 sampler = gr.Radio(["ddpm", "ddim"], value="ddim", label="Sampler",
                                    info="DDPM runs all 1000 steps; DDIM is the fast option")
@@ -242,6 +229,15 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
     demo.queue(max_size=16)
     return demo
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on now: for tests and benches that start a real server beside others."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def launch(demo: gr.Blocks, **kwargs) -> None:

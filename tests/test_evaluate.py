@@ -8,6 +8,13 @@ from pdiff.backdoor import der
 from pdiff.evaluate import BatchedEvaluator, iou_matrix, mean_offdiag, tsne_2d
 from pdiff.report import NOT_APPLICABLE, familiar_lines, run_report
 from pdiff.targets import check_architecture
+from pdiff.transfer import TABLE_HEADERS, table_rows
+
+from helpers import with_recipe
+
+
+def _sources(report):
+    return {"generated": report["generated"], "originals": report["originals"], **report["baselines"]}
 
 
 def test_iou_by_matrices_equals_brute_force():
@@ -115,26 +122,22 @@ def test_plots_build_from_a_real_report(victim_report):
     rows = plots.summary_rows(victim_report)
     assert rows[0][:2] == ["generated", len(victim_report["generated"]["acc"])]
     assert len(rows[0]) == len(plots.summary_headers(victim_report)) == 6
-    transfer = plots.transfer_rows(victim_report)
+    transfer = table_rows(victim_report["target"], _sources(victim_report))
     assert transfer[0][0].startswith("target as-is") and transfer[0][3] == round(victim_report["target"]["asr"], 2)
     gen = victim_report["generated"]
-    assert transfer[1][:2] == ["generated", len(gen["acc"])] and len(transfer[1]) == len(plots.TRANSFER_HEADERS)
+    assert transfer[1][:2] == ["generated", len(gen["acc"])] and len(transfer[1]) == len(TABLE_HEADERS)
     assert transfer[1][5] == round(sum(gen["der"]) / len(gen["der"]), 3) and transfer[1][6] == round(max(gen["der"]), 3)
 
 
 def test_report_with_the_defences_beside_the_generator(tiny_bundle, small_train, small_test):
-    recipe = tiny_bundle.task.recipe
-    saved, recipe.save_every = recipe.save_every, 2
-    try:
-        r, _ = run_report(tiny_bundle, "victim", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
+    bundle = with_recipe(tiny_bundle, save_every=2)
+    r, _ = run_report(bundle, "victim", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
+                      defences_train=small_train)
+    clean, _ = run_report(bundle, "clean", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
                           defences_train=small_train)
-        clean, _ = run_report(tiny_bundle, "clean", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
-                              defences_train=small_train)
-    finally:
-        recipe.save_every = saved
     for name in ("finetune", "reinit"):  # min(n, K) sets each, with every backdoor metric
         assert len(r["baselines"][name]["acc"]) == 3 and len(r["baselines"][name]["der"]) == 3
-    assert {"finetune", "reinit"} <= {row[0] for row in plots.transfer_rows(r)}
+    assert {"finetune", "reinit"} <= {row[0] for row in table_rows(r["target"], _sources(r))}
     assert "finetune" not in clean["baselines"]  # a clean target has no backdoor to defend against
 
 
@@ -145,15 +148,17 @@ def test_nonfinite_sets_on_a_victim_keep_every_key(tiny_bundle, small_test):
     assert r["summary_asr"]["generated"]["mean"] is None and len(r["originals"]["asr"]) == 8
 
 
-def test_a_victim_file_brings_its_own_trigger(tiny_bundle, tiny_collection, small_train, small_test):
-    from pdiff.backdoor import Trigger
-    from pdiff.collect import run_victim
+def test_a_victim_file_brings_its_own_trigger(tiny_bundle, tiny_collection, small_train, small_test, tmp_path):
+    import shutil
 
-    task = tiny_bundle.task
-    task.recipe.finetune_epochs = 1
-    meta = run_victim(task, Trigger(kind="blended", alpha=0.15), tiny_collection, small_train, small_test, seed=2,
+    from pdiff.backdoor import Trigger
+    from pdiff.victims import run_victim
+
+    shutil.copy(tiny_collection / "base.safetensors", tmp_path)  # a victim of its own, beside its own copy of the base
+    task = with_recipe(tiny_bundle, finetune_epochs=1).task
+    meta = run_victim(task, Trigger(kind="blended", alpha=0.15), tmp_path, small_train, small_test, seed=2,
                       kind="finetuned")
-    r, _ = run_report(tiny_bundle, str(tiny_collection / meta["file"]), n=3, sampler="ddim", steps=3, test=small_test,
+    r, _ = run_report(tiny_bundle, str(tmp_path / meta["file"]), n=3, sampler="ddim", steps=3, test=small_test,
                       with_tsne=False)
     assert r["target"]["trigger"]["kind"] == "blended" and r["target"]["trigger"]["alpha"] == 0.15
     assert r["target"]["asr"] == pytest.approx(meta["asr"]) and r["target"]["acc"] == pytest.approx(meta["acc"])

@@ -1,13 +1,12 @@
 """A real browser (Debian's Chromium, driven by Playwright) opens the app, clicks Run, waits for the plots."""
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
-from pdiff.ui import build_demo, launch
+from pdiff.ui import build_demo, free_port, launch
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -15,17 +14,11 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-ne
 SCREENSHOT = Path(__file__).resolve().parent.parent / "assets" / "screenshot.png"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason="chromium not installed (apt-get install chromium)")
 def test_click_run_draws_both_plots(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api")
     demo = build_demo()
-    launch(demo, server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)

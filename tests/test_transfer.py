@@ -5,16 +5,13 @@ from pdiff.baselines import _reinit_
 from pdiff.transfer import METHODS, run_transfer, table
 from pdiff.targets import check_architecture
 
+from helpers import with_recipe
+
 
 @pytest.fixture(scope="module")
 def transfer_report(tiny_bundle, small_train, small_test):
-    recipe = tiny_bundle.task.recipe
-    saved, recipe.save_every = recipe.save_every, 3
-    try:
-        return run_transfer(tiny_bundle, "scratch", n=4, seeds=0, train=small_train, test=small_test, sampler="ddim",
-                            steps=3, k_defence=5)
-    finally:
-        recipe.save_every = saved
+    return run_transfer(with_recipe(tiny_bundle, save_every=3), "scratch", n=4, seeds=0, train=small_train,
+                        test=small_test, sampler="ddim", steps=3, k_defence=5)
 
 
 def test_every_method_returns_the_report_keys(transfer_report):

@@ -1,7 +1,6 @@
 """The app launched in-process, driven through gradio_client like a real API client."""
 import json
 import os
-import socket
 
 import pytest
 import torch
@@ -9,20 +8,15 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from pdiff.tasks import build_model, get_task
-from pdiff.ui import build_demo, launch, shipped_bundles
+from pdiff.ui import build_demo, free_port, launch, shipped_bundles
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def client():
     assert "fmnist-convnet" in shipped_bundles()
     demo = build_demo()
-    launch(demo, server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True)
+    launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
     try:
         yield Client(demo.local_url, verbose=False)
     finally:
