@@ -116,6 +116,83 @@ def test_trim_cache_evicts_the_oldest_repos_first(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".locks", "models--me--middle"]
 
 
+@pytest.fixture()
+def fake_hub(tmp_path, monkeypatch):
+    """A local HTTP server answering the two Hub calls fetch_bundle makes, for repo me/repo.
+
+    Yields (files, served): set files[name] = bytes before fetching; served lists what was downloaded.
+    """
+    import hashlib
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    files, served = {}, []
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _send(self, code, body=b"", headers=()):
+            self.send_response(code)
+            for k, v in headers:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command == "GET":
+                self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path.startswith("/api/models/me/repo"):  # model_info(files_metadata=True)
+                sibs = [{"rfilename": n, "size": len(b)} for n, b in files.items()]
+                return self._send(200, json.dumps({"id": "me/repo", "sha": COMMIT, "siblings": sibs}).encode())
+            name = self.path.split("?")[0].rsplit("/", 1)[-1]  # /me/repo/resolve/<commit>/<name>
+            if not self.path.startswith(f"/me/repo/resolve/{COMMIT}/") or name not in files:
+                return self._send(404, headers=[("X-Error-Code", "RepoNotFound")])
+            if self.command == "GET":
+                served.append(name)
+            self._send(200, files[name], [("X-Repo-Commit", COMMIT),
+                                          ("ETag", f'"{hashlib.sha256(files[name]).hexdigest()}"')])
+
+        do_HEAD = do_GET
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(hf_constants, "ENDPOINT", endpoint)  # what HF_ENDPOINT sets at import
+    monkeypatch.setattr(hf_constants, "HUGGINGFACE_CO_URL_TEMPLATE",
+                        endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("PDIFF_HUB_CACHE", str(tmp_path / "hub"))
+    yield files, served
+    server.shutdown()
+
+
+def test_fetch_downloads_the_bundle_files_then_serves_them_offline(fake_hub, tiny_bundle, tmp_path):
+    files, served = fake_hub
+    files.update({p.name: p.read_bytes() for p in tiny_bundle.path.iterdir()})
+    files.update({"README.md": b"# card", "pytorch_model.bin": b"a pickle", "extra.safetensors": b"unlisted"})
+    assert Bundle.load("me/repo").layout == tiny_bundle.layout
+    assert served[0] == "bundle.json"
+    assert sorted(served) == sorted([p.name for p in tiny_bundle.path.iterdir()] + ["README.md"])
+    hf_constants.HF_HUB_OFFLINE = True  # monkeypatched by the fixture: restored after the test
+    assert pull("me/repo") == tmp_path / "hub" / "models--me--repo" / "snapshots" / COMMIT
+
+
+def test_fetch_refuses_before_the_weights_arrive(fake_hub, tiny_bundle):
+    files, served = fake_hub
+    files.update({p.name: p.read_bytes() for p in tiny_bundle.path.iterdir()})
+    with pytest.raises(BundleError, match=r"^'me/repo': the bundle's files are .* MB, over the limit of 0.001 MB$"):
+        fetch_bundle("me/repo", max_bytes=1000)
+    assert served == []  # the size came from the file list
+    files["bundle.json"] = b'{"format": "something-else", "files": {}}'
+    with pytest.raises(BundleError, match="^'me/repo': not a pdiff bundle: its bundle.json is not of format"):
+        fetch_bundle("me/repo")
+    assert served == ["bundle.json"]
+    with pytest.raises(BundleError, match="^no model repo 'me/absent' on the Hugging Face Hub"):
+        fetch_bundle("me/absent")
+
+
 def test_model_card_describes_the_bundle(tiny_bundle):
     card = model_card(tiny_bundle, "me/tiny-bundle")
     assert card.startswith("---\nlibrary_name: pdiff")
