@@ -1,7 +1,7 @@
 """A bundle: everything needed to sample and evaluate, as safetensors files plus bundle.json.
 
 Written atomically (a temporary sibling folder renamed into place), loaded from a local
-folder or a Hugging Face Hub repo id, every file checked against its SHA-256.
+folder or a Hugging Face Hub repo id (through pdiff.hub.fetch_bundle), every file checked against its SHA-256.
 """
 from __future__ import annotations
 
@@ -148,19 +148,15 @@ class Bundle:
 
 
 def resolve(source: str | Path) -> Path:
-    """A local bundle folder as is; otherwise a Hub repo id downloaded with snapshot_download."""
+    """A local bundle folder as is; otherwise a Hub repo id, fetched by pdiff.hub.fetch_bundle."""
     path = Path(source)
     if path.is_dir():
         return path
     text = str(source)
     if text.count("/") == 1 and not text.startswith((".", "/")) and not path.exists():
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+        from pdiff.hub import fetch_bundle  # here, not at the top: hub imports this module
 
-        try:
-            return Path(snapshot_download(repo_id=text))
-        except (HfHubHTTPError, LocalEntryNotFoundError, ValueError, OSError) as e:
-            raise BundleError(f"could not get bundle {text!r} from the Hugging Face Hub: {e}") from None
+        return fetch_bundle(text)
     raise BundleError(f"no bundle folder at {source}")
 
 
@@ -182,6 +178,8 @@ def _read_meta(path: Path) -> dict:
         if required not in meta.get("files", {}):
             raise BundleError(f"{meta_path} lists no {required}")
     for name, digest in meta["files"].items():
+        if name != Path(name).name or name in ("", ".", ".."):  # a bundle.json from the Hub must not name other paths
+            raise BundleError(f"{meta_path} lists {name!r}, which is not a file name in the bundle folder")
         file = path / name
         if not file.is_file():
             raise BundleError(f"bundle file missing: {file}")

@@ -356,17 +356,20 @@ def cmd_push(args) -> int:
 
 def _add_pull(sub) -> None:
     p = sub.add_parser("pull", formatter_class=_FMT, help="download a bundle from the Hugging Face Hub",
-                       description="Download a bundle repo with snapshot_download (from the local cache when "
-                                   "HF_HUB_OFFLINE=1), check it loads, and print its folder.")
+                       description="Download a bundle repo's files (bundle.json, its safetensors, the model "
+                                   "card; nothing else) into the pdiff Hub cache (PDIFF_HUB_CACHE), check it loads, "
+                                   "and print its folder. Offline, the last complete download is used.")
     p.add_argument("repo_id", help="owner/name on the Hub")
     p.add_argument("--out", type=Path, default=None, help="copy into this folder instead of the Hub cache")
+    p.add_argument("--max-mb", type=float, default=None,
+                   help="refuse a bundle larger than this (0: no limit; default PDIFF_HUB_MAX_MB or 200)")
     p.set_defaults(func=cmd_pull)
 
 
 def cmd_pull(args) -> int:
-    from pdiff.hub import pull
+    from pdiff.hub import MB, pull
 
-    print(pull(args.repo_id, args.out))
+    print(pull(args.repo_id, args.out, None if args.max_mb is None else int(args.max_mb * MB)))
     return 0
 
 

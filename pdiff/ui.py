@@ -12,11 +12,11 @@ from pdiff import plots, text
 from pdiff.bundle import Bundle, BundleError
 from pdiff.data import DataError, Split
 from pdiff.runtime import resolve_device
+from pdiff.sources import allowed_roots, app_source, shipped_bundles
 from pdiff.splice import ALL_LAYERS
 from pdiff.targets import TargetError, target_names
 from pdiff.transfer import TABLE_HEADERS, table_rows
 
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_N, MAX_N = 100, 500
 MAX_UPLOAD = "200mb"
 
@@ -29,19 +29,13 @@ except ImportError:
         return fn
 
 
-def shipped_bundles() -> dict[str, Path]:
-    """Shipped bundle name -> folder: every checkpoints/<name>/bundle with a bundle.json."""
-    return {p.parent.name: p for p in sorted(CHECKPOINTS.glob("*/bundle")) if (p / "bundle.json").is_file()}
-
-
 @lru_cache(maxsize=4)
 def load_bundle(source: str) -> Bundle:
-    """A shipped bundle by name, a local folder, or a Hub repo id; cached."""
-    source = (source or "").strip()
-    if not source:
-        raise BundleError("choose a bundle")
-    shipped = shipped_bundles()
-    return Bundle.load(shipped.get(source, source))
+    """A shipped bundle by name, a folder under the allowed roots, or a Hub repo id (pdiff.sources); cached."""
+    from pdiff.hub import fetch_bundle
+
+    found = app_source(source, shipped_bundles(), allowed_roots())
+    return Bundle.load(found if isinstance(found, Path) else fetch_bundle(found))
 
 
 @lru_cache(maxsize=2)
@@ -182,7 +176,8 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
                 bundle = gr.Dropdown(choices=list(shipped), value=default_bundle, allow_custom_value=True,
-                                     label="Bundle", info="a shipped bundle, a local folder, or a Hub repo id (owner/name)")
+                                     label="Bundle", info="a shipped bundle, a Hub repo id (owner/name), or a "
+                                                          "folder under the server's allowed bundle roots")
                 target = gr.Radio(targets, value="clean", label="Target model",
                                   info="victim: trained from scratch on poisoned data; finetuned-*: the clean base "
                                        "fine-tuned on poisoned data (BadNets patch or blended pattern)")

@@ -73,6 +73,19 @@ def test_damaged_bundles_get_one_clear_error(tiny_bundle, tmp_path, how, message
         Bundle.load(_corrupt(tiny_bundle.path, tmp_path, how))
 
 
+@pytest.mark.parametrize("name", ["../outside.safetensors", "../absent.safetensors", "/etc/hostname"])
+def test_bundle_json_cannot_name_files_outside_its_folder(tiny_bundle, tmp_path, name):
+    # a bundle.json from the Hub is a stranger's: the same refusal whether the named file exists or not
+    dst = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle.path, dst)
+    (tmp_path / "outside.safetensors").write_bytes(b"x")
+    meta = json.loads((dst / BUNDLE_JSON).read_text())
+    meta["files"][name] = "0" * 64
+    (dst / BUNDLE_JSON).write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match=f"lists '{name}', which is not a file name in the bundle folder"):
+        Bundle.load(dst)
+
+
 def test_failed_save_leaves_no_half_bundle(tiny_bundle, tmp_path, monkeypatch):
     import pdiff.bundle as bundle_mod
 

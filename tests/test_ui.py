@@ -93,3 +93,35 @@ def test_unknown_target_names_the_choices(client):
     # gradio checks the radio's choices first: the bundle's victims by name
     with pytest.raises(AppError, match=r"'nope'.*not in the list of choices.*'finetuned-badnets', 'finetuned-blended'"):
         _run(client, target="nope")
+
+
+def _refusal(client, bundle) -> str:
+    with pytest.raises(AppError) as e:
+        _run(client, bundle=bundle, n=2)
+    return str(e.value).replace(repr(bundle), "X")
+
+
+def test_bundle_box_refuses_server_paths_alike(client, tmp_path):
+    import shutil
+
+    outside = shutil.copytree(shipped_bundles()["fmnist-convnet"], tmp_path / "bundle")  # a real bundle
+    escape = f"{shipped_bundles()['fmnist-convnet']}/{os.path.relpath(outside, shipped_bundles()['fmnist-convnet'])}"
+    messages = {_refusal(client, b) for b in (str(tmp_path / "absent"), str(outside), escape, "/etc", "../..")}
+    assert messages == {"no shipped bundle or allowed bundle folder named X"}
+    out = _run(client, bundle="fmnist-convnet-deep", n=2)  # a shipped name still works
+    assert json.loads(open(out[0]).read())["task"] == "fmnist-convnet-deep"
+
+
+def test_bundle_box_takes_folders_under_the_allowed_roots(client, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(shipped_bundles()["fmnist-convnet"], tmp_path / "mine" / "bundle")
+    monkeypatch.setenv("PDIFF_BUNDLE_ROOTS", str(tmp_path / "mine"))
+    out = _run(client, bundle=str(tmp_path / "mine" / "bundle"), n=2)
+    assert json.loads(open(out[0]).read())["task"] == "fmnist-convnet"
+
+
+def test_bundle_box_with_the_hub_unreachable(client, tmp_path, monkeypatch):
+    monkeypatch.setenv("PDIFF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_OFFLINE=1: nothing reaches the Hub
+    with pytest.raises(AppError, match=r"^could not reach the Hugging Face Hub for 'someone/big-model': [^\n]*$"):
+        _run(client, bundle="someone/big-model", n=2)
