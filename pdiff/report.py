@@ -5,8 +5,11 @@ Accuracies are in percent.
 """
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -14,6 +17,7 @@ from pdiff.baselines import baseline_sets, defence_sets
 from pdiff.bundle import Bundle
 from pdiff.data import Split
 from pdiff.evaluate import TargetEngine, measure, tsne_2d
+from pdiff.files import sha256
 from pdiff.params import normalize as normalize_params
 from pdiff.params import tensor_std
 from pdiff.sample import sample_finite
@@ -27,16 +31,18 @@ NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
 def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, seed: int = 0, sampler: str = "ddim",
                steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
                progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
-               defences_train: Split | None = None):
+               defences_train: Split | None = None, engines: "EngineCache | None" = None):
     """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
 
     With `defences_train` (the training split) and a backdoored target, the finetune and reinit
-    defences (`baselines.defence_sets`, min(n, K) sets each) are evaluated beside the rest.
+    defences (`baselines.defence_sets`, min(n, K) sets each) are evaluated beside the rest. With `engines`,
+    what does not depend on the seed (trunk features, triggered test set, the originals' results) is
+    kept between calls.
     """
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
     test = test or Split.load(bundle.task.dataset, "test")
-    engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target), test, layers, device)
+    engine = (engines if engines is not None else EngineCache(0)).get(bundle, target, layers, test, device)
 
     # sample
     say(0.0, "sampling")
@@ -81,6 +87,37 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         report["summary_der"] = {name: s["der"] for name, s in m["summary"].items()}
     say(1.0, "done")
     return report, vectors
+
+
+class EngineCache:
+    """The last few TargetEngines, by (bundle, target, layers, test split, device): a repeated request with
+    another seed only samples, splices and evaluates its new sets. A model file is keyed by its content
+    (SHA-256), never by its name, so a changed upload is a new entry."""
+
+    def __init__(self, size: int = 4):
+        self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, bundle: Bundle, target, layers: list[str], test: Split, device) -> TargetEngine:
+        key = (id(bundle), _target_key(target), tuple(layers), id(test), str(device))
+        with self._lock:
+            if key in self._entries:
+                self._entries.move_to_end(key)
+                return self._entries[key][1]
+        engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target), test, layers, device)
+        with self._lock:
+            self._entries[key] = (bundle, engine, test)  # keep what the key's ids point to alive
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+        return engine
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+def _target_key(target) -> str:
+    if isinstance(target, Target):
+        return f"object:{id(target)}"
+    return "sha256:" + sha256(Path(target)) if Path(str(target)).is_file() else str(target)
 
 
 def _target_info(engine: TargetEngine) -> dict:

@@ -11,6 +11,7 @@ import gradio as gr
 from pdiff import plots, text
 from pdiff.bundle import Bundle, BundleError
 from pdiff.data import DataError, Split
+from pdiff.report import EngineCache, run_report
 from pdiff.runtime import resolve_device
 from pdiff.sources import allowed_roots, app_source, shipped_bundles
 from pdiff.splice import ALL_LAYERS
@@ -18,6 +19,8 @@ from pdiff.targets import TargetError, target_names
 from pdiff.transfer import TABLE_HEADERS, table_rows
 
 DEFAULT_N, MAX_N = 100, 500
+# per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
+ENGINES = EngineCache(size=4)
 MAX_UPLOAD = "200mb"
 
 try:  # on a ZeroGPU Space, `spaces.GPU` borrows a GPU for the duration of one call
@@ -56,13 +59,11 @@ def _train_split(dataset: str) -> Split:
 @_gpu
 def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, progress):
     """The GPU part: sample, splice, evaluate. Returns plain data; figures are built outside."""
-    from pdiff.report import run_report
-
     bundle = load_bundle(bundle_source)
     device = resolve_device("auto")
     train = _train_split(bundle.task.dataset) if defences and target != "clean" else None
     return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
-                      progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train)
+                      progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train, engines=ENGINES)
 
 
 def generate(bundle: str, target: str = "clean", victim_file: str | None = None, layers: list[str] | None = None,

@@ -162,3 +162,35 @@ def test_a_victim_file_brings_its_own_trigger(tiny_bundle, tiny_collection, smal
                       with_tsne=False)
     assert r["target"]["trigger"]["kind"] == "blended" and r["target"]["trigger"]["alpha"] == 0.15
     assert r["target"]["asr"] == pytest.approx(meta["asr"]) and r["target"]["acc"] == pytest.approx(meta["acc"])
+
+
+def test_cached_engines_give_the_uncached_report(tiny_bundle, small_test):
+    from pdiff.report import EngineCache
+
+    engines = EngineCache(size=2)
+    kwargs = dict(n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False)
+    plain, _ = run_report(tiny_bundle, "victim", seed=0, **kwargs)
+    run_report(tiny_bundle, "victim", seed=5, engines=engines, **kwargs)  # fills the cache with another seed
+    cached, _ = run_report(tiny_bundle, "victim", seed=0, engines=engines, **kwargs)
+    assert len(engines) == 1
+    for key in plain:
+        if key != "timings_s":
+            assert cached[key] == plain[key], key
+
+
+def test_a_changed_model_file_is_not_served_from_the_cache(tiny_bundle, small_test, tmp_path):
+    from safetensors.torch import save_file
+
+    from pdiff.report import EngineCache
+
+    engines = EngineCache(size=4)
+    path = tmp_path / "upload.safetensors"
+    kwargs = dict(n=2, sampler="ddim", steps=3, test=small_test, with_tsne=False, with_baselines=False, engines=engines)
+    save_file(tiny_bundle.base_state, path)
+    clean, _ = run_report(tiny_bundle, str(path), **kwargs)
+    save_file(tiny_bundle.victim_state, path)  # same name, other content
+    victim, _ = run_report(tiny_bundle, str(path), **kwargs)
+    assert len(engines) == 2 and victim["target"]["acc"] != clean["target"]["acc"]
+    assert victim["target"]["asr"] == pytest.approx(run_report(tiny_bundle, "victim", n=2, sampler="ddim", steps=3,
+                                                               test=small_test, with_tsne=False,
+                                                               with_baselines=False)[0]["target"]["asr"])
