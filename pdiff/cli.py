@@ -247,6 +247,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding")
+    p.add_argument("--validation", type=int, default=5000,
+                   help="hold out the last N training images: the noise baseline matched to the generated mean "
+                        "accuracy is found on them, and 'best' models are chosen on them (0: skip)")
+    p.add_argument("--curves", action="store_true",
+                   help="also evaluate the Gaussian baseline at every temperature (its accuracy-novelty curve)")
     p.add_argument("--defences", action="store_true",
                    help="for a backdoored target, also evaluate the finetune and reinit defences (trains on the "
                         "training split; see `transfer`)")
@@ -265,10 +270,17 @@ def cmd_evaluate(args) -> int:
     layers = [s.strip() for s in args.layers.split(",") if s.strip()]
     test = _split(args, bundle.task, "test")
     bar = _bar("evaluate")
+    train = _split(args, bundle.task, "train") if args.defences else None
+    if args.validation and train is None:
+        try:
+            train = _split(args, bundle.task, "train")
+        except DataError as e:  # the test split alone still makes a report; say what is missing
+            print(f"note: no validation split, so no matched noise and no selection ({e})", file=sys.stderr)
     report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
                                  test, progress=lambda frac, desc: bar(int(100 * frac), 100),
-                                 with_tsne=not args.no_tsne,
-                                 defences_train=_split(args, bundle.task, "train") if args.defences else None)
+                                 with_tsne=not args.no_tsne, defences_train=train if args.defences else None,
+                                 validation=train.last(args.validation) if args.validation and train else None,
+                                 curves=args.curves)
     if args.save_params:
         save_samples(args.save_params, vectors, bundle, args.sampler, args.steps, args.seed)
     _write_report(args.json, report, familiar_lines(report))

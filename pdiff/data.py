@@ -149,6 +149,12 @@ class Split:
     def subset(self, n: int | None) -> "Split":
         return self if n is None else Split(self.images[:n], self.labels[:n], self.dataset)
 
+    def last(self, n: int) -> "Split":
+        """The last n images: the validation split held out from a training split."""
+        if not 0 < n <= len(self.labels):
+            raise ValueError(f"a validation split of {n} images does not fit a split of {len(self.labels)}")
+        return Split(self.images[-n:], self.labels[-n:], self.dataset)
+
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal flips: the training augmentation of every model (none at test time)."""

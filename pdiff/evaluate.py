@@ -7,6 +7,7 @@ per model under vmap.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import torch
@@ -147,12 +148,14 @@ class TargetEngine:
 
 
 def measure(engine: TargetEngine, sets: dict[str, torch.Tensor], reference: str | None = "originals",
-            fixed: tuple[str, ...] = ("originals",)) -> dict:
+            fixed: tuple[str, ...] = ("originals",), space: Callable | None = None) -> dict:
     """The one measurement: every source's parameter sets on the engine's target; the `fixed` sources
     (their tensors are the same on every call, whatever the seed) are evaluated once per engine.
 
-    Returns {"metrics": {source: acc/asr/ra/der lists}, "summary": {source: {metric: best/mean/median/min}},
-    "similarity": {source: IoU measures against `reference`}} (similarity only when `reference` is a source).
+    Returns {"metrics": {source: acc/asr/ra/der lists}, "summary": {source: {metric: best/mean/median/min/std}},
+    "similarity": {source: IoU measures against `reference`}} (similarity only when `reference` is a source;
+    with `space`, a map of raw vectors into a comparison space, each model's distance to its nearest
+    reference model too).
     """
     results = {name: engine.run(vectors, fixed=name in fixed) for name, vectors in sets.items()}
     metrics = {name: engine.metrics(r) for name, r in results.items()}
@@ -160,6 +163,12 @@ def measure(engine: TargetEngine, sets: dict[str, torch.Tensor], reference: str 
            "summary": {name: {k: summary(v) for k, v in m.items()} for name, m in metrics.items()}}
     if reference in results:
         out["similarity"] = similarity({name: r["wrong"] for name, r in results.items()}, reference)
+        if space is not None:
+            ref = space(sets[reference])
+            for name, vectors in sets.items():
+                if name != reference:
+                    dist = nearest_distances(space(vectors), ref)
+                    out["similarity"][name].update(nearest_distance=dist, nearest_distance_mean=_mean(dist))
     return out
 
 
@@ -180,17 +189,33 @@ def mean_offdiag(m: torch.Tensor) -> float | None:
 
 def similarity(wrong: dict[str, torch.Tensor], reference: str = "originals") -> dict[str, dict]:
     """IoU of wrong-prediction sets, per source: each model's max IoU to the reference models, the mean IoU
-    within the source, and the mean IoU between the source and the reference."""
+    within the source, the mean IoU between the source and the reference, and coverage: the share of
+    reference models that some model of the source is closer to (by IoU) than their nearest other
+    reference model. A collapsed generator covers few; a copying one covers many at max IoU near 1."""
     ref = wrong[reference]
-    out = {reference: {"self_iou": mean_offdiag(iou_matrix(ref, ref))}}
+    rr = iou_matrix(ref, ref)
+    nearest_other = (rr - 2 * torch.eye(len(ref), dtype=rr.dtype)).max(1).values  # each one's closest other
+    out = {reference: {"self_iou": mean_offdiag(rr), "nearest_other_iou": nearest_other.tolist(),
+                       "nearest_other_iou_mean": nearest_other.mean().item() if len(ref) > 1 else None}}
     for name, w in wrong.items():
         if name == reference:
             continue
-        max_iou = iou_matrix(w, ref).max(1).values.tolist() if len(w) and len(ref) else []
-        out[name] = {"max_iou": max_iou, "max_iou_mean": sum(max_iou) / len(max_iou) if max_iou else None,
-                     "self_iou": mean_offdiag(iou_matrix(w, w)),
-                     "cross_iou": iou_matrix(ref, w).mean().item() if len(w) and len(ref) else None}
+        sr = iou_matrix(w, ref) if len(w) and len(ref) else None
+        max_iou = sr.max(1).values.tolist() if sr is not None else []
+        out[name] = {"max_iou": max_iou, "max_iou_mean": _mean(max_iou), "self_iou": mean_offdiag(iou_matrix(w, w)),
+                     "cross_iou": sr.mean().item() if sr is not None else None,
+                     "coverage": (sr.max(0).values > nearest_other).double().mean().item()
+                     if sr is not None and len(ref) > 1 else None}
     return out
+
+
+def nearest_distances(space: torch.Tensor, reference: torch.Tensor) -> list[float]:
+    """Each vector's L2 distance to its nearest reference vector (both already in one comparison space)."""
+    return torch.cdist(space.double(), reference.double()).min(1).values.tolist() if len(space) else []
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 # ---- t-SNE -----------------------------------------------------------------------------
@@ -211,7 +236,9 @@ def tsne_2d(x: torch.Tensor, seed: int = 0, pca_dims: int = 50) -> torch.Tensor:
 
 
 def summary(values: list[float]) -> dict[str, float]:
+    """best / mean / median / min, and the std over models (0 for one model)."""
     t = torch.tensor(values, dtype=torch.float64)
     if len(t) == 0:
-        return {"best": None, "mean": None, "median": None, "min": None}
-    return {"best": t.max().item(), "mean": t.mean().item(), "median": t.quantile(0.5).item(), "min": t.min().item()}
+        return {"best": None, "mean": None, "median": None, "min": None, "std": None}
+    return {"best": t.max().item(), "mean": t.mean().item(), "median": t.quantile(0.5).item(), "min": t.min().item(),
+            "std": t.std().item() if len(t) > 1 else 0.0}

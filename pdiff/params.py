@@ -82,6 +82,21 @@ def tensor_std(vectors: torch.Tensor, layout: Layout) -> torch.Tensor:
     return torch.stack([parts[n].std() for n, _ in layout]).clamp(min=1e-8)
 
 
+BN_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def parameter_columns(layout: Layout) -> torch.Tensor:
+    """(P,) 1.0 for columns of trained parameters, 0.0 for BatchNorm statistics: baselines perturb only the former."""
+    return per_tensor(torch.tensor([0.0 if n.rsplit(".", 1)[-1] in BN_STATISTICS else 1.0 for n, _ in layout]), layout)
+
+
+def comparison_space(vectors: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, layout: Layout) -> torch.Tensor:
+    """Normalised vectors for distances and t-SNE, without the tensors that have no spread over the K
+    originals (their std was clamped; dividing by the clamp would blow them up to 1e6 and more)."""
+    keep = per_tensor((std > 1e-8).float(), layout).bool()
+    return normalize(vectors, mean, std, layout)[:, keep]
+
+
 def per_tensor(stat: torch.Tensor, layout: Layout) -> torch.Tensor:
     """Per-tensor scalars -> a length-P vector aligned with the flat layout."""
     sizes = torch.tensor([math.prod(s) for _, s in layout], device=stat.device)

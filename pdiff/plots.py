@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-SOURCE_ORDER = ["generated", "originals", "finetune", "reinit", "interpolation", "noise_0.01", "noise_0.05",
-                "noise_0.15"]
+SOURCE_ORDER = ["generated", "originals", "average", "average-16", "gaussian", "noise_matched", "finetune", "reinit",
+                "interpolation", "noise_0.01", "noise_0.05", "noise_0.15"]
 COLORS = {"generated": "#d62728", "originals": "#1f77b4", "finetune": "#ff7f0e", "reinit": "#e377c2",
-          "interpolation": "#2ca02c", "noise_0.01": "#9467bd", "noise_0.05": "#8c564b", "noise_0.15": "#7f7f7f"}
+          "interpolation": "#2ca02c", "noise_0.01": "#9467bd", "noise_0.05": "#8c564b", "noise_0.15": "#7f7f7f",
+          "average": "#000000", "average-16": "#393b79", "gaussian": "#bcbd22", "noise_matched": "#17becf"}
 
 
 def _sources(report: dict) -> dict[str, dict]:
@@ -61,17 +62,22 @@ def tsne_scatter(report: dict) -> go.Figure:
 
 
 def accuracy_vs_iou(report: dict) -> go.Figure:
-    """The memorisation view: each generated model's accuracy against its max IoU to any original."""
-    g = report["generated"]
-    fig = go.Figure(go.Scatter(x=report["similarity"]["max_iou_to_originals"], y=g["acc"], mode="markers",
-                               name="generated", marker=dict(size=6, color=COLORS["generated"]),
-                               hovertemplate="max IoU %{x:.3f}<br>acc %{y:.2f}%<extra></extra>"))
-    for name, b in report["similarity"].get("baselines", {}).items():
-        if b["max_iou_to_originals_mean"] is not None and report["summary"][name]["mean"] is not None:
-            fig.add_trace(go.Scatter(x=[b["max_iou_to_originals_mean"]], y=[report["summary"][name]["mean"]],
-                                     mode="markers", name=f"{name} (mean)",
-                                     marker=dict(size=12, symbol="diamond", color=COLORS.get(name))))
-    return _layout(fig, "Accuracy vs. similarity to the nearest original", "max IoU to originals", "test accuracy (%)")
+    """The memorisation view: every model's accuracy against its max IoU to the originals, every source,
+    with the originals' own nearest-other IoU as the reference: right of it is closer than an original
+    is to its nearest neighbour (a copy); up is better."""
+    per_model = report["similarity"]["per_model"]
+    fig = go.Figure()
+    for name, m in _sources(report).items():
+        if name in per_model and per_model[name]["max_iou"]:
+            fig.add_trace(go.Scatter(x=per_model[name]["max_iou"], y=m["acc"], mode="markers", name=name,
+                                     marker=dict(size=7 if name == "generated" else 5, color=COLORS.get(name),
+                                                 opacity=0.9 if name == "generated" else 0.5),
+                                     hovertemplate=f"{name}<br>max IoU %{{x:.3f}}<br>acc %{{y:.2f}}%<extra></extra>"))
+    ref = report.get("novelty", {}).get("originals", {}).get("nearest_other_iou_mean")
+    if ref is not None:
+        fig.add_vline(x=ref, line_dash="dash", line_color="black",
+                      annotation_text=f"originals' nearest other: {ref:.3f}", annotation_position="top left")
+    return _layout(fig, "Accuracy vs. novelty (max IoU to the originals)", "max IoU to originals", "test accuracy (%)")
 
 
 def acc_vs_asr(report: dict) -> go.Figure:
@@ -93,14 +99,19 @@ def acc_vs_asr(report: dict) -> go.Figure:
 
 
 def summary_rows(report: dict) -> list[list]:
-    """Rows of the accuracy table: source, n, best, mean, median, min."""
+    """Rows of the accuracy table: source, n, accuracy (best, mean, median, min, std), then spread and
+    novelty (IoU within the source, mean max-IoU to the originals, coverage)."""
+    def r(value, digits):
+        return round(value, digits) if value is not None else None
+
     rows = []
     for name, m in _sources(report).items():
-        s = report["summary"][name]
-        rows.append([name, len(m["acc"]), *(round(s[k], 2) if s[k] is not None else None
-                                            for k in ("best", "mean", "median", "min"))])
+        s, nov = report["summary"][name], report.get("novelty", {}).get(name, {})
+        rows.append([name, len(m["acc"]), *(r(s[k], 2) for k in ("best", "mean", "median", "min")), r(s.get("std"), 3),
+                     *(r(nov.get(k), 3) for k in ("self_iou", "max_iou_mean", "coverage"))])
     return rows
 
 
 def summary_headers(report: dict) -> list[str]:
-    return ["source", "n", "ACC best", "ACC mean", "ACC median", "ACC min"]
+    return ["source", "n", "ACC best", "ACC mean", "ACC median", "ACC min", "ACC std", "IoU within",
+            "max-IoU to originals", "coverage"]

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import torch
 
-from pdiff.baselines import baseline_sets, defence_sets
+from pdiff.baselines import baseline_sets, defence_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
 from pdiff.data import Split
 from pdiff.evaluate import TargetEngine, measure, tsne_2d
 from pdiff.files import sha256
-from pdiff.params import normalize as normalize_params
-from pdiff.params import tensor_std
+from pdiff.params import comparison_space, tensor_std
 from pdiff.sample import sample_finite
 from pdiff.splice import select_layers
 from pdiff.targets import Target, resolve_target
@@ -31,18 +30,21 @@ NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
 def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, seed: int = 0, sampler: str = "ddim",
                steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
                progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
-               defences_train: Split | None = None, engines: "EngineCache | None" = None):
+               defences_train: Split | None = None, engines: "EngineCache | None" = None,
+               validation: Split | None = None, curves: bool = False):
     """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
 
-    With `defences_train` (the training split) and a backdoored target, the finetune and reinit
-    defences (`baselines.defence_sets`, min(n, K) sets each) are evaluated beside the rest. With `engines`,
-    what does not depend on the seed (trunk features, triggered test set, the originals' results) is
-    kept between calls.
+    Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
+    min(n, K) sets each); with `curves`, the Gaussian baseline at every temperature. With `validation` (a
+    split held out from the test set), the noise baseline matched to the generated mean accuracy and the
+    "best" models chosen on it. With `defences_train` and a backdoored target, the finetune and reinit
+    defences too. With `engines`, what does not depend on the seed is kept between calls.
     """
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
     test = test or Split.load(bundle.task.dataset, "test")
-    engine = (engines if engines is not None else EngineCache(0)).get(bundle, target, layers, test, device)
+    engines = engines if engines is not None else EngineCache(0)
+    engine = engines.get(bundle, target, layers, test, device)
 
     # sample
     say(0.0, "sampling")
@@ -56,13 +58,19 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed + 1)
     count = min(n, len(bundle.originals))
-    sets = {"generated": vectors[finite], "originals": bundle.originals}
+    sets, unavailable = {"generated": vectors[finite], "originals": bundle.originals}, {}
     if with_baselines:
-        sets.update(baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout), bundle.layout, count, g))
+        baselines, unavailable = baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout),
+                                               bundle.layout, count, g)
+        sets.update(baselines, **(gaussian_sweep(bundle.originals, bundle.layout, count, g) if curves else {}))
+    checked = {}
+    if validation is not None and len(sets["generated"]):
+        say(0.62, "validation: matched noise, selection")
+        checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device), sets, count, seed)
     if defences_train is not None and engine.backdoor:
         say(0.65, "defence baselines (fine-tune, re-init)")
         sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, defences_train, test, g, count, device))
-    m = measure(engine, sets)
+    m = measure(engine, sets, space=lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout))
     evaluate_s = time.perf_counter() - t0
 
     say(0.9, "t-SNE")
@@ -77,16 +85,62 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
                       "finite_index": finite.nonzero().flatten().tolist()},
         "originals": m["metrics"]["originals"],
         "baselines": {name: v for name, v in m["metrics"].items() if name not in ("generated", "originals")},
+        "unavailable": unavailable,
         "summary": {name: s["acc"] for name, s in m["summary"].items()},
-        "similarity": _similarity_section(m["similarity"]), "tsne": tsne,
+        "similarity": _similarity_section(m["similarity"]), "novelty": _novelty(m), "tsne": tsne,
         "timings_s": {"sample": sample_s, "evaluate": evaluate_s}, "device": str(device),
-        "test_size": len(test.labels),
+        "test_size": len(test.labels), **_selection(checked, m["metrics"]),
     }
     if engine.backdoor:
         report["summary_asr"] = {name: s["asr"] for name, s in m["summary"].items()}
         report["summary_der"] = {name: s["der"] for name, s in m["summary"].items()}
     say(1.0, "done")
     return report, vectors
+
+
+def _on_validation(bundle: Bundle, val: TargetEngine, sets: dict, count: int, seed: int) -> dict:
+    """On the validation split: each generated and original model's accuracy (for selection), and the
+    noise sigma whose mean accuracy matches the generated mean; adds that noise baseline to `sets`."""
+    val_acc = {name: val.run(sets[name], fixed=name == "originals")["acc"] for name in ("generated", "originals")}
+    target_acc = sum(val_acc["generated"]) / len(val_acc["generated"])
+    std = tensor_std(bundle.originals, bundle.layout)
+
+    def accuracy_at(sigma: float) -> float:  # the same noise draws at every sigma: a smooth curve to bisect
+        noisy = noisy_originals(bundle.originals, std, bundle.layout, sigma, count, torch.Generator().manual_seed(seed))
+        accs = val.run(noisy)["acc"]
+        return sum(accs) / len(accs)
+
+    sigma = match_noise_sigma(accuracy_at, target_acc)
+    if sigma is not None:
+        sets["noise_matched"] = noisy_originals(bundle.originals, std, bundle.layout, sigma, count,
+                                                torch.Generator().manual_seed(seed + 2))
+    return {"val_acc": val_acc, "sigma": sigma, "target_acc": target_acc, "size": len(val.labels)}
+
+
+def _selection(checked: dict, metrics: dict) -> dict:
+    """The report's `validation` block: matched noise sigma, and each source's model chosen on validation
+    accuracy with its test accuracy (the max over test accuracies is only an upper bound)."""
+    if not checked:
+        return {"validation": None}
+    chosen = {}
+    for name, accs in checked["val_acc"].items():
+        i = max(range(len(accs)), key=accs.__getitem__)
+        chosen[name] = {"index": i, "validation_acc": accs[i], "test_acc": metrics[name]["acc"][i]}
+    return {"validation": {"size": checked["size"], "matched_noise_sigma": checked["sigma"],
+                           "generated_mean_validation_acc": checked["target_acc"], "selected": chosen}}
+
+
+def _novelty(m: dict) -> dict:
+    """Spread and novelty per source: accuracy mean and std, mean IoU within the source, mean max-IoU to the
+    originals, coverage, and the mean distance to the nearest original (normalised parameter space)."""
+    sim, out = m["similarity"], {}
+    for name, s in m["summary"].items():
+        own = sim.get(name, {})
+        out[name] = {"acc_mean": s["acc"]["mean"], "acc_std": s["acc"]["std"], "self_iou": own.get("self_iou"),
+                     "max_iou_mean": own.get("max_iou_mean"), "coverage": own.get("coverage"),
+                     "nearest_distance_mean": own.get("nearest_distance_mean")}
+    out["originals"]["nearest_other_iou_mean"] = sim["originals"]["nearest_other_iou_mean"]
+    return out
 
 
 class EngineCache:
@@ -135,13 +189,17 @@ def _similarity_section(sim: dict) -> dict:
             "mean_iou": {"oo": sim["originals"]["self_iou"], "gg": gen["self_iou"], "og": gen["cross_iou"]},
             "baselines": {name: {"max_iou_to_originals_mean": s["max_iou_mean"], "mean_iou_bb": s["self_iou"],
                                  "mean_iou_ob": s["cross_iou"]}
-                          for name, s in sim.items() if name not in ("generated", "originals")}}
+                          for name, s in sim.items() if name not in ("generated", "originals")},
+            # every model of every source: max IoU to the originals, distance to the nearest original
+            "per_model": {name: {"max_iou": s["max_iou"], "nearest_distance": s.get("nearest_distance", [])}
+                          for name, s in sim.items() if name != "originals"},
+            "originals_nearest_other_iou": sim["originals"]["nearest_other_iou"]}
 
 
 def _tsne(bundle: Bundle, sets: dict[str, torch.Tensor], metrics: dict, seed: int) -> dict:
     """One joint t-SNE of the normalised vectors of every source."""
     names = list(sets)
-    joint = torch.cat([normalize_params(sets[k], bundle.norm_mean, bundle.norm_std, bundle.layout) for k in names])
+    joint = torch.cat([comparison_space(sets[k], bundle.norm_mean, bundle.norm_std, bundle.layout) for k in names])
     xy = tsne_2d(joint, seed)
     return {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "source": [k for k in names for _ in range(len(sets[k]))],
             "acc": [a for k in names for a in metrics[k]["acc"]]}
@@ -159,4 +217,32 @@ def familiar_lines(report: dict) -> str:
     lines.append(f"originals: best {o['best']:.2f} mean {o['mean']:.2f} median {o['median']:.2f} min {o['min']:.2f}")
     t = report["target"]
     lines.append(f"target {t['name']}: acc {t['acc']:.2f}" + (f" asr {t['asr']:.2f} ra {t['ra']:.2f}" if "asr" in t else ""))
+    return "\n".join(lines + [novelty_lines(report)])
+
+
+def novelty_lines(report: dict) -> str:
+    """One line per source: accuracy, spread and novelty (the figures a reader of the memorisation critique
+    looks for first), then the validation choice and what could not be computed."""
+    def cell(value, fmt):
+        return f"{value:{fmt}}" if value is not None else "-"
+
+    nov = report["novelty"]
+    lines = [f"{'source':<16} {'n':>4} {'acc':>6} {'std':>6} {'IoU within':>10} {'max-IoU':>8} {'coverage':>8} "
+             f"{'dist':>7}"]
+    for name, v in nov.items():
+        n = len((report["baselines"].get(name) or report.get(name) or {}).get("acc", []))
+        lines.append(f"{name:<16} {n:>4} {cell(v['acc_mean'], '6.2f')} {cell(v['acc_std'], '6.3f')} "
+                     f"{cell(v['self_iou'], '10.3f')} {cell(v['max_iou_mean'], '8.3f')} {cell(v['coverage'], '8.3f')} "
+                     f"{cell(v['nearest_distance_mean'], '7.2f')}")
+    lines.append(f"originals' nearest other original: IoU {cell(nov['originals']['nearest_other_iou_mean'], '.3f')}")
+    val = report.get("validation")
+    if val:
+        sel = val["selected"]["generated"]
+        sigma = val["matched_noise_sigma"]
+        lines.append((f"noise matched to the generated mean accuracy: sigma {sigma:.4f}" if sigma is not None else
+                      "no noise level matches the generated mean accuracy: the originals score below it")
+                     + f" (validation, {val['size']} images)")
+        lines.append(f"generated model chosen on validation: test acc {sel['test_acc']:.2f} (the max over test "
+                     f"accuracies, {report['summary']['generated']['best']:.2f}, is only an upper bound)")
+    lines += [f"{name}: {why}" for name, why in report.get("unavailable", {}).items()]
     return "\n".join(lines)

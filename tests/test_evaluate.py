@@ -62,11 +62,12 @@ def test_report_has_every_key_with_lists_of_length_n(victim_report):
     for key in ("acc", "asr", "ra"):
         assert len(r["originals"][key]) == 8
     assert {"acc", "asr"} <= set(r["target"])
-    assert set(r["baselines"]) == {"noise_0.01", "noise_0.05", "noise_0.15", "interpolation"}
+    assert set(r["baselines"]) == {"noise_0.01", "noise_0.05", "noise_0.15", "interpolation", "average", "gaussian"}
+    assert "needs at least 16 originals" in r["unavailable"]["average-16"]  # K = 8: said in its place
     assert len(r["similarity"]["max_iou_to_originals"]) == 7
     assert set(r["similarity"]["mean_iou"]) == {"oo", "gg", "og"}
-    assert len(r["tsne"]["x"]) == len(r["tsne"]["source"]) == 7 + 8 + 4 * 7
-    assert set(r["summary"]["generated"]) == {"best", "mean", "median", "min"}
+    assert len(r["tsne"]["x"]) == len(r["tsne"]["source"]) == 7 + 8 + 4 * 7 + 1 + 7
+    assert set(r["summary"]["generated"]) == {"best", "mean", "median", "min", "std"}
     assert set(r["timings_s"]) == {"sample", "evaluate"}
 
 
@@ -118,10 +119,16 @@ def test_plots_build_from_a_real_report(victim_report):
     assert list(iou.data[0].x) == victim_report["similarity"]["max_iou_to_originals"]
     scatter = plots.acc_vs_asr(victim_report)
     assert list(scatter.data[0].x) == victim_report["generated"]["asr"]
-    assert scatter.data[-1].x[0] == victim_report["target"]["asr"] and len(scatter.data) == 1 + 5 + 1
+    assert scatter.data[-1].x[0] == victim_report["target"]["asr"] and len(scatter.data) == 1 + 7 + 1
     rows = plots.summary_rows(victim_report)
     assert rows[0][:2] == ["generated", len(victim_report["generated"]["acc"])]
-    assert len(rows[0]) == len(plots.summary_headers(victim_report)) == 6
+    assert len(rows[0]) == len(plots.summary_headers(victim_report)) == 10
+    nov = victim_report["novelty"]["generated"]
+    assert rows[0][6:] == [round(victim_report["summary"]["generated"]["std"], 3), round(nov["self_iou"], 3),
+                           round(nov["max_iou_mean"], 3), round(nov["coverage"], 3)]
+    # the novelty scatter: every source's models, the originals' nearest-other IoU as the reference line
+    assert {t.name for t in iou.data} == set(victim_report["similarity"]["per_model"])
+    assert iou.layout.shapes[0].x0 == victim_report["novelty"]["originals"]["nearest_other_iou_mean"]
     transfer = table_rows(victim_report["target"], _sources(victim_report))
     assert transfer[0][0].startswith("target as-is") and transfer[0][3] == round(victim_report["target"]["asr"], 2)
     gen = victim_report["generated"]
@@ -194,3 +201,26 @@ def test_a_changed_model_file_is_not_served_from_the_cache(tiny_bundle, small_te
     assert victim["target"]["asr"] == pytest.approx(run_report(tiny_bundle, "victim", n=2, sampler="ddim", steps=3,
                                                                test=small_test, with_tsne=False,
                                                                with_baselines=False)[0]["target"]["asr"])
+
+
+def test_coverage_on_constructed_masks():
+    from pdiff.evaluate import similarity
+
+    g = torch.Generator().manual_seed(0)
+    originals = torch.rand(6, 300, generator=g) < 0.2
+    copies = similarity({"originals": originals, "copies": originals.clone()})
+    assert copies["copies"]["coverage"] == 1.0 and copies["copies"]["max_iou_mean"] == 1.0
+    one = similarity({"originals": originals, "one": originals[:1].clone()})
+    assert one["one"]["coverage"] == pytest.approx(1 / 6)  # one model can only cover the original it copies
+    assert len(copies["originals"]["nearest_other_iou"]) == 6
+
+
+def test_comparison_space_leaves_out_tensors_without_spread():
+    from pdiff.bundle import Bundle
+    from pdiff.params import comparison_space
+
+    deep = Bundle.load("checkpoints/fmnist-convnet-deep/bundle")
+    space = comparison_space(deep.originals, deep.norm_mean, deep.norm_std, deep.layout)
+    assert space.shape[1] == deep.originals.shape[1] - 2 * 128  # bn3's running statistics are constant
+    xy = tsne_2d(space[:20], seed=0)
+    assert torch.isfinite(xy).all() and xy.abs().max() < 1000 and space.abs().max() < 100

@@ -23,7 +23,7 @@ def test_every_method_returns_the_report_keys(transfer_report):
         for key in ("acc", "asr", "ra", "der"):
             assert len(m[key]) == sizes[name], (name, key)
         assert set(m["summary"]) == {"acc", "asr", "ra", "der"}
-        assert set(m["summary"]["der"]) == {"best", "mean", "median", "min"}
+        assert set(m["summary"]["der"]) == {"best", "mean", "median", "min", "std"}
     assert "finetune" in table(r) and "reinit" in table(r)
 
 

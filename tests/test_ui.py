@@ -51,7 +51,7 @@ def test_uploaded_victim_state_dict(client, tmp_path):
     assert report["target"]["name"] == "victim.pth" and len(report["generated"]["asr"]) == 6
     assert report["target"]["asr"] > 50  # the uploaded model is the backdoored one
     assert json.loads(out[4]["plot"])["data"]  # ASR plot drawn
-    assert len(json.loads(out[8]["plot"])["data"]) == 7  # ACC-vs-ASR: generated, 5 sources' means, the target
+    assert len(json.loads(out[8]["plot"])["data"]) == 10  # ACC-vs-ASR: generated, 8 sources' means, the target
 
 
 def test_uploaded_pickle_payload_is_refused_and_does_not_run(client, payload_checkpoint):
