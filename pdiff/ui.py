@@ -17,6 +17,7 @@ from pdiff.targets import TargetError
 CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
 DEFAULT_N, MAX_N = 100, 500
 MAX_UPLOAD = "200mb"
+MAX_QUEUE = 64  # runs waiting at once before new ones are refused
 
 try:  # on a ZeroGPU Space, `spaces.GPU` borrows a GPU for the duration of one call
     import spaces
@@ -232,15 +233,19 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                     report_file = gr.File(label="JSON report")
                     params_file = gr.File(label="Generated parameters (safetensors)")
                 gr.Markdown(text.HOW_TO_READ)
-        bundle.change(bundle_changed, bundle, [layers, target], api_name=False)
+        # light events skip the queue: they never wait behind (or get refused by) a full queue of runs
+        bundle.change(bundle_changed, bundle, [layers, target], api_name=False, queue=False)
         # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
         target.change(lambda t: [gr.update(visible=t != "clean")] * 3, target, [asr_plot, asr_scatter, transfer_table],
-                      api_name=False)
+                      api_name=False, queue=False)
         run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed, defences],
                   [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status, asr_scatter,
                    transfer_table],
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
-    demo.queue(max_size=16)
+    # a classroom's worth of runs wait their turn; a waiting browser shows "queue: k/n" and an ETA. Beyond
+    # MAX_QUEUE a browser is told "This application is currently busy. Please try again." and an API client
+    # gets "Queue is full! Please try again."
+    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
     return demo
 
 
