@@ -139,20 +139,30 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
             plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None, transfer)
 
 
-RUNS = Path(tempfile.gettempdir()) / "pdiff-runs"
 KEEP_RUNS_S = 3600
 
 
+def runs_folder() -> Path:
+    """Where runs write their downloads: inside gradio's cache, which gradio serves from without copying,
+    and whose files delete_cache removes (KEEP_RUNS_S after they were written, and all at shutdown)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()) / "pdiff-runs"
+
+
 def _run_folder() -> Path:
-    """A fresh folder for one run's downloads; folders older than an hour are removed."""
-    import shutil
+    """A fresh folder for one run's downloads; old folders that delete_cache has emptied are removed."""
     import time
 
-    RUNS.mkdir(parents=True, exist_ok=True)
-    for old in RUNS.iterdir():
+    runs = runs_folder()
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in runs.iterdir():
         if time.time() - old.stat().st_mtime > KEEP_RUNS_S:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=RUNS))
+            try:
+                old.rmdir()  # only if empty: its files are gradio's to delete
+            except OSError:
+                pass
+    return Path(tempfile.mkdtemp(dir=runs))
 
 
 def _status(report: dict) -> str:
