@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,19 +51,86 @@ def _unwrap(obj, path: Path) -> dict[str, torch.Tensor]:
     raise TargetError(f"{path} holds a {type(obj).__name__}, not a state dict or a model")
 
 
+# torch.save's legacy format: a pickle (protocol 2) whose first object is torch's magic number
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8"
+# first bytes of files people upload by mistake -> what to call them
+_MAGIC = [(b"\x89PNG\r\n\x1a\n", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"GIF8", "a GIF image"),
+          (b"%PDF", "a PDF document"), (b"\x1f\x8b", "a gzip archive"), (b"\x89HDF\r\n\x1a\n", "an HDF5 file (Keras?)"),
+          (b"\x93NUMPY", "a NumPy array (.npy)"), (b"\x7fELF", "an executable")]
+
+
+def _sniff(path: Path) -> str:
+    """'safetensors' or 'torch' from the file's first bytes, else what the file looks like instead."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    if not head:
+        return "an empty file"
+    if head.startswith(b"PK\x03\x04"):  # torch.save writes a zip with <name>/data.pkl in it
+        try:
+            with zipfile.ZipFile(path) as z:
+                names = z.namelist()
+        except (zipfile.BadZipFile, OSError):
+            return "torch"  # a damaged archive: torch.load says what is wrong with it
+        if any(n.rsplit("/", 1)[-1] == "data.pkl" for n in names):
+            return "torch"
+        return f"a zip archive that is not a PyTorch checkpoint (it holds {_short(names, 3)})"
+    if head.startswith(_LEGACY_MAGIC):
+        return "torch"
+    if head[:1] == b"\x80":
+        return "a Python pickle that is not a PyTorch checkpoint"
+    if head[8:9] == b"{":  # safetensors: an 8-byte header length, then the JSON header
+        return "safetensors"
+    for magic, what in _MAGIC:
+        if head.startswith(magic):
+            return what
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as e:  # a character cut at the 512th byte is still text
+        text = head[:e.start].decode("utf-8") if e.start > len(head) - 4 else ""
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        if text.startswith("version https://git-lfs"):
+            return "a Git LFS pointer, not the file itself (git lfs pull fetches it)"
+        first = text.strip().splitlines()[0] if text.strip() else ""
+        return f"text ({first[:40]!r})" if first else "a file of blank text"
+    return f"binary data of an unknown kind (first bytes {head[:8].hex(' ')})"
+
+
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a model file into a plain state dict, refusing anything that could run code."""
+    """Read a model file into a plain state dict, refusing anything that could run code or is not finite.
+
+    What the file holds decides how it is read, whatever its suffix."""
     path = Path(path)
     if not path.is_file():
         raise TargetError(f"no model file at {path}")
-    if path.suffix == ".safetensors":
-        try:
-            return load_file(path)
-        except (SafetensorError, OSError) as e:
-            raise TargetError(f"{path} is not a readable safetensors file: {e}") from None
+    kind = _sniff(path)
+    if kind not in ("torch", "safetensors"):
+        raise TargetError(f"{path} is not a model checkpoint: expected a safetensors file or a PyTorch state dict "
+                          f"(torch.save), found {kind}")
+    state = _read_safetensors(path) if kind == "safetensors" else _read_torch(path)
+    check_finite(state, path)
+    return state
+
+
+def check_finite(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse NaN or inf in any floating parameter or buffer: no sample spliced into it could be measured."""
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in state.items() if v.is_floating_point() or v.is_complex()}
+    bad = [f"{k!r} has {c} NaN/inf values of {state[k].numel()}" for k, c in bad.items() if c]
+    if bad:
+        raise TargetError(f"{path} is not a usable target: tensor {_short(bad, 4)}")
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     try:
-        with torch.serialization.safe_globals(SAFE_MODULE_CLASSES):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise TargetError(f"{path} is not a readable safetensors file: {e}") from None
+
+
+def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        # an open file, not the path: torch.load would hand any *.safetensors path to safetensors
+        with torch.serialization.safe_globals(SAFE_MODULE_CLASSES), open(path, "rb") as f:
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -73,9 +141,13 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
             raise TargetError(f"refusing to load {path}: unpickling it would need {', '.join(unsafe)}, which is not "
                               "on the allowlist of known model classes. Save a state dict "
                               "(torch.save(model.state_dict(), ...)) or a .safetensors file instead.") from None
-        raise TargetError(f"{path} could not be read safely: {str(e).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise TargetError(f"{path} is not a PyTorch checkpoint: {str(e).splitlines()[0]}") from None
+        # torch's message opens with advice to drop weights_only; the cause follows its marker
+        cause = str(e).rpartition("WeightsUnpickler error:")[2].strip()
+        cause = cause.splitlines()[0].split(". ")[0] if cause else "an unreadable pickle"
+        raise TargetError(f"{path} could not be read safely (torch.load with weights_only=True): {cause}") from None
+    except Exception as e:  # a damaged file makes the unpickler fail in many ways (EOFError, IndexError, ...)
+        first = (str(e).splitlines() or [""])[0]
+        raise TargetError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {first}") from None
     state = _unwrap(obj, path)
     # a model saved from DataParallel / DDP prefixes every name with "module."
     if all(k.startswith("module.") for k in state):

@@ -22,6 +22,7 @@ DEFAULT_N, MAX_N = 100, 500
 # per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
 ENGINES = EngineCache(size=4)
 MAX_UPLOAD = "200mb"
+MAX_QUEUE = 64  # runs waiting at once before new ones are refused
 
 try:  # on a ZeroGPU Space, `spaces.GPU` borrows a GPU for the duration of one call
     import spaces
@@ -120,20 +121,30 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
             plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None, transfer)
 
 
-RUNS = Path(tempfile.gettempdir()) / "pdiff-runs"
 KEEP_RUNS_S = 3600
 
 
+def runs_folder() -> Path:
+    """Where runs write their downloads: inside gradio's cache, which gradio serves from without copying,
+    and whose files delete_cache removes (KEEP_RUNS_S after they were written, and all at shutdown)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()) / "pdiff-runs"
+
+
 def _run_folder() -> Path:
-    """A fresh folder for one run's downloads; folders older than an hour are removed."""
-    import shutil
+    """A fresh folder for one run's downloads; old folders that delete_cache has emptied are removed."""
     import time
 
-    RUNS.mkdir(parents=True, exist_ok=True)
-    for old in RUNS.iterdir():
+    runs = runs_folder()
+    runs.mkdir(parents=True, exist_ok=True)
+    for old in runs.iterdir():
         if time.time() - old.stat().st_mtime > KEEP_RUNS_S:
-            shutil.rmtree(old, ignore_errors=True)
-    return Path(tempfile.mkdtemp(dir=RUNS))
+            try:
+                old.rmdir()  # only if empty: its files are gradio's to delete
+            except OSError:
+                pass
+    return Path(tempfile.mkdtemp(dir=runs))
 
 
 def _status(report: dict) -> str:
@@ -215,15 +226,19 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
                     report_file = gr.File(label="JSON report")
                     params_file = gr.File(label="Generated parameters (safetensors)")
                 gr.Markdown(text.HOW_TO_READ)
-        bundle.change(bundle_changed, bundle, [layers, target], api_name=False)
+        # light events skip the queue: they never wait behind (or get refused by) a full queue of runs
+        bundle.change(bundle_changed, bundle, [layers, target], api_name=False, queue=False)
         # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
         target.change(lambda t: [gr.update(visible=t != "clean")] * 3, target, [asr_plot, asr_scatter, transfer_table],
-                      api_name=False)
+                      api_name=False, queue=False)
         run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed, defences],
                   [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status, asr_scatter,
                    transfer_table],
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
-    demo.queue(max_size=16)
+    # a classroom's worth of runs wait their turn; a waiting browser shows "queue: k/n" and an ETA. Beyond
+    # MAX_QUEUE a browser is told "This application is currently busy. Please try again." and an API client
+    # gets "Queue is full! Please try again."
+    demo.queue(max_size=MAX_QUEUE, default_concurrency_limit=1)
     return demo
 
 

@@ -1,6 +1,8 @@
 """The app launched in-process, driven through gradio_client like a real API client."""
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,7 +10,7 @@ from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
 from pdiff.tasks import build_model, get_task
-from pdiff.ui import build_demo, free_port, launch, shipped_bundles
+from pdiff.ui import build_demo, free_port, launch, runs_folder, shipped_bundles
 
 
 
@@ -125,3 +127,41 @@ def test_bundle_box_with_the_hub_unreachable(client, tmp_path, monkeypatch):
     monkeypatch.setenv("PDIFF_HUB_CACHE", str(tmp_path / "hub"))  # HF_HUB_OFFLINE=1: nothing reaches the Hub
     with pytest.raises(AppError, match=r"^could not reach the Hugging Face Hub for 'someone/big-model': [^\n]*$"):
         _run(client, bundle="someone/big-model", n=2)
+
+
+def test_uploaded_nonfinite_or_text_file_refused_by_name(client, tmp_path):
+    from pdiff.ui import load_bundle
+
+    state = {k: v.clone() for k, v in load_bundle("fmnist-convnet").base_state.items()}
+    state["conv3.weight"].fill_(float("nan"))
+    torch.save(state, tmp_path / "nan.pth")
+    (tmp_path / "notes.pth").write_text("not a model\n")
+    with pytest.raises(AppError, match=r"nan.pth is not a usable target: tensor 'conv3.weight' has 73728 NaN/inf"):
+        _run(client, target="upload", victim_file=handle_file(str(tmp_path / "nan.pth")))
+    with pytest.raises(AppError, match=r"notes.pth is not a model checkpoint: expected a safetensors file or a "
+                                       r"PyTorch state dict \(torch.save\), found text \('not a model'\)"):
+        _run(client, target="upload", victim_file=handle_file(str(tmp_path / "notes.pth")))
+
+
+def test_four_clients_at_once_all_answered(tmp_path):
+    """A small load test against its own server: every client answered; run files are gradio's to remove."""
+    demo = build_demo()
+    launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    before = set(runs_folder().rglob("*.*"))
+
+    def call(seed):
+        c = Client(demo.local_url, verbose=False, download_files=str(tmp_path / f"client{seed}"))
+        return c.predict(n=2, sampler="ddim", steps=5, seed=seed, api_name="/generate")
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            outs = list(pool.map(call, range(4)))
+        reports = [json.loads(Path(out[0]).read_text()) for out in outs]
+        assert [r["seed"] for r in reports] == [0, 1, 2, 3] and all(len(r["generated"]["acc"]) == 2 for r in reports)
+        written = set(runs_folder().rglob("*.*")) - before
+        # one report and one parameter file per run, each served from where it was written (no second copy)
+        assert sorted(p.name for p in written) == ["generated.safetensors"] * 4 + ["report.json"] * 4
+        assert {str(p) for p in written} <= set().union(*demo.temp_file_sets)
+    finally:
+        demo.close()
+    assert not any(p.exists() for p in written)  # gradio removes them at shutdown (delete_cache: after an hour)
