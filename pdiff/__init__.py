@@ -13,4 +13,4 @@ every source's metrics and similarity. `report` (evaluate), `transfer` and `trun
 are short compositions of it; `plots` draws a report, `ui` is the app, `cli` the command line.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -22,7 +22,8 @@ from pdiff.nets import Denoiser, ParamAutoencoder
 from pdiff.params import Layout, layout_from_json, layout_to_json
 
 FORMAT = "pdiff-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bundle.json records the pdiff version and the architecture's constructor arguments
+_RESERVED = ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files", "pdiff_version", "arch_args")
 BUNDLE_JSON = "bundle.json"
 AE_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser_ema.safetensors"
@@ -95,10 +96,14 @@ class Bundle:
                 files[victim_files(name)[0]] = state
             for name, tensors in files.items():
                 write_safetensors(tmp / name, tensors)
+            from pdiff import __version__
+            from pdiff.tasks import arch_args
+
             meta = {
-                "format": FORMAT, "format_version": FORMAT_VERSION, "task": self.task.to_dict(),
+                "format": FORMAT, "format_version": FORMAT_VERSION, "pdiff_version": __version__,
+                "task": self.task.to_dict(), "arch_args": arch_args(self.task),
                 "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
-                "ddpm": self.ddpm_cfg.to_dict(), **self.meta,
+                "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.meta.items() if k not in _RESERVED},
                 "files": {name: sha256(tmp / name) for name in sorted(files)},
             }
             write_json(tmp / BUNDLE_JSON, meta)
@@ -133,8 +138,7 @@ class Bundle:
                 module.load_state_dict(tensors[name])
             except RuntimeError as e:
                 raise BundleError(f"{path / name} does not match bundle.json's settings: {e}") from None
-        extra = {k: v for k, v in meta.items()
-                 if k not in ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files")}
+        extra = {k: v for k, v in meta.items() if k not in _RESERVED}
         victims = {}
         named = [*([PLAIN_VICTIM] if extra.get("victim") else []), *(extra.get("victims") or {})]
         for name in named:
@@ -160,6 +164,18 @@ def resolve(source: str | Path) -> Path:
     raise BundleError(f"no bundle folder at {source}")
 
 
+def upgrade(meta: dict) -> dict:
+    """bundle.json of an older format version, brought to FORMAT_VERSION in memory (the files stay as they are).
+    1 -> 2: the architecture's constructor arguments, which format 1 implied by the task's dataset."""
+    meta = dict(meta)
+    if meta["format_version"] == 1:
+        from pdiff.tasks import arch_args
+
+        meta.update(format_version=2, pdiff_version=meta.get("pdiff_version", "before 0.2 (format 1)"),
+                    arch_args=arch_args(Task.from_dict(meta["task"])))
+    return meta
+
+
 def _read_meta(path: Path) -> dict:
     meta_path = path / BUNDLE_JSON
     if not meta_path.is_file():
@@ -174,6 +190,7 @@ def _read_meta(path: Path) -> dict:
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
         raise BundleError(f"{meta_path} has format_version {version!r}; this pdiff reads versions 1 to {FORMAT_VERSION}"
                           + ("; upgrade pdiff" if isinstance(version, int) and version > FORMAT_VERSION else ""))
+    meta = upgrade(meta)
     for required in (AE_FILE, DENOISER_FILE, ORIGINALS_FILE, STATS_FILE, BASE_FILE):
         if required not in meta.get("files", {}):
             raise BundleError(f"{meta_path} lists no {required}")

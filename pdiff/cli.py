@@ -250,6 +250,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--validation", type=int, default=5000,
                    help="hold out the last N training images: the noise baseline matched to the generated mean "
                         "accuracy is found on them, and 'best' models are chosen on them (0: skip)")
+    p.add_argument("--bn-images", type=int, default=512,
+                   help="re-estimate BatchNorm statistics that follow a generated layer on the first N training "
+                        "images, per generated model, instead of splicing constant copies (0: splice them)")
     p.add_argument("--curves", action="store_true",
                    help="also evaluate the Gaussian baseline at every temperature (its accuracy-novelty curve)")
     p.add_argument("--defences", action="store_true",
@@ -271,16 +274,18 @@ def cmd_evaluate(args) -> int:
     test = _split(args, bundle.task, "test")
     bar = _bar("evaluate")
     train = _split(args, bundle.task, "train") if args.defences else None
-    if args.validation and train is None:
+    if (args.validation or args.bn_images) and train is None:
         try:
             train = _split(args, bundle.task, "train")
         except DataError as e:  # the test split alone still makes a report; say what is missing
-            print(f"note: no validation split, so no matched noise and no selection ({e})", file=sys.stderr)
+            print(f"note: no training split, so no validation (matched noise, selection) and no BatchNorm "
+                  f"re-estimation ({e})", file=sys.stderr)
     report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
                                  test, progress=lambda frac, desc: bar(int(100 * frac), 100),
                                  with_tsne=not args.no_tsne, defences_train=train if args.defences else None,
                                  validation=train.last(args.validation) if args.validation and train else None,
-                                 curves=args.curves)
+                                 curves=args.curves,
+                                 bn_images=train.subset(args.bn_images) if args.bn_images and train else None)
     if args.save_params:
         save_samples(args.save_params, vectors, bundle, args.sampler, args.steps, args.seed)
     _write_report(args.json, report, familiar_lines(report))

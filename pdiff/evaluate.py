@@ -7,6 +7,7 @@ per model under vmap.
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -83,21 +84,60 @@ def accuracies(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return (100.0 * (pred == labels[None]).double().mean(1)).tolist()
 
 
+class BatchNormEstimator:
+    """BatchNorm running statistics re-estimated for many parameter sets at once, on a few hundred clean
+    images: the statistics a generated convolution's outputs really have, in place of constant copies."""
+
+    def __init__(self, model: StagedNet, images: torch.Tensor, start: int, stat_names: list[str], device):
+        self.model, self.start, self.seconds = model, start, 0.0
+        self.features = predict(model, images.to(device), 0, start)
+        owners = sorted({n.rsplit(".", 1)[0] for n in stat_names}, key=lambda o: model.stage_of(f"{o}.weight"))
+        self.owners = [(o, model.stage_of(f"{o}.weight")) for o in owners]
+
+    @torch.no_grad()
+    def __call__(self, stacked: dict[str, torch.Tensor], models_per_chunk: int = 16) -> dict[str, torch.Tensor]:
+        """{name: (N, *shape)} -> the same with each owner's running_mean / running_var re-estimated, in stage
+        order (a later BatchNorm's input depends on the earlier ones' statistics)."""
+        t0 = time.perf_counter()
+        stacked = dict(stacked)
+        n = len(next(iter(stacked.values())))
+        for owner, stage in self.owners:
+            def bn_input(params, x, stage=stage):
+                return functional_call(self.model, params, (x,), {"start": self.start, "stop": stage})
+
+            means, variances = [], []
+            for m0 in range(0, n, models_per_chunk):  # chunks bound the activations' memory
+                chunk = {k: v[m0:m0 + models_per_chunk].to(self.features.device) for k, v in stacked.items()}
+                flat = vmap(bn_input, in_dims=(0, None))(chunk, self.features).transpose(1, 2).flatten(2)  # M, C, n*HW
+                # as a train-mode pass with momentum=None: the batch mean and the unbiased variance
+                means.append(flat.mean(2).cpu())
+                variances.append(flat.var(2, unbiased=True).cpu())
+            stacked[f"{owner}.running_mean"], stacked[f"{owner}.running_var"] = torch.cat(means), torch.cat(variances)
+        self.seconds += time.perf_counter() - t0
+        return stacked
+
+
 class TargetEngine:
     """A target model with its clean and (for a backdoored target) triggered test sets cached.
 
     `run` evaluates (M, P) vectors of the layout spliced into the selected layers; the target keeps
-    its own values elsewhere. `as_is` is the target with its own values: the reference for DER.
+    its own values elsewhere. `as_is` is the target with its own values: the reference for DER. With
+    `bn_images` (clean training images), BatchNorm statistics in the layout that follow a generated layer
+    are re-estimated per parameter set instead of spliced.
     """
 
     def __init__(self, task: "Task", layout: Layout, target: "Target", test: Split, layers: list[str] | None = None,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", bn_images: Split | None = None):
         from pdiff.targets import check_architecture
 
         self.layout, self.layers, self.labels = layout, select_layers(layout, layers), test.labels
         self.target, self.trigger = target, target.trigger
         model = check_architecture(task, target.state)
         self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device)
+        stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")
+                 and model.stage_of(n) > self.clean.start]
+        self.bn = (BatchNormEstimator(model, bn_images.normalized(device), self.clean.start, stats, device)
+                   if bn_images is not None and stats else None)
         if self.trigger is not None:
             images, self.trig_labels = triggered_test_set(test.images, test.labels, self.trigger)
             self.triggered = BatchedEvaluator(model, normalize(images.to(device), test.dataset), self.layers, device)
@@ -108,10 +148,11 @@ class TargetEngine:
     def backdoor(self) -> bool:
         return self.trigger is not None
 
-    def run(self, vectors: torch.Tensor, fixed: bool = False) -> dict:
+    def run(self, vectors: torch.Tensor, fixed: bool = False, reestimate: bool = True) -> dict:
         """(M, P) finite vectors -> wrong-prediction masks (M, n) and acc (and asr, ra) lists.
 
         fixed: the same tensor will come again (the bundle's originals): its result is kept and reused.
+        reestimate: re-estimate BatchNorm statistics (where the engine does); the target as-is keeps its own.
         """
         key = (id(vectors), tuple(vectors.shape))
         if fixed and key in self._memo:
@@ -123,6 +164,8 @@ class TargetEngine:
             out = {"acc": [], "wrong": torch.zeros(0, len(self.labels), dtype=torch.bool)}
             return {**out, "asr": [], "ra": []} if self.backdoor else out
         stacked = stacked_params(vectors, self.layout, self.target.state, self.layers)
+        if self.bn is not None and reestimate:
+            stacked = self.bn(stacked)
         pred = self.clean.predict_many(stacked)
         out = {"acc": accuracies(pred, self.labels), "wrong": pred != self.labels[None]}
         if self.backdoor:
@@ -135,7 +178,7 @@ class TargetEngine:
         """The target's own metrics: its own values of the layout's layers, spliced back unchanged."""
         if self._as_is is None:
             own = torch.cat([self.target.state[n].reshape(-1).float() for n, _ in self.layout])[None]
-            self._as_is = {k: v[0] for k, v in self.run(own).items() if k != "wrong"}
+            self._as_is = {k: v[0] for k, v in self.run(own, reestimate=False).items() if k != "wrong"}
         return self._as_is
 
     def metrics(self, result: dict) -> dict:

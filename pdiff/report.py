@@ -31,20 +31,22 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
                steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
                progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
                defences_train: Split | None = None, engines: "EngineCache | None" = None,
-               validation: Split | None = None, curves: bool = False):
+               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None):
     """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
     min(n, K) sets each); with `curves`, the Gaussian baseline at every temperature. With `validation` (a
     split held out from the test set), the noise baseline matched to the generated mean accuracy and the
     "best" models chosen on it. With `defences_train` and a backdoored target, the finetune and reinit
-    defences too. With `engines`, what does not depend on the seed is kept between calls.
+    defences too. With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
+    generated layer are re-estimated per model. With `engines`, what does not depend on the seed is kept.
     """
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
     test = test or Split.load(bundle.task.dataset, "test")
     engines = engines if engines is not None else EngineCache(0)
-    engine = engines.get(bundle, target, layers, test, device)
+    engine = engines.get(bundle, target, layers, test, device, bn_images)
+    bn_s = engine.bn.seconds if engine.bn else 0.0
 
     # sample
     say(0.0, "sampling")
@@ -58,15 +60,12 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(seed + 1)
     count = min(n, len(bundle.originals))
-    sets, unavailable = {"generated": vectors[finite], "originals": bundle.originals}, {}
-    if with_baselines:
-        baselines, unavailable = baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout),
-                                               bundle.layout, count, g)
-        sets.update(baselines, **(gaussian_sweep(bundle.originals, bundle.layout, count, g) if curves else {}))
+    sets, unavailable = _sources(bundle, vectors[finite], count, g, with_baselines, curves)
     checked = {}
     if validation is not None and len(sets["generated"]):
         say(0.62, "validation: matched noise, selection")
-        checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device), sets, count, seed)
+        checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device, bn_images), sets,
+                                 count, seed)
     if defences_train is not None and engine.backdoor:
         say(0.65, "defence baselines (fine-tune, re-init)")
         sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, defences_train, test, g, count, device))
@@ -88,7 +87,11 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         "unavailable": unavailable,
         "summary": {name: s["acc"] for name, s in m["summary"].items()},
         "similarity": _similarity_section(m["similarity"]), "novelty": _novelty(m), "tsne": tsne,
-        "timings_s": {"sample": sample_s, "evaluate": evaluate_s}, "device": str(device),
+        "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
+                      **({"bn_reestimate": engine.bn.seconds - bn_s} if engine.bn else {})},
+        "bn_statistics": ("re-estimated per model on " + f"{len(bn_images.labels)} training images" if engine.bn
+                          else "as spliced (or the target's own)"),
+        "device": str(device),
         "test_size": len(test.labels), **_selection(checked, m["metrics"]),
     }
     if engine.backdoor:
@@ -96,6 +99,17 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         report["summary_der"] = {name: s["der"] for name, s in m["summary"].items()}
     say(1.0, "done")
     return report, vectors
+
+
+def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Generator, with_baselines: bool,
+             curves: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """generated, originals and (with_baselines) the memorisation baselines; the sets, and why any is missing."""
+    sets, unavailable = {"generated": generated, "originals": bundle.originals}, {}
+    if with_baselines:
+        baselines, unavailable = baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout),
+                                               bundle.layout, count, g)
+        sets.update(baselines, **(gaussian_sweep(bundle.originals, bundle.layout, count, g) if curves else {}))
+    return sets, unavailable
 
 
 def _on_validation(bundle: Bundle, val: TargetEngine, sets: dict, count: int, seed: int) -> dict:
@@ -151,15 +165,17 @@ class EngineCache:
     def __init__(self, size: int = 4):
         self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
 
-    def get(self, bundle: Bundle, target, layers: list[str], test: Split, device) -> TargetEngine:
-        key = (id(bundle), _target_key(target), tuple(layers), id(test), str(device))
+    def get(self, bundle: Bundle, target, layers: list[str], test: Split, device,
+            bn_images: Split | None = None) -> TargetEngine:
+        key = (id(bundle), _target_key(target), tuple(layers), id(test), str(device), id(bn_images))
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key][1]
-        engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target), test, layers, device)
+        engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target), test, layers, device,
+                              bn_images)
         with self._lock:
-            self._entries[key] = (bundle, engine, test)  # keep what the key's ids point to alive
+            self._entries[key] = (bundle, engine, test, bn_images)  # keep what the key's ids point to alive
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return engine

@@ -32,10 +32,15 @@ def get_task(name: str) -> Task:
     return Task.from_dict(TASKS[name].to_dict())  # a copy the caller may change
 
 
+def arch_args(task: Task) -> dict:
+    """The constructor arguments of the task's architecture (bundle.json records them)."""
+    spec = DATASETS[task.dataset]
+    return {"in_channels": spec.channels, "num_classes": spec.classes}
+
+
 def build_model(task: Task) -> StagedNet:
     """A freshly initialised model of the task's architecture, with its train_layer checked."""
-    spec = DATASETS[task.dataset]
-    model = ARCHS[task.arch](in_channels=spec.channels, num_classes=spec.classes)
+    model = ARCHS[task.arch](**arch_args(task))
     names = {n for n, v in model.state_dict().items() if v.is_floating_point()}  # parameters and BN statistics
     missing = [n for n in task.train_layer if n not in names]
     if missing:

@@ -19,6 +19,8 @@ from pdiff.targets import TargetError, target_names
 from pdiff.transfer import TABLE_HEADERS, table_rows
 
 DEFAULT_N, MAX_N = 100, 500
+VALIDATION = 5000  # training images held out for the matched-noise baseline and for choosing a "best" model
+BN_IMAGES = 512    # clean training images BatchNorm statistics are re-estimated on, after a generated convolution
 # per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
 ENGINES = EngineCache(size=4)
 MAX_UPLOAD = "200mb"
@@ -57,6 +59,17 @@ def _train_split(dataset: str) -> Split:
                         f"here ({e}); untick them") from None
 
 
+@lru_cache(maxsize=2)
+def _held_out(dataset: str) -> tuple[Split | None, Split | None]:
+    """From the training split: the last VALIDATION images (matched noise, selection) and the first BN_IMAGES
+    (BatchNorm re-estimation); (None, None) where the training split is absent, as on a Space."""
+    try:
+        train = Split.load(dataset, "train")
+    except DataError:
+        return None, None
+    return train.last(VALIDATION), train.subset(BN_IMAGES)
+
+
 @_gpu
 def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, progress):
     """The GPU part: sample, splice, evaluate. Returns plain data; figures are built outside."""
@@ -64,7 +77,8 @@ def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, p
     device = resolve_device("auto")
     train = _train_split(bundle.task.dataset) if defences and target != "clean" else None
     return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
-                      progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train, engines=ENGINES)
+                      progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train, engines=ENGINES,
+                      validation=_held_out(bundle.task.dataset)[0], bn_images=_held_out(bundle.task.dataset)[1])
 
 
 def generate(bundle: str, target: str = "clean", victim_file: str | None = None, layers: list[str] | None = None,
@@ -177,63 +191,77 @@ def bundle_changed(bundle: str):
     return gr.update(choices=[ALL_LAYERS, *b.names], value=[ALL_LAYERS]), gr.update(choices=target_choices(b), value="clean")
 
 
+def _inputs(shipped: dict, default_bundle: str) -> dict:
+    """The left column: bundle, target, upload, layers, sampling settings, the defence box and Run."""
+    default_layers = [ALL_LAYERS, *(load_bundle(default_bundle).names if default_bundle else [])]
+    targets = target_choices(load_bundle(default_bundle)) if default_bundle else ["clean", "upload"]
+    return dict(
+        bundle=gr.Dropdown(choices=list(shipped), value=default_bundle, allow_custom_value=True, label="Bundle",
+                           info="a shipped bundle, a Hub repo id (owner/name), or a folder under the server's "
+                                "allowed bundle roots"),
+        target=gr.Radio(targets, value="clean", label="Target model",
+                        info="victim: trained from scratch on poisoned data; finetuned-*: the clean base fine-tuned "
+                             "on poisoned data (BadNets patch or blended pattern)"),
+        victim_file=gr.File(label="Uploaded model (.pth / .pt / .safetensors)",
+                            file_types=[".pth", ".pt", ".safetensors"], type="filepath"),
+        # a dropdown that accepts custom values: an API client may name the layers of another bundle
+        layers=gr.Dropdown(choices=default_layers, value=[ALL_LAYERS], multiselect=True, allow_custom_value=True,
+                           label="Layers to splice",
+                           info="all, or a subset of the bundle's train_layer; the target keeps its own values "
+                                "for the rest"),
+        n=gr.Slider(1, MAX_N, value=DEFAULT_N, step=1, label="N (parameter sets to generate)"),
+        sampler=gr.Radio(["ddpm", "ddim"], value="ddim", label="Sampler",
+                         info="DDPM runs all 1000 steps; DDIM is the fast option"),
+        steps=gr.Slider(1, 1000, value=50, step=1, label="DDIM steps"),
+        seed=gr.Number(value=0, precision=0, label="Seed"),
+        defences=gr.Checkbox(False, label="Defence baselines (fine-tune, re-init)",
+                             info="for a backdoored target: train the target's own layers on clean data, and the "
+                                  "same layers re-initialised; needs the training split, adds about a minute"),
+    )
+
+
+def _outputs() -> dict:
+    """The right column, in the order `generate` returns its values."""
+    out = {"status": gr.Markdown("Press **Run** to sample and evaluate.", elem_id="status"),
+           "transfer_table": gr.Dataframe(label="Transfer: backdoor removal by method", interactive=False,
+                                          visible=False),
+           "table": gr.Dataframe(label="Accuracy, spread and novelty by source", interactive=False)}
+    with gr.Row():
+        out["acc_plot"] = gr.Plot(label="Accuracy distribution")
+        out["asr_plot"] = gr.Plot(label="ASR distribution", visible=False)
+    out["asr_scatter"] = gr.Plot(label="ACC vs. ASR", visible=False)
+    with gr.Row():
+        out["tsne_plot"] = gr.Plot(label="t-SNE")
+        out["iou_plot"] = gr.Plot(label="Accuracy vs. novelty")
+    with gr.Row():
+        out["report_file"] = gr.File(label="JSON report")
+        out["params_file"] = gr.File(label="Generated parameters (safetensors)")
+    gr.Markdown(text.HOW_TO_READ)
+    return out
+
+
+OUTPUT_ORDER = ["report_file", "params_file", "table", "acc_plot", "asr_plot", "tsne_plot", "iou_plot", "status",
+                "asr_scatter", "transfer_table"]
+
+
 def build_demo(default_bundle: str | None = None) -> gr.Blocks:
     shipped = shipped_bundles()
     default_bundle = default_bundle or next(iter(shipped), "")
-    default_layers = [ALL_LAYERS, *(load_bundle(default_bundle).names if default_bundle else [])]
-    targets = target_choices(load_bundle(default_bundle)) if default_bundle else ["clean", "upload"]
     # delete_cache: gradio's copies of uploads and downloads older than an hour go, checked hourly
     with gr.Blocks(title="pdiff: parameter diffusion", delete_cache=(KEEP_RUNS_S, KEEP_RUNS_S)) as demo:
         gr.Markdown(text.INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                bundle = gr.Dropdown(choices=list(shipped), value=default_bundle, allow_custom_value=True,
-                                     label="Bundle", info="a shipped bundle, a Hub repo id (owner/name), or a "
-                                                          "folder under the server's allowed bundle roots")
-                target = gr.Radio(targets, value="clean", label="Target model",
-                                  info="victim: trained from scratch on poisoned data; finetuned-*: the clean base "
-                                       "fine-tuned on poisoned data (BadNets patch or blended pattern)")
-                victim_file = gr.File(label="Uploaded model (.pth / .pt / .safetensors)",
-                                      file_types=[".pth", ".pt", ".safetensors"], type="filepath")
-                # a dropdown that accepts custom values: an API client may name the layers of another bundle
-                layers = gr.Dropdown(choices=default_layers, value=[ALL_LAYERS], multiselect=True,
-                                     allow_custom_value=True, label="Layers to splice",
-                                     info="all, or a subset of the bundle's train_layer; the target keeps its own "
-                                          "values for the rest")
-                n = gr.Slider(1, MAX_N, value=DEFAULT_N, step=1, label="N (parameter sets to generate)")
-                sampler = gr.Radio(["ddpm", "ddim"], value="ddim", label="Sampler",
-                                   info="DDPM runs all 1000 steps; DDIM is the fast option")
-                steps = gr.Slider(1, 1000, value=50, step=1, label="DDIM steps")
-                seed = gr.Number(value=0, precision=0, label="Seed")
-                defences = gr.Checkbox(False, label="Defence baselines (fine-tune, re-init)",
-                                       info="for a backdoored target: train the target's own layers on clean data, "
-                                            "and the same layers re-initialised; needs the training split, "
-                                            "adds about a minute")
+                inp = _inputs(shipped, default_bundle)
                 run = gr.Button("Run", variant="primary")
             with gr.Column(scale=2):
-                status = gr.Markdown("Press **Run** to sample and evaluate.", elem_id="status")
-                transfer_table = gr.Dataframe(label="Transfer: backdoor removal by method", interactive=False,
-                                              visible=False)
-                table = gr.Dataframe(label="Accuracy by source", interactive=False)
-                with gr.Row():
-                    acc_plot = gr.Plot(label="Accuracy distribution")
-                    asr_plot = gr.Plot(label="ASR distribution", visible=False)
-                asr_scatter = gr.Plot(label="ACC vs. ASR", visible=False)
-                with gr.Row():
-                    tsne_plot = gr.Plot(label="t-SNE")
-                    iou_plot = gr.Plot(label="Accuracy vs. max IoU")
-                with gr.Row():
-                    report_file = gr.File(label="JSON report")
-                    params_file = gr.File(label="Generated parameters (safetensors)")
-                gr.Markdown(text.HOW_TO_READ)
+                out = _outputs()
         # light events skip the queue: they never wait behind (or get refused by) a full queue of runs
-        bundle.change(bundle_changed, bundle, [layers, target], api_name=False, queue=False)
+        inp["bundle"].change(bundle_changed, inp["bundle"], [inp["layers"], inp["target"]], api_name=False, queue=False)
         # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
-        target.change(lambda t: [gr.update(visible=t != "clean")] * 3, target, [asr_plot, asr_scatter, transfer_table],
-                      api_name=False, queue=False)
-        run.click(generate, [bundle, target, victim_file, layers, n, sampler, steps, seed, defences],
-                  [report_file, params_file, table, acc_plot, asr_plot, tsne_plot, iou_plot, status, asr_scatter,
-                   transfer_table],
+        inp["target"].change(lambda t: [gr.update(visible=t != "clean")] * 3, inp["target"],
+                             [out["asr_plot"], out["asr_scatter"], out["transfer_table"]], api_name=False, queue=False)
+        run.click(generate, list(inp.values()), [out[k] for k in OUTPUT_ORDER],
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
     # a classroom's worth of runs wait their turn; a waiting browser shows "queue: k/n" and an ETA. Beyond
     # MAX_QUEUE a browser is told "This application is currently busy. Please try again." and an API client

@@ -25,7 +25,8 @@ def test_roundtrip_gives_identical_samples(tiny_bundle, tmp_path):
 
 def test_bundle_json_records_what_the_design_asks(tiny_bundle):
     meta = json.loads((tiny_bundle.path / BUNDLE_JSON).read_text())
-    assert meta["format_version"] == 1 and meta["task"]["name"] == "fmnist-convnet"
+    assert meta["format_version"] == 2 and meta["task"]["name"] == "fmnist-convnet"
+    assert meta["arch_args"] == {"in_channels": 1, "num_classes": 10} and meta["pdiff_version"]
     assert [n for n, _ in meta["layout"]] == tiny_bundle.task.train_layer
     assert len(meta["originals_acc"]) == 8 and meta["victim"]["trigger"]["kind"] == "badnets"
     assert meta["victim"]["asr"] == tiny_bundle.victim_report("scratch-badnets")["asr"]
@@ -162,3 +163,17 @@ def test_the_shipped_deep_bundle_generates_working_last_blocks(small_test):
                            with_baselines=False, with_tsne=False)
     assert min(report["generated"]["acc"]) > 85  # on 500 test images; the victim's backdoor is gone
     assert max(report["generated"]["asr"]) < 10 < report["target"]["asr"]
+
+
+def test_a_format_1_bundle_loads_through_the_upgrade(tiny_bundle, tmp_path):
+    dst = shutil.copytree(tiny_bundle.path, tmp_path / "old")
+    meta = json.loads((dst / BUNDLE_JSON).read_text())
+    for key in ("arch_args", "pdiff_version"):
+        del meta[key]
+    meta["format_version"] = 1
+    (dst / BUNDLE_JSON).write_text(json.dumps(meta))
+    old = Bundle.load(dst)
+    assert torch.equal(sample(old, 3, "ddim", 4, torch.Generator().manual_seed(0)),
+                       sample(tiny_bundle, 3, "ddim", 4, torch.Generator().manual_seed(0)))
+    again = json.loads((old.save(tmp_path / "new") / BUNDLE_JSON).read_text())  # saved as the current format
+    assert again["format_version"] == 2 and again["arch_args"] == {"in_channels": 1, "num_classes": 10}

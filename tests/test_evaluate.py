@@ -224,3 +224,35 @@ def test_comparison_space_leaves_out_tensors_without_spread():
     assert space.shape[1] == deep.originals.shape[1] - 2 * 128  # bn3's running statistics are constant
     xy = tsne_2d(space[:20], seed=0)
     assert torch.isfinite(xy).all() and xy.abs().max() < 1000 and space.abs().max() < 100
+
+
+def test_batchnorm_reestimation_equals_a_train_mode_pass(small_train, small_test):
+    from pdiff.evaluate import TargetEngine
+    from pdiff.params import flatten
+    from pdiff.targets import Target
+    from pdiff.tasks import build_model, get_task
+
+    task = get_task("fmnist-convnet-deep")
+    torch.manual_seed(0)
+    model = build_model(task).eval()
+    layout = [(n, tuple(model.state_dict()[n].shape)) for n in task.train_layer]
+    state = model.state_dict()
+    g = torch.Generator().manual_seed(1)
+    stacked = {n: (state[n] + 0.05 * torch.randn(3, *s, generator=g)) for n, s in layout}  # three "generated" sets
+    images = small_train.subset(64)
+    engine = TargetEngine(task, layout, Target("base", state, None), small_test, device="cpu", bn_images=images)
+    estimated = engine.bn({n: v for n, v in stacked.items()})
+    for i in range(3):  # bn3 alone in train mode, momentum None: one pass gives the batch statistics
+        one = build_model(task)
+        one.load_state_dict({**state, **{n: v[i] for n, v in stacked.items()}})
+        one.eval()
+        one.bn3.train()  # the trunk's BatchNorms keep their statistics: only the generated block's are measured
+        one.bn3.reset_running_stats()
+        one.bn3.momentum = None
+        with torch.no_grad():
+            one(images.normalized())
+        assert torch.allclose(estimated["bn3.running_mean"][i], one.bn3.running_mean, atol=1e-5)
+        assert torch.allclose(estimated["bn3.running_var"][i], one.bn3.running_var, rtol=1e-4, atol=1e-5)
+    # the engine evaluates each model with its re-estimated statistics, not the spliced ones
+    plain = TargetEngine(task, layout, Target("base", state, None), small_test, device="cpu")
+    assert engine.run(flatten(stacked, layout))["acc"] == plain.run(flatten(estimated, layout))["acc"]
