@@ -53,7 +53,10 @@ def test_uploaded_victim_state_dict(client, tmp_path):
     assert report["target"]["name"] == "victim.pth" and len(report["generated"]["asr"]) == 6
     assert report["target"]["asr"] > 50  # the uploaded model is the backdoored one
     assert json.loads(out[4]["plot"])["data"]  # ASR plot drawn
-    assert len(json.loads(out[8]["plot"])["data"]) == 10  # ACC-vs-ASR: generated, 8 sources' means, the target
+    sources = ["originals", *report["baselines"]]  # ACC-vs-ASR: generated, each other source's mean, the target
+    names = [t["name"] for t in json.loads(out[8]["plot"])["data"]]
+    assert names[0] == "generated" and names[-1] == "target as-is (victim.pth)"
+    assert set(names[1:-1]) == {f"{s} (mean)" for s in sources} and "average (mean)" in names
 
 
 def test_uploaded_pickle_payload_is_refused_and_does_not_run(client, payload_checkpoint):
