@@ -82,3 +82,9 @@ class DDPMConfig(_Dict):
     lr: float = 1e-3
     batch_size: int = 100
     ema_decay: float = 0.999
+    latent_scale: str = "per_dim"   # latent standardisation before the DDPM: "per_dim" or "scalar" (train.latent_stats)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DDPMConfig":
+        # bundles written before latent_scale existed standardised their latents with one scalar pair
+        return _checked(cls, {"latent_scale": "scalar", **d})

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -147,3 +148,20 @@ def test_the_shipped_deep_bundle_generates_working_last_blocks(small_test):
                            with_baselines=False, with_tsne=False)
     assert min(report["generated"]["acc"]) > 85  # on 500 test images; the victim's backdoor is gone
     assert max(report["generated"]["asr"]) < 10 < report["target"]["asr"]
+
+
+def test_latents_are_standardised_per_latent_number(tiny_bundle, tmp_path):
+    assert tuple(tiny_bundle.latent_mean.shape) == tuple(tiny_bundle.latent_std.shape) \
+        == tuple(tiny_bundle.autoencoder.latent_shape)
+    assert tiny_bundle.ddpm_cfg.latent_scale == "per_dim"
+    # bundles written before hold one scalar pair (and no latent_scale in bundle.json): they still load and sample
+    old = dataclasses.replace(tiny_bundle, latent_mean=tiny_bundle.latent_mean.mean(),
+                              latent_std=tiny_bundle.latent_std.mean())
+    meta_path = old.save(tmp_path / "old") / BUNDLE_JSON
+    meta = json.loads(meta_path.read_text())
+    del meta["ddpm"]["latent_scale"]
+    meta_path.write_text(json.dumps(meta))
+    again = Bundle.load(tmp_path / "old")
+    assert again.latent_std.ndim == 0 and again.ddpm_cfg.latent_scale == "scalar"
+    out = sample(again, 3, "ddim", 5, torch.Generator().manual_seed(0))
+    assert out.shape == (3, tiny_bundle.originals.shape[1]) and torch.isfinite(out).all()
