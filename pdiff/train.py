@@ -16,7 +16,7 @@ from pdiff.collect import BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, VICTIM_FIL
 from pdiff.config import AEConfig, DDPMConfig, Task, auto_fold
 from pdiff.diffusion import Diffusion
 from pdiff.nets import Denoiser, ParamAutoencoder
-from pdiff.params import flatten, norm_stats, normalize
+from pdiff.params import denormalize, flatten, norm_stats, normalize, unflatten
 
 
 def _batches(k: int, batch_size: int, generator: torch.Generator):
@@ -31,8 +31,49 @@ def _noise(shape, scale: float, generator: torch.Generator, device) -> torch.Ten
     return scale * torch.randn(shape, generator=generator).to(device)
 
 
-def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator, device="cpu") -> tuple[ParamAutoencoder, list[float]]:
-    """x: (K, P) normalised vectors. MSE with noise on the input and on the latent (p-diff)."""
+class BehaviourLoss:
+    """How far reconstructed vectors are from their originals in function, not in parameters: the logits
+    of the base model with a reconstruction spliced in, against the original's, on the first `n_images`
+    training images (trunk computed once, the generated tail under vmap). Measured in units of the
+    originals' own logit spread over the K, so weight 1 puts it on the scale of the normalised MSE.
+
+    Why: the K checkpoints' deviations from their mean are 91% one direction (the collection run's drift);
+    what tells one checkpoint's predictions from another's lives in the remaining few per cent, which an
+    MSE-trained autoencoder drops first. Multi-trunk collections are scored on the base trunk.
+    """
+
+    def __init__(self, collection: dict, mean: torch.Tensor, std: torch.Tensor, n_images: int, device="cpu"):
+        from torch.func import functional_call, vmap
+
+        from pdiff.data import load_split
+        from pdiff.data import normalize as normalize_images
+        from pdiff.evaluate import predict
+        from pdiff.targets import check_architecture
+
+        task, layout = collection["task"], collection["layout"]
+        images, _ = load_split(task.dataset, "train")
+        model = check_architecture(task, collection["base"]).to(device).eval()
+        start = min(model.stage_of(n) for n, _ in layout)
+        self.features = predict(model, normalize_images(images[:n_images].to(device), task.dataset), 0, start)
+        self.layout, self.mean, self.std = layout, mean.to(device), std.to(device)
+        self._tail = vmap(lambda params, f: functional_call(model, params, (f,), {"start": start}), in_dims=(0, None))
+        with torch.no_grad():
+            originals = flatten(collection["params"], layout).float().to(device)
+            self.targets = self.logits(normalize(originals, self.mean, self.std, layout))  # (K, n_images, classes)
+        self.scale = self.targets.var(0).mean()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P) normalised vectors -> (B, n_images, classes)."""
+        return self._tail(unflatten(denormalize(x, self.mean, self.std, self.layout), self.layout), self.features)
+
+    def __call__(self, recon: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.logits(recon), self.targets[idx]) / self.scale
+
+
+def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator, device="cpu",
+                      behaviour: BehaviourLoss | None = None) -> tuple[ParamAutoencoder, list[float]]:
+    """x: (K, P) normalised vectors. MSE with noise on the input and on the latent (p-diff), plus
+    cfg.behaviour_weight times `behaviour` (reconstructions' logits against the originals') when given."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
         ae = ParamAutoencoder(x.shape[1], cfg).to(device)
@@ -43,10 +84,14 @@ def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator
     losses = []
     bar = tqdm(range(cfg.steps), desc="autoencoder", unit="step", leave=False)
     for step in bar:
-        xb = x[next(batches).to(device)]
+        idx = next(batches).to(device)
+        xb = x[idx]
         z = ae.encode(xb + _noise(xb.shape, cfg.input_noise, generator, device))
         z = z + _noise(z.shape, cfg.latent_noise, generator, device)
-        loss = F.mse_loss(ae.decode(z), xb)
+        recon = ae.decode(z)
+        loss = F.mse_loss(recon, xb)
+        if behaviour is not None and cfg.behaviour_weight > 0:
+            loss = loss + cfg.behaviour_weight * behaviour(recon, idx)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -160,7 +205,8 @@ def train_bundle(collection: dict, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed:
     x = normalize(originals, mean, std, layout)
 
     t0 = time.perf_counter()
-    ae, ae_losses = train_autoencoder(x, ae_cfg, g, device)
+    behaviour = BehaviourLoss(collection, mean, std, ae_cfg.behaviour_images, device) if ae_cfg.behaviour_weight > 0 else None
+    ae, ae_losses = train_autoencoder(x, ae_cfg, g, device, behaviour)
     ae_s = time.perf_counter() - t0
     with torch.no_grad():
         z = ae.encode(x.to(device)).cpu()

@@ -165,3 +165,20 @@ def test_latents_are_standardised_per_latent_number(tiny_bundle, tmp_path):
     assert again.latent_std.ndim == 0 and again.ddpm_cfg.latent_scale == "scalar"
     out = sample(again, 3, "ddim", 5, torch.Generator().manual_seed(0))
     assert out.shape == (3, tiny_bundle.originals.shape[1]) and torch.isfinite(out).all()
+
+
+def test_behaviour_loss_scores_function_not_parameters(tiny_collection):
+    from pdiff.params import flatten, norm_stats, normalize
+    from pdiff.train import BehaviourLoss
+
+    coll = load_collection(tiny_collection)
+    mean, std = norm_stats(coll["params"], coll["layout"])
+    x = normalize(flatten(coll["params"], coll["layout"]).float(), mean, std, coll["layout"])
+    loss = BehaviourLoss(coll, mean, std, n_images=64)
+    idx = torch.arange(len(x))
+    assert loss.targets.shape == (len(x), 64, 10)
+    assert loss(x, idx).item() < 1e-8                             # each original against itself
+    assert loss(x.roll(1, 0), idx).item() > 0.01                  # against another original
+    bundle = train_bundle(coll, AEConfig(channels=[16, 32], steps=5, behaviour_weight=1.0, behaviour_images=32),
+                          DDPMConfig(channels=32, blocks=2, steps=5), seed=0)
+    assert bundle.ae_cfg.behaviour_weight == 1.0
