@@ -46,8 +46,8 @@ class Bundle:
     originals: torch.Tensor         # (K, P) raw train_layer vectors, layout order
     norm_mean: torch.Tensor         # (P,) each number's mean over the K originals ((T,) in older bundles)
     norm_std: torch.Tensor          # (T,) one scale per tensor of the layout
-    latent_mean: float
-    latent_std: float
+    latent_mean: torch.Tensor       # latent standardisation: (C, L) per latent number; a 0-d scalar in older bundles
+    latent_std: torch.Tensor
     base_state: dict[str, torch.Tensor]
     meta: dict = field(default_factory=dict)   # accuracies, victim reports, training log
     # victims by name (collection.victim_name), e.g. scratch-badnets, finetuned-blended; each has a report in
@@ -85,7 +85,8 @@ class Bundle:
                 DENOISER_FILE: self.denoiser.state_dict(),
                 ORIGINALS_FILE: {"vectors": self.originals.to(getattr(torch, self.task.recipe.storage_dtype))},
                 STATS_FILE: {"norm_mean": self.norm_mean, "norm_std": self.norm_std,
-                             "latent_mean": torch.tensor(self.latent_mean), "latent_std": torch.tensor(self.latent_std)},
+                             "latent_mean": torch.as_tensor(self.latent_mean, dtype=torch.float32),
+                              "latent_std": torch.as_tensor(self.latent_std, dtype=torch.float32)},
                 BASE_FILE: self.base_state,
             }
             reported = set(self.meta.get("victims") or {}) | ({PLAIN_VICTIM} if self.meta.get("victim") else set())
@@ -147,7 +148,7 @@ class Bundle:
                 raise BundleError(f"{path / BUNDLE_JSON} names victim {name!r} but lists no {file}")
             victims[name] = tensors[file]
         return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
-                   stats["norm_mean"], stats["norm_std"], float(stats["latent_mean"]), float(stats["latent_std"]),
+                   stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"],
                    tensors[BASE_FILE], extra, victims=victims, path=path)
 
 

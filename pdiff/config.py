@@ -57,6 +57,8 @@ class AEConfig(_Dict):
     fold: int = 0                   # vector folded into `fold` channels before the convs; 0: auto_fold(P)
     input_noise: float = 1e-3       # p-diff: both noises are needed
     latent_noise: float = 0.1
+    behaviour_weight: float = 0.0   # weight of train.BehaviourLoss (logits of reconstructions vs originals); 0: off
+    behaviour_images: int = 512     # first n training images it is measured on
     steps: int = 4000
     lr: float = 2e-3
     batch_size: int = 100
@@ -82,3 +84,9 @@ class DDPMConfig(_Dict):
     lr: float = 1e-3
     batch_size: int = 100
     ema_decay: float = 0.999
+    latent_scale: str = "per_dim"   # latent standardisation before the DDPM: "per_dim" or "scalar" (train.latent_stats)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "DDPMConfig":
+        # bundles written before latent_scale existed standardised their latents with one scalar pair
+        return _checked(cls, {"latent_scale": "scalar", **d})

@@ -21,6 +21,7 @@ class Diffusion:
         self.betas = torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
+        self._abar = self.alphas_cumprod.tolist()  # python floats for the reverse steps: no tensor indexing per step
 
     def _at(self, values: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """values[t] shaped to broadcast against `like` (one value per sample)."""
@@ -54,8 +55,8 @@ class Diffusion:
     def step(self, eps: torch.Tensor, t: int, t_prev: int, x: torch.Tensor, sampler: str = "ddpm",
              generator: torch.Generator | None = None) -> torch.Tensor:
         """One reverse step from x_t to x_{t_prev} given the predicted noise."""
-        abar = self.alphas_cumprod[t].item()
-        abar_prev = self.alphas_cumprod[t_prev].item() if t_prev >= 0 else 1.0
+        abar = self._abar[t]
+        abar_prev = self._abar[t_prev] if t_prev >= 0 else 1.0
         if sampler == "ddim":
             # DDIM eq. 12 with eta = 0: deterministic given x_T
             x0 = (x - (1 - abar) ** 0.5 * eps) / abar ** 0.5
@@ -78,9 +79,9 @@ class Diffusion:
         gen_device = generator.device if generator is not None else "cpu"
         x = torch.randn(shape, generator=generator, device=gen_device).to(device)
         pairs = list(self.timesteps(sampler, steps))
+        t_batch = torch.empty(shape[0], device=device, dtype=torch.long)
         for i, (t, t_prev) in enumerate(pairs):
-            t_batch = torch.full((shape[0],), t, device=device, dtype=torch.long)
-            x = self.step(denoiser(x, t_batch), t, t_prev, x, sampler, generator)
+            x = self.step(denoiser(x, t_batch.fill_(t)), t, t_prev, x, sampler, generator)
             if progress is not None:
                 progress(i + 1, len(pairs))
         return x

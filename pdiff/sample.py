@@ -21,7 +21,8 @@ def sample(bundle: Bundle, n: int, sampler: str = "ddpm", steps: int | None = No
         raise ValueError(f"n must be at least 1, got {n}")
     denoiser, ae = bundle.denoiser.to(device).eval(), bundle.autoencoder.to(device).eval()
     z = bundle.diffusion.sample(denoiser, (n, *ae.latent_shape), sampler, steps, generator, device, progress)
-    z = z * bundle.latent_std + bundle.latent_mean  # undo the latent standardisation
+    # undo the latent standardisation: (C, L) per latent number, or one scalar pair in older bundles
+    z = z * torch.as_tensor(bundle.latent_std, device=z.device) + torch.as_tensor(bundle.latent_mean, device=z.device)
     flat = ae.decode(z).cpu()
     return denormalize(flat, bundle.norm_mean, bundle.norm_std, bundle.layout)
 

@@ -6,6 +6,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from pdiff.bundle import Bundle
@@ -13,9 +14,9 @@ from pdiff.collection import PLAIN_VICTIM, Collection
 from pdiff.config import AEConfig, DDPMConfig, auto_fold
 from pdiff.data import Split
 from pdiff.diffusion import Diffusion
-from pdiff.evaluate import BatchedEvaluator, accuracies
+from pdiff.evaluate import BatchedEvaluator, accuracies, predict
 from pdiff.nets import Denoiser, ParamAutoencoder
-from pdiff.params import denormalize, norm_stats, normalize
+from pdiff.params import denormalize, norm_stats, normalize, unflatten
 from pdiff.runtime import optimizer_step, seeded_from
 from pdiff.splice import stacked_params
 from pdiff.targets import check_architecture
@@ -33,8 +34,42 @@ def _noise(shape, scale: float, generator: torch.Generator, device) -> torch.Ten
     return scale * torch.randn(shape, generator=generator).to(device)
 
 
-def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator, device="cpu") -> tuple[ParamAutoencoder, list[float]]:
-    """x: (K, P) normalised vectors. MSE with noise on the input and on the latent (p-diff)."""
+class BehaviourLoss:
+    """How far reconstructed vectors are from their originals in function, not in parameters: the logits
+    of the base model with a reconstruction spliced in, against the original's, on the first `n_images`
+    training images (trunk computed once, the generated tail under vmap). Measured in units of the
+    originals' own logit spread over the K, so weight 1 puts it on the scale of the normalised MSE.
+
+    Why: the K checkpoints' deviations from their mean are 91% one direction (the collection run's drift);
+    what tells one checkpoint's predictions from another's lives in the remaining few per cent, which an
+    MSE-trained autoencoder drops first. Multi-trunk collections are scored on the base trunk.
+    """
+
+    def __init__(self, collection: Collection, mean: torch.Tensor, std: torch.Tensor, n_images: int, device="cpu"):
+        task, layout = collection.task, collection.layout
+        model = check_architecture(task, collection.base).to(device).eval()
+        start = min(model.stage_of(n) for n, _ in layout)
+        images = Split.load(task.dataset, "train").subset(n_images)
+        self.features = predict(model, images.normalized(device), 0, start)
+        self.layout, self.mean, self.std = layout, mean.to(device), std.to(device)
+        self._tail = vmap(lambda params, f: functional_call(model, params, (f,), {"start": start}), in_dims=(0, None))
+        with torch.no_grad():
+            originals = collection.vectors().to(device)
+            self.targets = self.logits(normalize(originals, self.mean, self.std, layout))  # (K, n_images, classes)
+        self.scale = self.targets.var(0).mean()
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, P) normalised vectors -> (B, n_images, classes)."""
+        return self._tail(unflatten(denormalize(x, self.mean, self.std, self.layout), self.layout), self.features)
+
+    def __call__(self, recon: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(self.logits(recon), self.targets[idx]) / self.scale
+
+
+def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator, device="cpu",
+                      behaviour: BehaviourLoss | None = None) -> tuple[ParamAutoencoder, list[float]]:
+    """x: (K, P) normalised vectors. MSE with noise on the input and on the latent (p-diff), plus
+    cfg.behaviour_weight times `behaviour` (reconstructions' logits against the originals') when given."""
     with seeded_from(generator):
         ae = ParamAutoencoder(x.shape[1], cfg).to(device)
     x = x.to(device)
@@ -44,10 +79,14 @@ def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator
     losses = []
     bar = tqdm(range(cfg.steps), desc="autoencoder", unit="step", leave=False)
     for step in bar:
-        xb = x[next(batches).to(device)]
+        idx = next(batches).to(device)
+        xb = x[idx]
         z = ae.encode(xb + _noise(xb.shape, cfg.input_noise, generator, device))
         z = z + _noise(z.shape, cfg.latent_noise, generator, device)
-        loss = F.mse_loss(ae.decode(z), xb)
+        recon = ae.decode(z)
+        loss = F.mse_loss(recon, xb)
+        if behaviour is not None and cfg.behaviour_weight > 0:
+            loss = loss + cfg.behaviour_weight * behaviour(recon, idx)
         optimizer_step(loss, opt, sched)
         losses.append(loss.item())
         if step % 50 == 0:
@@ -86,6 +125,23 @@ def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator,
     return ema.eval(), losses
 
 
+def latent_stats(z: torch.Tensor, mode: str = "per_dim") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std the DDPM's latents are standardised with (stored in the bundle, undone after sampling).
+
+    "per_dim": one pair per latent number (shape (C, L)), as latent diffusion models do. On the first
+    default bundle the encoded originals' spread differed 50-fold between latent numbers, and after one
+    scalar pair their std was 0.25 (median) of the unit scale the DDPM's noise schedule assumes, the rest
+    of the latent being per-number offsets.
+    "scalar": one pair for the whole latent (the first bundles). A number with no spread keeps std 1.
+    """
+    if mode == "scalar":
+        return z.mean(), z.std()
+    if mode != "per_dim":
+        raise ValueError(f"unknown latent_scale {mode!r}; use 'per_dim' or 'scalar'")
+    std = z.std(0)
+    return z.mean(0), torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))
+
+
 def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed: int = 0,
                  device="cpu") -> Bundle:
     """Normalise, fit the autoencoder, encode, fit the DDPM; a Bundle ready to save."""
@@ -98,11 +154,12 @@ def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig,
     x = normalize(originals, mean, std, layout)
 
     t0 = time.perf_counter()
-    ae, ae_losses = train_autoencoder(x, ae_cfg, g, device)
+    behaviour = BehaviourLoss(collection, mean, std, ae_cfg.behaviour_images, device) if ae_cfg.behaviour_weight > 0 else None
+    ae, ae_losses = train_autoencoder(x, ae_cfg, g, device, behaviour)
     ae_s = time.perf_counter() - t0
     with torch.no_grad():
         z = ae.encode(x.to(device)).cpu()
-    z_mean, z_std = z.mean().item(), z.std().item()
+    z_mean, z_std = latent_stats(z, ddpm_cfg.latent_scale)
 
     t0 = time.perf_counter()
     denoiser, ddpm_losses = train_denoiser((z - z_mean) / z_std, ddpm_cfg, g, device)

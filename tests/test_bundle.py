@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import shutil
 
@@ -177,3 +178,37 @@ def test_a_format_1_bundle_loads_through_the_upgrade(tiny_bundle, tmp_path):
                        sample(tiny_bundle, 3, "ddim", 4, torch.Generator().manual_seed(0)))
     again = json.loads((old.save(tmp_path / "new") / BUNDLE_JSON).read_text())  # saved as the current format
     assert again["format_version"] == 2 and again["arch_args"] == {"in_channels": 1, "num_classes": 10}
+
+
+def test_latents_are_standardised_per_latent_number(tiny_bundle, tmp_path):
+    assert tuple(tiny_bundle.latent_mean.shape) == tuple(tiny_bundle.latent_std.shape) \
+        == tuple(tiny_bundle.autoencoder.latent_shape)
+    assert tiny_bundle.ddpm_cfg.latent_scale == "per_dim"
+    # bundles written before hold one scalar pair (and no latent_scale in bundle.json): they still load and sample
+    old = dataclasses.replace(tiny_bundle, latent_mean=tiny_bundle.latent_mean.mean(),
+                              latent_std=tiny_bundle.latent_std.mean())
+    meta_path = old.save(tmp_path / "old") / BUNDLE_JSON
+    meta = json.loads(meta_path.read_text())
+    del meta["ddpm"]["latent_scale"]
+    meta_path.write_text(json.dumps(meta))
+    again = Bundle.load(tmp_path / "old")
+    assert again.latent_std.ndim == 0 and again.ddpm_cfg.latent_scale == "scalar"
+    out = sample(again, 3, "ddim", 5, torch.Generator().manual_seed(0))
+    assert out.shape == (3, tiny_bundle.originals.shape[1]) and torch.isfinite(out).all()
+
+
+def test_behaviour_loss_scores_function_not_parameters(tiny_collection):
+    from pdiff.params import norm_stats, normalize
+    from pdiff.train import BehaviourLoss
+
+    coll = Collection.load(tiny_collection)
+    mean, std = norm_stats(coll.params, coll.layout)
+    x = normalize(coll.vectors(), mean, std, coll.layout)
+    loss = BehaviourLoss(coll, mean, std, n_images=64)
+    idx = torch.arange(len(x))
+    assert loss.targets.shape == (len(x), 64, 10)
+    assert loss(x, idx).item() < 1e-8                             # each original against itself
+    assert loss(x.roll(1, 0), idx).item() > 0.01                  # against another original
+    bundle = train_bundle(coll, AEConfig(channels=[16, 32], steps=5, behaviour_weight=1.0, behaviour_images=32),
+                          DDPMConfig(channels=32, blocks=2, steps=5), seed=0)
+    assert bundle.ae_cfg.behaviour_weight == 1.0
