@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pdiff.bundle import Bundle  # noqa: E402
+from pdiff.runtime import resolve_device  # noqa: E402
 from pdiff.data import load_split, normalize  # noqa: E402
 from pdiff.evaluate import BatchedEvaluator  # noqa: E402
 from pdiff.sample import sample  # noqa: E402
@@ -51,7 +52,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ref-n", type=int, default=None, help="models the reference loop runs (default: all n)")
     args = ap.parse_args()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = resolve_device(args.device)
     bundle = Bundle.load(args.bundle)
     images, labels = load_split(bundle.task.dataset, "test")
     x = normalize(images, bundle.task.dataset)

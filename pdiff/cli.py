@@ -150,6 +150,12 @@ def _add_train(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="bundle folder to write")
     p.add_argument("--ae-steps", type=int, default=None, help="autoencoder steps (AEConfig default)")
     p.add_argument("--ddpm-steps", type=int, default=None, help="DDPM steps (DDPMConfig default)")
+    p.add_argument("--latent-channels", type=int, default=None, help="autoencoder latent channels (AEConfig default)")
+    p.add_argument("--behaviour-weight", type=float, default=None,
+                   help="weight of the behaviour-matching term (reconstructions' logits against the originals' on "
+                        "training images; needs the training split); 0 turns it off (AEConfig default)")
+    p.add_argument("--ddpm-channels", type=int, default=None, help="denoiser width (DDPMConfig default)")
+    p.add_argument("--ddpm-blocks", type=int, default=None, help="denoiser residual blocks (DDPMConfig default)")
     p.add_argument("--fold", type=int, default=None,
                    help="channels the parameter vector is folded into (default: the smallest power of two, at least "
                         "16, that leaves at most 256 positions)")
@@ -167,11 +173,19 @@ def cmd_train(args) -> int:
     from pdiff.train import reconstruction_report, train_bundle
 
     ae_cfg, ddpm_cfg = AEConfig(), DDPMConfig()
-    for cfg, value, flag in ((ae_cfg, args.ae_steps, "--ae-steps"), (ddpm_cfg, args.ddpm_steps, "--ddpm-steps")):
+    for cfg, field, value, flag in ((ae_cfg, "steps", args.ae_steps, "--ae-steps"),
+                                    (ae_cfg, "latent_channels", args.latent_channels, "--latent-channels"),
+                                    (ddpm_cfg, "steps", args.ddpm_steps, "--ddpm-steps"),
+                                    (ddpm_cfg, "channels", args.ddpm_channels, "--ddpm-channels"),
+                                    (ddpm_cfg, "blocks", args.ddpm_blocks, "--ddpm-blocks")):
         if value is not None:
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
-            cfg.steps = value
+            setattr(cfg, field, value)
+    if args.behaviour_weight is not None:
+        if args.behaviour_weight < 0:
+            raise ValueError(f"--behaviour-weight must be at least 0, got {args.behaviour_weight}")
+        ae_cfg.behaviour_weight = args.behaviour_weight
     if args.fold is not None:
         if args.fold < 1:
             raise ValueError(f"--fold must be at least 1, got {args.fold}")
