@@ -78,25 +78,13 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
         "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else NOT_APPLICABLE,
         "n": n, "seed": seed, "sampler": sampler, "steps": steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps,
-        "layers": layers,
-        # finite_index: row of the saved parameter file behind each entry of the lists above
-        "generated": {**m["metrics"]["generated"], "nonfinite": int((~finite).sum()),
-                      "finite_index": finite.nonzero().flatten().tolist()},
-        "originals": m["metrics"]["originals"],
-        "baselines": {name: v for name, v in m["metrics"].items() if name not in ("generated", "originals")},
-        "unavailable": unavailable,
-        "summary": {name: s["acc"] for name, s in m["summary"].items()},
-        "similarity": _similarity_section(m["similarity"]), "novelty": _novelty(m), "tsne": tsne,
+        "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "tsne": tsne,
         "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
                       **({"bn_reestimate": engine.bn.seconds - bn_s} if engine.bn else {})},
-        "bn_statistics": ("re-estimated per model on " + f"{len(bn_images.labels)} training images" if engine.bn
+        "bn_statistics": (f"re-estimated per model on {len(bn_images.labels)} training images" if engine.bn
                           else "as spliced (or the target's own)"),
-        "device": str(device),
-        "test_size": len(test.labels), **_selection(checked, m["metrics"]),
+        "device": str(device), "test_size": len(test.labels), **_selection(checked, m["metrics"]),
     }
-    if engine.backdoor:
-        report["summary_asr"] = {name: s["asr"] for name, s in m["summary"].items()}
-        report["summary_der"] = {name: s["der"] for name, s in m["summary"].items()}
     say(1.0, "done")
     return report, vectors
 
@@ -110,6 +98,24 @@ def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Gener
                                                bundle.layout, count, g)
         sets.update(baselines, **(gaussian_sweep(bundle.originals, bundle.layout, count, g) if curves else {}))
     return sets, unavailable
+
+
+def _sources_section(m: dict, finite: torch.Tensor, unavailable: dict, backdoor: bool) -> dict:
+    """The report's per-source blocks: metric lists, summaries, similarity and novelty."""
+    out = {
+        # finite_index: row of the saved parameter file behind each entry of the generated lists
+        "generated": {**m["metrics"]["generated"], "nonfinite": int((~finite).sum()),
+                      "finite_index": finite.nonzero().flatten().tolist()},
+        "originals": m["metrics"]["originals"],
+        "baselines": {name: v for name, v in m["metrics"].items() if name not in ("generated", "originals")},
+        "unavailable": unavailable,
+        "summary": {name: s["acc"] for name, s in m["summary"].items()},
+        "similarity": _similarity_section(m["similarity"]), "novelty": _novelty(m),
+    }
+    if backdoor:
+        out["summary_asr"] = {name: s["asr"] for name, s in m["summary"].items()}
+        out["summary_der"] = {name: s["der"] for name, s in m["summary"].items()}
+    return out
 
 
 def _on_validation(bundle: Bundle, val: TargetEngine, sets: dict, count: int, seed: int) -> dict:

@@ -7,10 +7,11 @@ from pdiff.nets import Denoiser, ParamAutoencoder, timestep_embedding
 
 @pytest.mark.parametrize("num_params", [10, 1546, 4097])
 def test_autoencoder_shapes_for_any_vector_length(num_params):
-    ae = ParamAutoencoder(num_params, AEConfig(channels=[8, 16], fold=16))
+    cfg = AEConfig(channels=[8, 16], fold=16, latent_channels=6)
+    ae = ParamAutoencoder(num_params, cfg)
     x = torch.randn(3, num_params)
     z = ae.encode(x)
-    assert z.shape == (3, *ae.latent_shape) and ae.latent_shape[0] == 4
+    assert z.shape == (3, *ae.latent_shape) and ae.latent_shape == (6, ae.length // 4)
     assert ae.length * ae.fold >= num_params and ae.length % 4 == 0  # padded to a multiple of the two halvings
     assert ae.decode(z).shape == (3, num_params)
 
