@@ -5,8 +5,9 @@ INTRO = """
 
 Generate new parameters for a classifier's layers with a latent diffusion model
 ([p-diff](https://arxiv.org/abs/2402.13144)), splice them into a target model and see how
-they perform next to the checkpoints they were trained on and simple baselines
-(noisy copies, interpolations).
+they perform next to the checkpoints they were trained on and the baselines that could explain
+them without the method: their weight average, averages of 16, a per-number Gaussian, noisy
+copies (one matched to the generated models' accuracy) and interpolations.
 
 Pick a bundle and a target, press **Run**. The target may be the bundle's clean model, one of
 its backdoored victims (`victim`: BadNets, trained from scratch; `finetuned-*`: the clean model
@@ -19,9 +20,12 @@ what removes a fine-tuned victim's backdoor.
 HOW_TO_READ = """
 **How to read the results.** *Accuracy by source*: every generated model's test accuracy next to
 the K originals and the baselines; the dashed line is the target as-is. *t-SNE*: one joint
-embedding of all parameter vectors. *Accuracy vs. similarity*: for each generated model,
-the IoU of its wrongly classified test images with those of its nearest original; a
-generator that only copies sits at the far right, with the small-noise baseline.
+embedding of all parameter vectors. *Accuracy vs. novelty*: for every model of every source,
+the IoU of its wrongly classified test images with those of its nearest original; right of the
+dashed line (the originals' own nearest-other IoU) a model is closer to an original than the
+originals are to each other: a copy. The table adds the spread (accuracy std, IoU within the
+source) and coverage (the share of originals some model of the source is closer to than their
+nearest other original). "Best" is the largest test accuracy: an upper bound only.
 For a backdoored target, ASR is the share of triggered non-target images classified as the
 target class, RA the share still classified correctly, DER the defence effectiveness
 rating against the target as-is (0.5 = no change, 1 = backdoor gone at no accuracy cost).
