@@ -12,18 +12,12 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
+
+from _server import rss_mb, wait_ready  # bench/ is on sys.path when a bench runs
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def _click_to_plots(url: str) -> float | None:
@@ -59,20 +53,12 @@ def main() -> None:
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}/"
     try:
-        while True:
-            try:
-                with urllib.request.urlopen(url, timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None:
-                    raise SystemExit("app.py exited before it served the page")
-                time.sleep(0.1)
+        wait_ready(url, proc)
         ready_s = time.perf_counter() - t0
         time.sleep(5)
-        idle_rss = _rss_mb(proc.pid)
+        idle_rss = rss_mb(proc.pid)
         click_s = _click_to_plots(url)
-        after_rss = _rss_mb(proc.pid)
+        after_rss = rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

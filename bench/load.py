@@ -21,32 +21,14 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from _server import rss_mb, wait_ready  # bench/ is on sys.path when a bench runs
 
 ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
 os.environ.update(ENV)
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return round(int(line.split()[1]) / 1024, 1)
-    return float("nan")
-
-
-def _wait_ready(url: str, proc: subprocess.Popen, log: Path) -> None:
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            if proc.poll() is not None:
-                raise SystemExit("app.py exited before it served the page:\n" + log.read_text()[-2000:])
-            time.sleep(0.2)
 
 
 def main() -> None:
@@ -72,11 +54,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}/"
     kwargs = {"target": args.target, "n": args.n, "sampler": "ddim", "steps": args.steps, "api_name": "/generate"}
     try:
-        _wait_ready(url, proc, log)
-        rss_ready = _rss_mb(proc.pid)
+        wait_ready(url, proc, log)
+        rss_ready = rss_mb(proc.pid)
         t0 = time.perf_counter()
         Client(url, verbose=False, download_files=False).predict(seed=0, **kwargs)
-        warmup_s, rss_after_1 = time.perf_counter() - t0, _rss_mb(proc.pid)
+        warmup_s, rss_after_1 = time.perf_counter() - t0, rss_mb(proc.pid)
 
         start = threading.Barrier(args.clients)
 
@@ -96,7 +78,7 @@ def main() -> None:
 
         with ThreadPoolExecutor(args.clients) as pool:
             results = [r for rs in pool.map(client, range(args.clients)) for r in rs]
-        rss_after = _rss_mb(proc.pid)
+        rss_after = rss_mb(proc.pid)
         run_files = [f.stat().st_size for f in (Path(tmp.name) / "gradio" / "pdiff-runs").rglob("*") if f.is_file()]
     finally:
         proc.terminate()
