@@ -9,20 +9,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
 import torch
 from torch.func import functional_call, vmap
 
 from pdiff.archs import StagedNet
 from pdiff.backdoor import der, triggered_test_set
+from pdiff.config import Task
 from pdiff.data import Split, normalize
 from pdiff.params import Layout
 from pdiff.splice import select_layers, stacked_params
-
-if TYPE_CHECKING:
-    from pdiff.config import Task
-    from pdiff.targets import Target
+from pdiff.targets import Target, check_architecture
 
 
 @torch.no_grad()
@@ -126,10 +123,8 @@ class TargetEngine:
     are re-estimated per parameter set instead of spliced.
     """
 
-    def __init__(self, task: "Task", layout: Layout, target: "Target", test: Split, layers: list[str] | None = None,
+    def __init__(self, task: Task, layout: Layout, target: Target, test: Split, layers: list[str] | None = None,
                  device: str | torch.device = "cpu", bn_images: Split | None = None):
-        from pdiff.targets import check_architecture
-
         self.layout, self.layers, self.labels = layout, select_layers(layout, layers), test.labels
         self.target, self.trigger = target, target.trigger
         model = check_architecture(task, target.state)

@@ -40,6 +40,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
     engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, victim), test, device=device)
 
+    defences = [m for m in DEFENCES if m in methods]
     runs = {m: [] for m in methods}          # per method, one metrics dict per seed
     timings = {"sample": 0.0, "defences": 0.0, "evaluate": 0.0}
     nonfinite = 0
@@ -52,9 +53,9 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
             sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
             timings["sample"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        if [m for m in DEFENCES if m in methods]:
+        if defences:
             sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, train, test, g,
-                                     k_defence or len(bundle.originals), device, [m for m in DEFENCES if m in methods]))
+                                     k_defence or len(bundle.originals), device, defences))
         timings["defences"] += time.perf_counter() - t0
         t0 = time.perf_counter()
         for name, metrics in measure(engine, sets, reference=None)["metrics"].items():

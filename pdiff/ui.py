@@ -76,9 +76,10 @@ def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, p
     bundle = load_bundle(bundle_source)
     device = resolve_device("auto")
     train = _train_split(bundle.task.dataset) if defences and target != "clean" else None
+    validation, bn_images = _held_out(bundle.task.dataset)
     return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
                       progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train, engines=ENGINES,
-                      validation=_held_out(bundle.task.dataset)[0], bn_images=_held_out(bundle.task.dataset)[1])
+                      validation=validation, bn_images=bn_images)
 
 
 def generate(bundle: str, target: str = "clean", victim_file: str | None = None, layers: list[str] | None = None,
