@@ -154,6 +154,9 @@ def _add_train(sub) -> None:
     p.add_argument("--behaviour-weight", type=float, default=None,
                    help="weight of the behaviour-matching term (reconstructions' logits against the originals' on "
                         "training images; needs the training split); 0 turns it off (AEConfig default)")
+    p.add_argument("--behaviour-images", type=int, default=None,
+                   help="training images the behaviour term is measured on (AEConfig default); fewer is cheaper where "
+                        "the generated layers include a convolution")
     p.add_argument("--ddpm-channels", type=int, default=None, help="denoiser width (DDPMConfig default)")
     p.add_argument("--ddpm-blocks", type=int, default=None, help="denoiser residual blocks (DDPMConfig default)")
     p.add_argument("--fold", type=int, default=None,
@@ -175,6 +178,7 @@ def cmd_train(args) -> int:
     ae_cfg, ddpm_cfg = AEConfig(), DDPMConfig()
     for cfg, field, value, flag in ((ae_cfg, "steps", args.ae_steps, "--ae-steps"),
                                     (ae_cfg, "latent_channels", args.latent_channels, "--latent-channels"),
+                                    (ae_cfg, "behaviour_images", args.behaviour_images, "--behaviour-images"),
                                     (ddpm_cfg, "steps", args.ddpm_steps, "--ddpm-steps"),
                                     (ddpm_cfg, "channels", args.ddpm_channels, "--ddpm-channels"),
                                     (ddpm_cfg, "blocks", args.ddpm_blocks, "--ddpm-blocks")):

@@ -16,7 +16,7 @@ from pdiff.data import Split
 from pdiff.diffusion import Diffusion
 from pdiff.evaluate import BatchedEvaluator, accuracies, predict
 from pdiff.nets import Denoiser, ParamAutoencoder
-from pdiff.params import denormalize, norm_stats, normalize, unflatten
+from pdiff.params import BN_STATISTICS, denormalize, norm_stats, normalize, unflatten
 from pdiff.runtime import optimizer_step, seeded_from
 from pdiff.splice import stacked_params
 from pdiff.targets import check_architecture
@@ -60,7 +60,10 @@ class BehaviourLoss:
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """(B, P) normalised vectors -> (B, n_images, classes)."""
-        return self._tail(unflatten(denormalize(x, self.mean, self.std, self.layout), self.layout), self.features)
+        params = unflatten(denormalize(x, self.mean, self.std, self.layout), self.layout)
+        # BatchNorm statistics are inputs batch_norm cannot differentiate: their reconstruction is the MSE's job
+        params = {n: v.detach() if n.rsplit(".", 1)[-1] in BN_STATISTICS else v for n, v in params.items()}
+        return self._tail(params, self.features)
 
     def __call__(self, recon: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         return F.mse_loss(self.logits(recon), self.targets[idx]) / self.scale
