@@ -1,4 +1,4 @@
-"""Architectures as staged Sequentials.
+"""Architectures as staged Sequentials, and the registry that names them.
 
 Parameter names are the contract between bundles and targets, so they never change.
 A model is an `nn.Sequential` whose nested Sequentials (ResNet's `layer1..4`) are flattened
@@ -8,6 +8,7 @@ evaluation compute the frozen trunk once and run only the generated tail per mod
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -98,8 +99,72 @@ class ResNet18(StagedNet):
         ]))
 
 
-ARCHS = {"convnet": ConvNet, "resnet18": ResNet18}
+class PreActBlock(nn.Module):
+    """A pre-activation basic block (He et al. 2016, "Identity Mappings in Deep Residual Networks"):
+    BN-ReLU before each conv, the identity path untouched; a projection (a 1x1 conv only, no BN) takes the
+    pre-activated input where the shape changes. Attribute names follow BackdoorBench's saved models."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(x))
+        skip = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv2(torch.relu(self.bn2(self.conv1(out))))
+        return out + skip
+
+
+class PreActResNet18(StagedNet):
+    """PreAct-ResNet-18 as BackdoorBench trains it (its default model): 3x3 stem, no BN after the stem or
+    after layer4 (the blocks carry their own), `linear` head; a BackdoorBench state dict loads as is."""
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        layers, in_planes = [], 64
+        for i, (planes, stride) in enumerate([(64, 1), (128, 2), (256, 2), (512, 2)]):
+            layers.append((f"layer{i + 1}", nn.Sequential(PreActBlock(in_planes, planes, stride),
+                                                          PreActBlock(planes, planes, 1))))
+            in_planes = planes
+        super().__init__(OrderedDict([
+            ("conv1", nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)),
+            *layers,
+            ("avgpool", nn.AdaptiveAvgPool2d(1)), ("flatten", nn.Flatten()),
+            ("linear", nn.Linear(512, num_classes)),
+        ]))
+
+
+# name -> factory(in_channels=, num_classes=) returning a model; register_arch adds to it
+ARCHS: dict[str, Callable[..., nn.Module]] = {"convnet": ConvNet, "resnet18": ResNet18,
+                                              "preact-resnet18": PreActResNet18}
 
 # Classes a whole pickled module may contain; everything else is refused (see targets.py).
-SAFE_MODULE_CLASSES = [ConvNet, ResNet18, BasicBlock, nn.Sequential, nn.Conv2d, nn.BatchNorm2d, nn.ReLU,
-                       nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten, nn.Linear]
+SAFE_MODULE_CLASSES = [ConvNet, ResNet18, BasicBlock, PreActResNet18, PreActBlock, nn.Sequential, nn.Conv2d,
+                       nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten,
+                       nn.Linear]
+
+
+def register_arch(name: str, factory: Callable[..., nn.Module]) -> None:
+    """Make `factory(in_channels=..., num_classes=...)` known as architecture `name` (tasks and bundles name it).
+
+    Parameter names are the contract with bundles, so a name is never re-registered to another factory.
+    A StagedNet gets the cached-trunk evaluation; other modules are evaluated whole."""
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"an architecture needs a non-empty name, got {name!r}")
+    if not callable(factory):
+        raise ValueError(f"architecture {name!r}: the factory must be callable, got {type(factory).__name__}")
+    if name in ARCHS and ARCHS[name] is not factory:
+        raise ValueError(f"architecture {name!r} is already registered (to {ARCHS[name].__name__}); choose another name")
+    ARCHS[name] = factory
+
+
+def get_arch(name: str) -> Callable[..., nn.Module]:
+    """The factory registered as `name`; an unknown name is a ValueError listing the known ones."""
+    if name not in ARCHS:
+        raise ValueError(f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHS))} "
+                         "(pdiff.archs.register_arch adds one)")
+    return ARCHS[name]

@@ -410,7 +410,9 @@ def cmd_pull(args) -> int:
 
 # ---- main ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pdiff", formatter_class=_FMT,
+    # the installed console script is `pdiff`; `python -m pdiff` runs this module as __main__
+    prog = "pdiff" if Path(sys.argv[0]).name == "pdiff" else "python -m pdiff"
+    parser = argparse.ArgumentParser(prog=prog, formatter_class=_FMT,
                                      description="Neural-network parameter diffusion: collect checkpoints, train an "
                                                  "autoencoder + latent DDPM, sample, splice and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import gzip
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+from pdiff import cifar
+from pdiff.paths import shipped
+
+ASSETS = shipped("assets")  # None in an installed copy
 DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 CACHE = Path(os.environ.get("PDIFF_DATA", Path.home() / ".cache" / "pdiff" / "data"))
 
@@ -30,15 +34,43 @@ class DatasetSpec:
     classes: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    torchvision_class: str
+    torchvision_class: str = ""   # torchvision.datasets class that downloads and reads it, if any
 
 
+# name -> spec; register_dataset adds to it (and to LOADERS)
 DATASETS = {
     "fashion-mnist": DatasetSpec("fashion-mnist", 1, 28, 10, (0.2860,), (0.3530,), "FashionMNIST"),
     "mnist": DatasetSpec("mnist", 1, 28, 10, (0.1307,), (0.3081,), "MNIST"),
     "cifar10": DatasetSpec("cifar10", 3, 32, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), "CIFAR10"),
     "cifar100": DatasetSpec("cifar100", 3, 32, 100, (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), "CIFAR100"),
 }
+# name -> loader(split, data_dir, download) -> (uint8 N x C x H x W, int64 N), for registered datasets
+LOADERS: dict[str, Callable] = {}
+
+
+def register_dataset(spec: DatasetSpec, loader: Callable | None = None) -> None:
+    """Make a dataset known: its spec (channels, size, classes, normalisation) and, unless torchvision reads it
+    (spec.torchvision_class), a loader(split, data_dir, download) returning uint8 images and int64 labels."""
+    if not isinstance(spec, DatasetSpec):
+        raise ValueError(f"register_dataset takes a DatasetSpec, got {type(spec).__name__}")
+    if len(spec.mean) != spec.channels or len(spec.std) != spec.channels:
+        raise ValueError(f"dataset {spec.name!r}: mean and std need one value per channel ({spec.channels})")
+    if loader is None and not spec.torchvision_class:
+        raise ValueError(f"dataset {spec.name!r}: give a loader or a torchvision_class")
+    if spec.name in DATASETS and DATASETS[spec.name] != spec:
+        raise ValueError(f"dataset {spec.name!r} is already registered with another spec; choose another name")
+    DATASETS[spec.name] = spec
+    if loader is not None:
+        LOADERS[spec.name] = loader
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The spec registered as `name`; an unknown name is a ValueError listing the known ones."""
+    if name not in DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))} "
+                         "(pdiff.data.register_dataset adds one)")
+    return DATASETS[name]
+
 
 _IDX_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
               "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
@@ -62,7 +94,8 @@ def read_idx(path: Path) -> np.ndarray:
 def _idx_dirs(data_dir: Path | None) -> list[Path]:
     """Where Fashion-MNIST IDX files are looked for, in order."""
     dirs = [Path(data_dir)] if data_dir else []
-    dirs += [ASSETS / "fashion-mnist", DEBIAN_FMNIST, CACHE / "FashionMNIST" / "raw"]
+    dirs += [ASSETS / "fashion-mnist"] if ASSETS else []
+    dirs += [DEBIAN_FMNIST, CACHE / "FashionMNIST" / "raw"]
     return dirs
 
 
@@ -99,34 +132,63 @@ def _load_torchvision(spec: DatasetSpec, split: str, root: Path, download: bool)
     return data.contiguous().to(torch.uint8), torch.as_tensor(ds.targets, dtype=torch.int64)
 
 
+def _load_cifar(dataset: str, split: str, data_dir: Path | None, download: bool):
+    """CIFAR-10/100 from the python-batch folder in data_dir (or the cache), read safely (pdiff.cifar)."""
+    roots = [data_dir] if data_dir else [CACHE]
+    folder = cifar.find_folder(dataset, roots)
+    if folder is None and download:
+        cifar.download(dataset, roots[0])
+        folder = cifar.find_folder(dataset, roots)
+    return None if folder is None else cifar.read_split(dataset, split, folder)
+
+
+def _registered(dataset: str, split: str, data_dir: Path | None, download: bool):
+    """A registered loader's split, checked against its spec."""
+    spec = DATASETS[dataset]
+    images, labels = LOADERS[dataset](split, data_dir, download)
+    if not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8
+            and tuple(images.shape[1:]) == (spec.channels, spec.size, spec.size)):
+        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+        raise ValueError(f"dataset {dataset!r}: the loader's {split} images must be uint8 N x {spec.channels} x "
+                         f"{spec.size} x {spec.size}, got {getattr(images, 'dtype', '')} {shape}")
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    if len(labels) != len(images):
+        raise ValueError(f"dataset {dataset!r}: {len(images)} {split} images but {len(labels)} labels")
+    return images, labels
+
+
 def load_split(dataset: str, split: str, data_dir: str | Path | None = None,
                download: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Return (uint8 images N x C x H x W, int64 labels) for `split` in {"train", "test"}."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}; known: {', '.join(sorted(DATASETS))}")
+    spec = get_dataset(dataset)
     if split not in _IDX_FILES:
         raise DataError(f"unknown split {split!r}; use 'train' or 'test'")
-    spec = DATASETS[dataset]
     data_dir = Path(data_dir) if data_dir else None
+    if dataset in LOADERS:
+        return _registered(dataset, split, data_dir, download)
     if dataset == "fashion-mnist":
         found = _load_fmnist_idx(split, data_dir)
-        if found is not None:
-            return found
         looked = [str(d) for d in _idx_dirs(data_dir)]
+    elif dataset in cifar.LAYOUTS:
+        found = _load_cifar(dataset, split, data_dir, download)
+        looked = [f"{data_dir or CACHE} (and its {cifar.LAYOUTS[dataset][0]}/)"]
     else:
-        looked = [str(data_dir or CACHE)]
-    found = _load_torchvision(spec, split, data_dir or CACHE, download)
+        found, looked = None, [str(data_dir or CACHE)]
+    if found is None and dataset not in cifar.LAYOUTS:
+        found = _load_torchvision(spec, split, data_dir or CACHE, download)
     if found is not None:
         return found
-    hint = ("install Debian's package `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist), "
-            "pass --data-dir DIR with the IDX .gz files, or add --download"
-            if dataset == "fashion-mnist" else "pass --data-dir DIR holding the torchvision files, or add --download")
+    hints = {"fashion-mnist": "install Debian's package `dataset-fashion-mnist` (apt-get install dataset-fashion-mnist), "
+                              "pass --data-dir DIR with the IDX .gz files, or add --download",
+             "cifar10": "pass --data-dir DIR holding cifar-10-batches-py/ (the python version), or add --download",
+             "cifar100": "pass --data-dir DIR holding cifar-100-python/, or add --download"}
+    hint = hints.get(dataset, "pass --data-dir DIR holding the torchvision files, or add --download")
     raise DataError(f"{spec.name} {split} split not found; looked in: {', '.join(looked)}. To get it: {hint}")
 
 
 def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
     """uint8 N x C x H x W -> float32, scaled to [0, 1] then standardised per channel."""
-    spec = DATASETS[dataset]
+    spec = get_dataset(dataset)
     mean = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1)
     std = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1)
     return (images.float() / 255.0 - mean) / std

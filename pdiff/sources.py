@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 from pdiff.bundle import BUNDLE_JSON, BundleError
+from pdiff.paths import shipped
 
-CHECKPOINTS = Path(__file__).resolve().parent.parent / "checkpoints"
+CHECKPOINTS = shipped("checkpoints")  # None in an installed copy: it has no shipped bundles
 ROOTS_ENV = "PDIFF_BUNDLE_ROOTS"
 # owner/name as the Hub spells it; a value of this shape is never looked up on the local disk
 REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -20,13 +21,15 @@ REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 def shipped_bundles() -> dict[str, Path]:
     """Shipped bundle name -> folder: every checkpoints/<name>/bundle with a bundle.json."""
+    if CHECKPOINTS is None:
+        return {}
     return {p.parent.name: p for p in sorted(CHECKPOINTS.glob("*/bundle")) if (p / BUNDLE_JSON).is_file()}
 
 
 def allowed_roots() -> list[Path]:
     """checkpoints/ and the folders in PDIFF_BUNDLE_ROOTS, symlinks resolved."""
     extra = [Path(p) for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
-    return [root.resolve() for root in (CHECKPOINTS, *extra)]
+    return [root.resolve() for root in ([CHECKPOINTS] if CHECKPOINTS else []) + extra]
 
 
 def app_source(text: str, shipped: dict[str, Path], roots: list[Path]) -> Path | str:

@@ -18,11 +18,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from pdiff.archs import SAFE_MODULE_CLASSES, StagedNet
+from pdiff.archs import SAFE_MODULE_CLASSES
 from pdiff.backdoor import Trigger
 from pdiff.bundle import Bundle, BundleError
 from pdiff.collection import PLAIN_VICTIM
 from pdiff.config import Task
+from pdiff.statedicts import looks_like, translate
 from pdiff.tasks import build_model
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "module")
@@ -155,10 +156,13 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def check_architecture(task: Task, state: dict[str, torch.Tensor]) -> StagedNet:
-    """A fresh model of the task's architecture with `state` loaded; mismatches listed by name."""
+def check_architecture(task: Task, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A fresh model of the task's architecture with `state` loaded; the first mismatches listed by name.
+
+    A state dict of a known foreign family (torchvision's ResNet-18 for resnet18) is renamed first."""
     model = build_model(task)
     expected = model.state_dict()
+    state, family = translate(state, task.arch)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [f"{k} (file {tuple(state[k].shape)}, {task.arch} {tuple(v.shape)})"
@@ -166,12 +170,17 @@ def check_architecture(task: Task, state: dict[str, torch.Tensor]) -> StagedNet:
     if missing or unexpected or shapes:
         parts = []
         if missing:
-            parts.append(f"missing: {_short(missing)}")
+            parts.append(f"missing: {_short(missing, 6)}")
         if unexpected:
-            parts.append(f"unexpected: {_short(unexpected)}")
+            parts.append(f"unexpected: {_short(unexpected, 6)}")
         if shapes:
-            parts.append(f"wrong shape: {_short(shapes)}")
-        raise TargetError(f"the model does not match task {task.name} ({task.arch}): " + "; ".join(parts))
+            parts.append(f"wrong shape: {_short(shapes, 4)}")
+        what = f" (read as a {family.name}, renamed to {task.arch}'s names)" if family else ""
+        other = None if family else looks_like(state, task.arch)
+        hint = (f"; {family.hint}" if family and any(s.startswith(family.hint_when + " ") for s in shapes) else
+                f"; the file has the names of architecture {other}: use a bundle of a task with that architecture"
+                if other else "")
+        raise TargetError(f"the model{what} does not match task {task.name} ({task.arch}): " + "; ".join(parts) + hint)
     model.load_state_dict({k: state[k].to(expected[k].dtype) for k in expected})
     return model.eval()
 
@@ -181,7 +190,7 @@ def _short(items: list[str], limit: int = 12) -> str:
     return ", ".join(items[:limit]) + more
 
 
-def load_target(task: Task, path: str | Path) -> StagedNet:
+def load_target(task: Task, path: str | Path) -> nn.Module:
     """A model file -> a checked model of the task's architecture."""
     return check_architecture(task, load_state_file(path))
 

@@ -1,9 +1,11 @@
 """Named tasks: dataset + architecture + ordered train_layer + recipe."""
 from __future__ import annotations
 
-from pdiff.archs import ARCHS, StagedNet
+from torch import nn
+
+from pdiff.archs import get_arch
 from pdiff.config import Recipe, Task
-from pdiff.data import DATASETS
+from pdiff.data import get_dataset
 
 _R18_BN = ["layer4.1.bn1.weight", "layer4.1.bn1.bias", "layer4.1.bn2.weight", "layer4.1.bn2.bias"]
 _R18_RECIPE = Recipe(epochs=30, lr=1e-3, save_every=200)
@@ -22,6 +24,11 @@ TASKS = {
     "mnist-resnet18": Task("mnist-resnet18", "mnist", "resnet18", list(_R18_BN), _R18_RECIPE),
     "cifar10-resnet18": Task("cifar10-resnet18", "cifar10", "resnet18", list(_R18_BN), Recipe(epochs=100, lr=1e-3)),
     "cifar100-resnet18": Task("cifar100-resnet18", "cifar100", "resnet18", list(_R18_BN), Recipe(epochs=100, lr=1e-3)),
+    # BackdoorBench's default model: its last block's two BatchNorms carry the same names
+    "cifar10-preact-resnet18": Task("cifar10-preact-resnet18", "cifar10", "preact-resnet18", list(_R18_BN),
+                                    Recipe(epochs=100, lr=1e-3)),
+    "cifar100-preact-resnet18": Task("cifar100-preact-resnet18", "cifar100", "preact-resnet18", list(_R18_BN),
+                                     Recipe(epochs=100, lr=1e-3)),
 }
 DEFAULT_TASK = "fmnist-convnet"
 
@@ -32,15 +39,25 @@ def get_task(name: str) -> Task:
     return Task.from_dict(TASKS[name].to_dict())  # a copy the caller may change
 
 
+def register_task(task: Task) -> Task:
+    """Make `task` known by its name (`get_task`, the CLI's --task); its dataset and architecture must be known."""
+    get_dataset(task.dataset)
+    get_arch(task.arch)
+    if task.name in TASKS and TASKS[task.name].to_dict() != task.to_dict():
+        raise ValueError(f"task {task.name!r} is already registered with other settings; choose another name")
+    TASKS[task.name] = Task.from_dict(task.to_dict())
+    return task
+
+
 def arch_args(task: Task) -> dict:
     """The constructor arguments of the task's architecture (bundle.json records them)."""
-    spec = DATASETS[task.dataset]
+    spec = get_dataset(task.dataset)
     return {"in_channels": spec.channels, "num_classes": spec.classes}
 
 
-def build_model(task: Task) -> StagedNet:
+def build_model(task: Task) -> nn.Module:
     """A freshly initialised model of the task's architecture, with its train_layer checked."""
-    model = ARCHS[task.arch](**arch_args(task))
+    model = get_arch(task.arch)(**arch_args(task))
     names = {n for n, v in model.state_dict().items() if v.is_floating_point()}  # parameters and BN statistics
     missing = [n for n in task.train_layer if n not in names]
     if missing:
