@@ -11,3 +11,33 @@ def with_recipe(bundle, **changes):
     for name, value in changes.items():
         setattr(changed.task.recipe, name, value)
     return changed
+
+
+def write_cifar(root, name="cifar10", per_batch=40, n_test=40, seed=0):
+    """A small CIFAR folder in the official python-batch layout (pickled dicts of numpy arrays, bytes keys).
+
+    Each class has its own mean colour, so a model can learn something from a few hundred images."""
+    import pickle
+    from pathlib import Path
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    classes, folder, label_key = ((10, "cifar-10-batches-py", b"labels") if name == "cifar10"
+                                  else (100, "cifar-100-python", b"fine_labels"))
+    files = ({**{f"data_batch_{i}": per_batch for i in range(1, 6)}, "test_batch": n_test} if name == "cifar10"
+             else {"train": 5 * per_batch, "test": n_test})
+    out = Path(root) / folder
+    out.mkdir(parents=True, exist_ok=True)
+    colours = rng.integers(0, 256, size=(classes, 3))
+    for file, n in files.items():
+        labels = rng.integers(0, classes, size=n)
+        images = np.clip(colours[labels][:, :, None] + rng.normal(0, 40, size=(n, 3, 1024)), 0, 255)
+        batch = {b"batch_label": file.encode(), b"data": images.astype(np.uint8).reshape(n, 3072),
+                 label_key: labels.tolist(), b"filenames": [f"{i}.png".encode() for i in range(n)]}
+        with open(out / file, "wb") as f:
+            pickle.dump(batch, f)
+    meta = {b"label_names": [f"c{i}".encode() for i in range(classes)]}
+    with open(out / ("batches.meta" if name == "cifar10" else "meta"), "wb") as f:
+        pickle.dump(meta, f)
+    return out
