@@ -196,7 +196,8 @@ def cmd_train(args) -> int:
         ae_cfg.fold = args.fold
     collection = Collection.load(args.collection, args.hold_out_trunk, trunks=False)
     device = _device(args.device)
-    bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device)
+    train = _split(args, collection.task, "train") if ae_cfg.behaviour_weight > 0 else None
+    bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device, train)
     if not args.no_recon_eval:
         test = _split(args, collection.task, "test")
         bundle.meta["training"]["reconstruction"] = reconstruction_report(bundle, test, device)

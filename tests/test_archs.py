@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
+from helpers import BBPreActResNet18
 from torch import nn
 
 from pdiff import archs, data, tasks
@@ -16,40 +16,6 @@ from pdiff.targets import TargetError, check_architecture, load_target
 from pdiff.tasks import build_model, get_task
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class BBBlock(nn.Module):
-    """A pre-activation block laid out as BackdoorBench's models/preact_resnet.py saves it."""
-
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.bn1 = nn.BatchNorm2d(cin)
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False))
-
-    def forward(self, x):
-        pre = F.relu(self.bn1(x))
-        skip = self.shortcut(pre) if hasattr(self, "shortcut") else x
-        return self.conv2(F.relu(self.bn2(self.conv1(pre)))) + skip
-
-
-class BBPreActResNet18(nn.Module):
-    def __init__(self, num_classes=10):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        widths, cin = [64, 128, 256, 512], 64
-        for i, w in enumerate(widths):
-            setattr(self, f"layer{i + 1}", nn.Sequential(BBBlock(cin, w, 1 if i == 0 else 2), BBBlock(w, w, 1)))
-            cin = w
-        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.linear = nn.Linear(512, num_classes)
-
-    def forward(self, x):
-        x = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
-        return self.linear(self.avgpool(x).flatten(1))
 
 
 def _randomised(model: nn.Module) -> nn.Module:
