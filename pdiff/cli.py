@@ -29,7 +29,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _add_data(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the dataset files (Fashion-MNIST: the four IDX .gz files)")
+                   help="folder with the dataset files (Fashion-MNIST: the four IDX .gz files; CIFAR-10/100: the "
+                        "folder holding cifar-10-batches-py/ or cifar-100-python/)")
     p.add_argument("--download", action="store_true", help="let torchvision download a missing dataset")
     p.add_argument("--train-subset", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-subset", type=int, default=None, help="use only the first N test images")
