@@ -28,10 +28,10 @@ Progress = Callable[[float, str], None]
 NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
 
 
-def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean", n: int = 100, seed: int = 0, sampler: str = "ddim",
-               steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
-               progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
-               defences_train: Split | None = None, engines: "EngineCache | None" = None,
+def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean", n: int = 100, seed: int = 0,
+               sampler: str = "ddim", steps: int | None = 50, layers: list[str] | None = None, device="cpu",
+               test: Split | None = None, progress: Progress | None = None, with_baselines: bool = True,
+               with_tsne: bool = True, defences_train: Split | None = None, engines: "EngineCache | None" = None,
                validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
                vectors: torch.Tensor | None = None):
     """Sample n parameter sets (or take `vectors`, (n, P) sampled before with these settings), splice them
