@@ -43,7 +43,8 @@ def perturbed(model: nn.Module, names: list[str], n: int, seed: int) -> dict[str
 
 
 def test_the_example_runs_end_to_end_and_saves_what_it_made(tmp_path, small_test):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
+    # one thread: on this shared 2-core machine two OpenMP threads wait on busy cores (40x slower per step)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "own_model.py"), str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
