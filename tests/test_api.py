@@ -58,6 +58,9 @@ def test_the_example_runs_end_to_end_and_saves_what_it_made(tmp_path, small_test
     # everything saved reads back; a bundle of your own model evaluates again once given the model
     collection = pdiff.load(tmp_path / "collection")
     assert collection.k == 30 and collection.task.train_layer == ["6.weight", "6.bias", "7.weight", "7.bias"]
+    from safetensors.torch import load_file
+    saved = load_file(tmp_path / "samples" / "samples.safetensors")
+    assert saved["7.weight"].shape == (50, 10, 64) and saved["6.bias"].shape == (50, 64)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["summary"]["generated"]["mean"] == pytest.approx(summary["generated"]["mean"])
     bundle = pdiff.load(tmp_path / "bundle", model=example_cnn)
