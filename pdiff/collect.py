@@ -1,33 +1,39 @@
 """Train a base model (clean or backdoored) and collect K checkpoints of its train_layer.
 
 Collection freezes the trunk and BatchNorm statistics, so every collected vector fits the
-saved base model exactly. The frozen trunk's output is the same at every step, so it is
-computed once and the train_layer tail is trained on the cached features.
+saved base model exactly. A StagedNet's frozen trunk output is the same at every step, so it is
+computed once and the train_layer tail is trained on the cached features; any other module trains
+its train_layer on the whole forward pass, everything else frozen.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
-from pdiff.archs import StagedNet
 from pdiff.collection import Collection
 from pdiff.config import Recipe, Task
-from pdiff.data import Split, normalize, random_flip
-from pdiff.evaluate import BatchedEvaluator, accuracies, accuracy, predict
+from pdiff.data import Split, random_flip
+from pdiff.evaluate import BatchedEvaluator, accuracies, accuracy, first_stage, predict, tail_input, tail_kwargs
 from pdiff.params import layout_of
 from pdiff.runtime import optimizer_step, seeded_from
 from pdiff.targets import check_architecture
 from pdiff.tasks import build_model
 
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # raw images, generator -> augmented images
 
-def fit(model: StagedNet, train: Split, recipe: Recipe, generator: torch.Generator,
-        epochs: int | None = None, lr: float | None = None, device: str = "cpu", desc: str = "train") -> StagedNet:
-    """Train the whole model with AdamW and cosine decay; the recipe's settings unless given."""
+
+def fit(model: nn.Module, train: Split, recipe: Recipe, generator: torch.Generator,
+        epochs: int | None = None, lr: float | None = None, device: str = "cpu", desc: str = "train",
+        augment: Augment | None = random_flip) -> nn.Module:
+    """Train the whole model with AdamW and cosine decay; the recipe's settings unless given.
+    `augment(images, generator)` changes each raw batch before normalisation (None: no augmentation)."""
     epochs = recipe.epochs if epochs is None else epochs
     lr = recipe.lr if lr is None else lr
     model.to(device).train()
@@ -39,7 +45,8 @@ def fit(model: StagedNet, train: Split, recipe: Recipe, generator: torch.Generat
         order = torch.randperm(len(train.labels), generator=generator)
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i:i + recipe.batch_size]
-            x = normalize(random_flip(train.images[idx], generator).to(device), train.dataset)
+            images = train.images[idx]
+            x = train.prepare(augment(images, generator) if augment is not None else images, device)
             loss = F.cross_entropy(model(x), train.labels[idx].to(device))
             optimizer_step(loss, opt, sched)
             bar.update()
@@ -48,17 +55,17 @@ def fit(model: StagedNet, train: Split, recipe: Recipe, generator: torch.Generat
     return model.eval()
 
 
-def init_model(task: Task, generator: torch.Generator) -> StagedNet:
+def init_model(task: Task, generator: torch.Generator) -> nn.Module:
     """A fresh model whose initialisation comes from `generator` (global RNG left untouched)."""
     with seeded_from(generator):
         return build_model(task)
 
 
-def test_accuracy(model: StagedNet, test: Split, device: str = "cpu") -> float:
+def test_accuracy(model: nn.Module, test: Split, device: str = "cpu") -> float:
     return accuracy(predict(model.to(device), test.normalized(device)).cpu(), test.labels)
 
 
-def collect_checkpoints(model: StagedNet, task: Task, train: Split, test: Split, generator: torch.Generator,
+def collect_checkpoints(model: nn.Module, task: Task, train: Split, test: Split, generator: torch.Generator,
                         k: int | None = None, device: str = "cpu") -> tuple[dict[str, torch.Tensor], list[float]]:
     """Keep training only train_layer on the frozen trunk (BN statistics frozen too); save K times.
 
@@ -70,9 +77,10 @@ def collect_checkpoints(model: StagedNet, task: Task, train: Split, test: Split,
     k = recipe.k if k is None else k
     dtype = storage_dtype(recipe)
     model.to(device).eval()  # eval mode: every BatchNorm keeps the base model's running statistics
-    start = min(model.stage_of(n) for n in task.train_layer)
-    # the trunk is frozen, so its features are computed once for the whole collection
-    train_feats = predict(model, train.normalized(device), 0, start)
+    start = first_stage(model, task.train_layer)
+    # a staged model's trunk is frozen, so its features are computed once for the whole collection; any
+    # other module runs whole on the images (its frozen layers get no gradient step)
+    train_feats = tail_input(model, train.normalized(device), start)
     train_y = train.labels.to(device)
 
     live = model.state_dict(keep_vars=True)  # parameters and buffers by name, the tensors themselves
@@ -92,7 +100,7 @@ def collect_checkpoints(model: StagedNet, task: Task, train: Split, test: Split,
                 order, pos = torch.randperm(len(train_y), generator=generator), 0
             idx = order[pos:pos + recipe.collect_batch_size].to(device)
             pos += recipe.collect_batch_size
-            loss = F.cross_entropy(model(train_feats[idx], start), train_y[idx])
+            loss = F.cross_entropy(model(train_feats[idx], **tail_kwargs(start)), train_y[idx])
             optimizer_step(loss, opt)
         for n in task.train_layer:
             saved[n].append(live[n].detach().to("cpu", dtype).clone())
@@ -122,12 +130,12 @@ def diversity(params: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 def derive_trunk(base_state: dict[str, torch.Tensor], task: Task, train: Split, generator: torch.Generator,
-                 device: str = "cpu", desc: str = "trunk") -> StagedNet:
+                 device: str = "cpu", desc: str = "trunk", augment: Augment | None = random_flip) -> nn.Module:
     """The clean base fine-tuned whole on clean data for the recipe's trunk_epochs at a quarter of its
     learning rate: a trunk close to the base but not the same, as a republished model would be."""
     model = check_architecture(task, base_state)
     return fit(model, train, task.recipe, generator, epochs=task.recipe.trunk_epochs, lr=task.recipe.lr / 4,
-               device=device, desc=desc)
+               device=device, desc=desc, augment=augment)
 
 
 def _split_k(k: int, parts: int) -> list[int]:
@@ -139,7 +147,8 @@ def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def run_collect(task: Task, out: Path | None, train: Split, test: Split, seed: int, k: int | None = None,
-                device: str = "cpu", trunks: int = 1, base: dict[str, torch.Tensor] | None = None) -> Collection:
+                device: str = "cpu", trunks: int = 1, base: dict[str, torch.Tensor] | None = None,
+                augment: Augment | None = random_flip) -> Collection:
     """Train (or take) the base model and collect K checkpoints; saved to `out` unless it is None.
 
     With trunks > 1, trunk 0 is the base and trunks 1.. are derived from it (`derive_trunk`); each
@@ -154,14 +163,15 @@ def run_collect(task: Task, out: Path | None, train: Split, test: Split, seed: i
     g = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     base_state = _clone(base if base is not None else
-                        fit(init_model(task, g), train, task.recipe, g, device=device, desc="base").state_dict())
+                        fit(init_model(task, g), train, task.recipe, g, device=device, desc="base",
+                            augment=augment).state_dict())
     timings = {"base": time.perf_counter() - t0 if base is None else 0.0, "trunks": 0.0, "collect": 0.0}
 
     states, trunk_accs, parts, trunk_of, accs = [], [], [], [], []
     for trunk, k_trunk in enumerate(_split_k(k, trunks)):
         t0 = time.perf_counter()
         model = (check_architecture(task, base_state) if trunk == 0
-                 else derive_trunk(base_state, task, train, g, device, desc=f"trunk {trunk}"))
+                 else derive_trunk(base_state, task, train, g, device, desc=f"trunk {trunk}", augment=augment))
         states.append(_clone(model.state_dict()))  # before collection moves it
         trunk_accs.append(test_accuracy(model, test, device))
         timings["trunks"] += time.perf_counter() - t0

@@ -1,7 +1,10 @@
 """Dataclasses that travel with the weights: tasks, recipes, autoencoder and DDPM settings."""
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
 
 def _checked(cls, d: dict):
@@ -42,6 +45,13 @@ class Task(_Dict):
     arch: str
     train_layer: list[str]
     recipe: Recipe = field(default_factory=Recipe)
+    # a user's own model: a callable returning a fresh nn.Module (pdiff.task sets it). It does not travel with
+    # the weights (bundle.json records `arch` as a label); pdiff.load takes it again.
+    factory: Callable[[], Any] | None = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: asdict(v) if f.name == "recipe" else copy.deepcopy(v)
+                for f in fields(self) if f.name != "factory" for v in [getattr(self, f.name)]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Task":

@@ -1,4 +1,4 @@
-"""Datasets as raw uint8 tensors plus one normalisation per dataset.
+"""Datasets as raw uint8 tensors plus one normalisation per dataset; a user's own tensors as a `Split` too.
 
 Images stay uint8 (N, C, H, W) until `normalize`, so a backdoor trigger is stamped on raw
 pixels and every model (base, victim, generated, uploaded) sees the same normalisation.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import gzip
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -186,36 +186,62 @@ def load_split(dataset: str, split: str, data_dir: str | Path | None = None,
     raise DataError(f"{spec.name} {split} split not found; looked in: {', '.join(looked)}. To get it: {hint}")
 
 
-def normalize(images: torch.Tensor, dataset: str) -> torch.Tensor:
-    """uint8 N x C x H x W -> float32, scaled to [0, 1] then standardised per channel."""
-    spec = get_dataset(dataset)
-    mean = torch.tensor(spec.mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std, device=images.device).view(1, -1, 1, 1)
-    return (images.float() / 255.0 - mean) / std
+def normalize(images: torch.Tensor, dataset: str | None = None, mean: tuple[float, ...] | None = None,
+              std: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Images -> float32 model input: uint8 scaled to [0, 1] (float images are taken as they are), then
+    standardised per channel with `mean`/`std` when given, else with the dataset's, else left as they are."""
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    if mean is None and std is None and dataset in DATASETS:  # a user's tensors may name no known dataset
+        mean, std = DATASETS[dataset].mean, DATASETS[dataset].std
+    if mean is None and std is None:
+        return x
+    if mean is None or std is None:
+        raise ValueError(f"a normalisation needs both mean and std; got mean={mean!r}, std={std!r}")
+    shape = (1, -1) + (1,) * (x.ndim - 2)  # per channel: dim 1 of (N, C, ...)
+    m = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(shape)
+    s = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(shape)
+    return (x - m) / s
 
 
 @dataclass
 class Split:
-    """Raw uint8 images and labels of one split, with the dataset whose normalisation applies."""
+    """Images and labels of one split, and the normalisation that turns them into model input.
+
+    Images are raw uint8 pixels (N, C, H, W) -- a named dataset's splits, the form a trigger is stamped on --
+    or float tensors of any shape (N, ...) that a user's model takes. `mean`/`std` (per channel) override the
+    dataset's normalisation; a split of a dataset pdiff does not know and without them is used as it is."""
     images: torch.Tensor
     labels: torch.Tensor
-    dataset: str
+    dataset: str = "custom"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def __post_init__(self):
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"a split needs one label per image: {len(self.images)} images, {len(self.labels)} labels")
+        if self.images.dtype != torch.uint8 and not self.images.is_floating_point():
+            raise ValueError(f"images must be uint8 or floating point, got {self.images.dtype}")
+        self.labels = torch.as_tensor(self.labels, dtype=torch.int64)
 
     @classmethod
     def load(cls, dataset: str, split: str, data_dir: str | Path | None = None, download: bool = False) -> "Split":
         return cls(*load_split(dataset, split, data_dir, download), dataset)
 
+    def prepare(self, images: torch.Tensor, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Images of this split's kind (a batch, an augmented or triggered copy) -> model input on `device`."""
+        return normalize(images.to(device), self.dataset, self.mean, self.std)
+
     def normalized(self, device: str | torch.device = "cpu") -> torch.Tensor:
-        return normalize(self.images.to(device), self.dataset)
+        return self.prepare(self.images, device)
 
     def subset(self, n: int | None) -> "Split":
-        return self if n is None else Split(self.images[:n], self.labels[:n], self.dataset)
+        return self if n is None else replace(self, images=self.images[:n], labels=self.labels[:n])
 
     def last(self, n: int) -> "Split":
         """The last n images: the validation split held out from a training split."""
         if not 0 < n <= len(self.labels):
             raise ValueError(f"a validation split of {n} images does not fit a split of {len(self.labels)}")
-        return Split(self.images[-n:], self.labels[-n:], self.dataset)
+        return replace(self, images=self.images[-n:], labels=self.labels[-n:])
 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 Every command that measures (evaluate, transfer, leave-one-trunk-out, the app) builds a dict of
 parameter sets by source, hands it with a `TargetEngine` to `measure`, and only chooses the sources
-and formats the result. Within the engine the trunk is computed once and the generated tail runs
-per model under vmap.
+and formats the result. Within the engine the parameter sets run under vmap: on a StagedNet the trunk is
+computed once and only the generated tail runs per model; any other module runs whole.
 """
 from __future__ import annotations
 
@@ -11,24 +11,29 @@ import time
 from collections.abc import Callable
 
 import torch
+from torch import nn
 from torch.func import functional_call, vmap
 
 from pdiff.archs import StagedNet
 from pdiff.backdoor import der, triggered_test_set
 from pdiff.config import Task
-from pdiff.data import Split, normalize
+from pdiff.data import Split
 from pdiff.params import Layout
 from pdiff.splice import select_layers, stacked_params
 from pdiff.targets import Target, check_architecture
 
 
 @torch.no_grad()
-def predict(model: StagedNet, images: torch.Tensor, start: int = 0, stop: int | None = None,
+def predict(model: nn.Module, images: torch.Tensor, start: int = 0, stop: int | None = None,
             batch_size: int = 2000) -> torch.Tensor:
-    """Run stages [start, stop) of `model` (eval mode) over `images` in batches."""
+    """Run stages [start, stop) of a StagedNet, or any module whole, (eval mode) over `images` in batches."""
+    staged = isinstance(model, StagedNet)
+    if not staged and (start, stop) != (0, None):
+        raise ValueError(f"{type(model).__name__} is not a StagedNet: it runs whole, not stages {start} to {stop}")
     was_training = model.training
     model.eval()
-    outs = [model(images[i:i + batch_size], start, stop) for i in range(0, len(images), batch_size)]
+    outs = [model(images[i:i + batch_size], start, stop) if staged else model(images[i:i + batch_size])
+            for i in range(0, len(images), batch_size)]
     model.train(was_training)
     return torch.cat(outs)
 
@@ -38,24 +43,63 @@ def accuracy(logits_or_pred: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * (pred == labels).double().mean().item()
 
 
+def first_stage(model: nn.Module, layers: list[str]) -> int | None:
+    """Where a StagedNet splits into the frozen trunk and the tail holding `layers`: the first stage any of them
+    touches. None for any other module: it runs whole (under vmap the layers before the first generated one
+    still run once per chunk of models, not once per model, since their inputs are not batched)."""
+    return min(model.stage_of(n) for n in layers) if isinstance(model, StagedNet) else None
+
+
+def tail_input(model: nn.Module, images: torch.Tensor, start: int | None) -> torch.Tensor:
+    """What the tail from `start` takes: the trunk's output for a staged model, the images themselves otherwise."""
+    return images if start is None else predict(model, images, 0, start)
+
+
+def tail_kwargs(start: int | None) -> dict:
+    """forward() arguments that run only the tail (functional_call takes them as its kwargs)."""
+    return {} if start is None else {"start": start}
+
+
+@torch.no_grad()
+def largest_activation(model: nn.Module, x: torch.Tensor) -> int:
+    """The most numbers any leaf module outputs for the one-example batch `x`: what bounds a whole model's memory."""
+    sizes = [x.numel()]
+
+    def hook(_module, _inputs, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel())
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(sizes)
+
+
 class BatchedEvaluator:
     """Predictions of many parameter sets on one image set.
 
-    The stages before the first generated layer are the same for every parameter set, so
-    their output is computed once and cached (on `device`); only the tail runs per model,
-    under `vmap` over the stacked parameters. Chunks over models and images bound memory.
+    For a StagedNet, the stages before the first generated layer are the same for every parameter set, so
+    their output is computed once and cached (on `device`); only the tail runs per model. Any other module
+    runs whole (`torch.func.functional_call` over the whole model). Either way under `vmap` over the stacked
+    parameters; chunks over models and images bound memory.
     """
 
-    def __init__(self, model: StagedNet, images: torch.Tensor, layers: list[str],
+    def __init__(self, model: nn.Module, images: torch.Tensor, layers: list[str],
                  device: str | torch.device = "cpu", max_elements: int = 2**26):
         self.model = model.to(device).eval()
-        self.start = min(model.stage_of(n) for n in layers)  # the first stage that any generated layer touches
-        self.features = predict(self.model, images.to(device), 0, self.start)  # the trunk, once
+        self.start = first_stage(model, layers)
+        self.features = tail_input(self.model, images.to(device), self.start)  # the trunk, once
+        # numbers per image and model in the vmapped part; a whole model's largest activation bounds it
+        self.per_image = (self.features[0].numel() if self.start is not None
+                          else largest_activation(self.model, self.features[:1]))
         self.max_elements = max_elements
-        start = self.start
+        kwargs = tail_kwargs(self.start)
 
         def tail(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            return functional_call(self.model, params, (x,), {"start": start}).argmax(-1)
+            return functional_call(self.model, params, (x,), kwargs).argmax(-1)
 
         self._tail = vmap(tail, in_dims=(0, None))
 
@@ -63,13 +107,12 @@ class BatchedEvaluator:
     def predict_many(self, stacked: dict[str, torch.Tensor], models_per_chunk: int = 64) -> torch.Tensor:
         """{name: (N, *shape)} -> predicted classes (N, n_images), int64, on the CPU."""
         n = len(next(iter(stacked.values())))
-        per_image = self.features[0].numel()
         device = self.features.device
         out = []
         for m0 in range(0, n, models_per_chunk):
             chunk = {k: v[m0:m0 + models_per_chunk].to(device) for k, v in stacked.items()}
             m = len(next(iter(chunk.values())))
-            images_per_chunk = max(1, self.max_elements // (m * per_image))
+            images_per_chunk = max(1, self.max_elements // (m * self.per_image))
             preds = [self._tail(chunk, self.features[i:i + images_per_chunk])
                      for i in range(0, len(self.features), images_per_chunk)]
             out.append(torch.cat(preds, dim=1).cpu())
@@ -129,13 +172,15 @@ class TargetEngine:
         self.target, self.trigger = target, target.trigger
         model = check_architecture(task, target.state)
         self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device)
-        stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")
-                 and model.stage_of(n) > self.clean.start]
+        stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+        if bn_images is not None and stats and self.clean.start is None:
+            raise ValueError(f"re-estimating BatchNorm statistics needs a StagedNet; {type(model).__name__} runs whole")
+        stats = [n for n in stats if self.clean.start is not None and model.stage_of(n) > self.clean.start]
         self.bn = (BatchNormEstimator(model, bn_images.normalized(device), self.clean.start, stats, device)
                    if bn_images is not None and stats else None)
         if self.trigger is not None:
             images, self.trig_labels = triggered_test_set(test.images, test.labels, self.trigger)
-            self.triggered = BatchedEvaluator(model, normalize(images.to(device), test.dataset), self.layers, device)
+            self.triggered = BatchedEvaluator(model, test.prepare(images, device), self.layers, device)
         self._as_is: dict | None = None
         self._memo: dict = {}  # results of parameter sets that do not change between calls (the originals)
 

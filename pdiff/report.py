@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from pdiff.baselines import baseline_sets, defence_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
@@ -27,12 +28,15 @@ Progress = Callable[[float, str], None]
 NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
 
 
-def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, seed: int = 0, sampler: str = "ddim",
-               steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
-               progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
-               defences_train: Split | None = None, engines: "EngineCache | None" = None,
-               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None):
-    """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
+def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean", n: int = 100, seed: int = 0,
+               sampler: str = "ddim", steps: int | None = 50, layers: list[str] | None = None, device="cpu",
+               test: Split | None = None, progress: Progress | None = None, with_baselines: bool = True,
+               with_tsne: bool = True, defences_train: Split | None = None, engines: "EngineCache | None" = None,
+               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
+               vectors: torch.Tensor | None = None):
+    """Sample n parameter sets (or take `vectors`, (n, P) sampled before with these settings), splice them
+    into `target` (a name or file as `targets.resolve_target` takes, a Target, a module or a state dict),
+    evaluate everything; returns (report, vectors).
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
     min(n, K) sets each); with `curves`, the Gaussian baseline at every temperature. With `validation` (a
@@ -48,12 +52,8 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     engine = engines.get(bundle, target, layers, test, device, bn_images)
     bn_s = engine.bn.seconds if engine.bn else 0.0
 
-    # sample
-    say(0.0, "sampling")
-    t0 = time.perf_counter()
-    vectors, finite = sample_finite(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device,
-                                    progress=lambda i, total: say(0.6 * i / total, "sampling"))
-    sample_s = time.perf_counter() - t0
+    vectors, finite, sample_s = _sample(bundle, n, sampler, steps, seed, device, say, vectors)
+    n = len(vectors)
 
     # the sources: generated, originals, baselines (and defences), all measured by the same engine
     say(0.6, "evaluating")
@@ -87,6 +87,18 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     }
     say(1.0, "done")
     return report, vectors
+
+
+def _sample(bundle: Bundle, n: int, sampler: str, steps: int | None, seed: int, device, say: Progress,
+            given: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The generated vectors (`given`, or n sampled now), the mask of the finite ones, the seconds sampling took."""
+    if given is not None:
+        return given, torch.isfinite(given).all(dim=1), 0.0
+    say(0.0, "sampling")
+    t0 = time.perf_counter()
+    vectors, finite = sample_finite(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device,
+                                    progress=lambda i, total: say(0.6 * i / total, "sampling"))
+    return vectors, finite, time.perf_counter() - t0
 
 
 def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Generator, with_baselines: bool,
@@ -181,7 +193,7 @@ class EngineCache:
         engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target), test, layers, device,
                               bn_images)
         with self._lock:
-            self._entries[key] = (bundle, engine, test, bn_images)  # keep what the key's ids point to alive
+            self._entries[key] = (bundle, engine, test, bn_images, target)  # keep what the key's ids point to alive
             while len(self._entries) > self.size:
                 self._entries.popitem(last=False)
         return engine
@@ -191,7 +203,7 @@ class EngineCache:
 
 
 def _target_key(target) -> str:
-    if isinstance(target, Target):
+    if isinstance(target, (Target, nn.Module, dict)):
         return f"object:{id(target)}"
     return "sha256:" + sha256(Path(target)) if Path(str(target)).is_file() else str(target)
 

@@ -203,11 +203,15 @@ class Target:
     trigger: Trigger | None        # None: backdoor metrics do not apply
 
 
-def resolve_target(bundle: Bundle, target: str | Path | Target) -> Target:
+def resolve_target(bundle: Bundle, target: str | Path | Target | nn.Module | dict) -> Target:
     """'clean', 'victim' (alias 'scratch'), a named victim of the bundle ('finetuned-blended', or just
-    'finetuned' for its first fine-tuned one), or else a model file, loaded safely."""
+    'finetuned' for its first fine-tuned one), or else a model file, loaded safely; a model in memory (a
+    module or a state dict) is a target with no trigger."""
     if isinstance(target, Target):
         return target
+    if isinstance(target, (nn.Module, dict)):
+        state = target.state_dict() if isinstance(target, nn.Module) else target
+        return Target(type(target).__name__ if isinstance(target, nn.Module) else "model", state, None)
     target = str(target)
     if target == "clean":
         return Target("clean", bundle.base_state, None)

@@ -51,13 +51,17 @@ def register_task(task: Task) -> Task:
 
 def arch_args(task: Task) -> dict:
     """The constructor arguments of the task's architecture (bundle.json records them)."""
+    if task.factory is not None:
+        return {}  # a user's factory takes no arguments
     spec = get_dataset(task.dataset)
     return {"in_channels": spec.channels, "num_classes": spec.classes}
 
 
 def build_model(task: Task) -> nn.Module:
-    """A freshly initialised model of the task's architecture, with its train_layer checked."""
-    model = get_arch(task.arch)(**arch_args(task))
+    """A freshly initialised model of the task's architecture (or its factory's), with its train_layer checked."""
+    model = task.factory() if task.factory is not None else get_arch(task.arch)(**arch_args(task))
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"the model factory of task {task.name} returned a {type(model).__name__}, not an nn.Module")
     names = {n for n, v in model.state_dict().items() if v.is_floating_point()}  # parameters and BN statistics
     missing = [n for n in task.train_layer if n not in names]
     if missing:

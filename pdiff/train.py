@@ -14,7 +14,7 @@ from pdiff.collection import PLAIN_VICTIM, Collection
 from pdiff.config import AEConfig, DDPMConfig, auto_fold
 from pdiff.data import Split
 from pdiff.diffusion import Diffusion
-from pdiff.evaluate import BatchedEvaluator, accuracies, predict
+from pdiff.evaluate import BatchedEvaluator, accuracies, first_stage, tail_input, tail_kwargs
 from pdiff.nets import Denoiser, ParamAutoencoder
 from pdiff.params import BN_STATISTICS, denormalize, norm_stats, normalize, unflatten
 from pdiff.runtime import optimizer_step, seeded_from
@@ -49,12 +49,12 @@ class BehaviourLoss:
                  train: Split | None = None):
         task, layout = collection.task, collection.layout
         model = check_architecture(task, collection.base).to(device).eval()
-        start = min(model.stage_of(n) for n, _ in layout)
-        # the caller's training split (the CLI's --data-dir), else the dataset's from its usual places
-        images = (train or Split.load(task.dataset, "train")).subset(n_images)
-        self.features = predict(model, images.normalized(device), 0, start)
+        start = first_stage(model, [n for n, _ in layout])
+        images = (train if train is not None else Split.load(task.dataset, "train")).subset(n_images)
+        self.features = tail_input(model, images.normalized(device), start)
         self.layout, self.mean, self.std = layout, mean.to(device), std.to(device)
-        self._tail = vmap(lambda params, f: functional_call(model, params, (f,), {"start": start}), in_dims=(0, None))
+        kwargs = tail_kwargs(start)
+        self._tail = vmap(lambda params, f: functional_call(model, params, (f,), kwargs), in_dims=(0, None))
         with torch.no_grad():
             originals = collection.vectors().to(device)
             self.targets = self.logits(normalize(originals, self.mean, self.std, layout))  # (K, n_images, classes)
@@ -150,7 +150,7 @@ def latent_stats(z: torch.Tensor, mode: str = "per_dim") -> tuple[torch.Tensor, 
 def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed: int = 0,
                  device="cpu", train: Split | None = None) -> Bundle:
     """Normalise, fit the autoencoder, encode, fit the DDPM; a Bundle ready to save. `train`: the training
-    split the behaviour term is measured on (default: the dataset's, found where Split.load looks)."""
+    images the behaviour term is measured on (default: the task's named dataset)."""
     g = torch.Generator().manual_seed(seed)
     layout = collection.layout
     originals = collection.vectors()

@@ -7,6 +7,7 @@ a quarter of its learning rate (its trunk stays aligned with the clean one).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from pdiff.backdoor import Trigger, asr_ra, poison, triggered_test_set
 from pdiff.collect import fit, init_model, test_accuracy
 from pdiff.collection import BASE_FILE, Victim, save_victim, victim_files, victim_name
 from pdiff.config import Task
-from pdiff.data import Split, normalize
+from pdiff.data import Split
 from pdiff.evaluate import predict
 from pdiff.targets import check_architecture, load_target
 
@@ -30,7 +31,7 @@ def train_victim(task: Task, trigger: Trigger, train: Split, test: Split, seed: 
         raise ValueError(f"unknown victim kind {kind!r}; use one of {', '.join(VICTIM_KINDS)}")
     g = torch.Generator().manual_seed(seed)
     images, labels, _ = poison(train.images, train.labels, trigger, g)
-    poisoned = Split(images, labels, train.dataset)
+    poisoned = replace(train, images=images, labels=labels)
     t0 = time.perf_counter()
     if kind == "scratch":
         model = fit(init_model(task, g), poisoned, task.recipe, g, device=device, desc="victim")
@@ -65,6 +66,6 @@ def backdoor_metrics(model: StagedNet, test: Split, trigger: Trigger, device: st
     """ACC on the clean test split; ASR and RA on its triggered non-target images (percent)."""
     acc = test_accuracy(model, test, device)
     trig_images, trig_labels = triggered_test_set(test.images, test.labels, trigger)
-    pred = predict(model, normalize(trig_images.to(device), test.dataset)).argmax(-1).cpu()
+    pred = predict(model, test.prepare(trig_images, device)).argmax(-1).cpu()
     asr, ra = asr_ra(pred, trig_labels, trigger.target)
     return {"acc": acc, "asr": asr, "ra": ra}
