@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,9 +26,16 @@ from pdiff.targets import check_architecture
 from pdiff.tasks import build_model
 
 
+BatchHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
 def fit(model: StagedNet, train: Split, recipe: Recipe, generator: torch.Generator,
-        epochs: int | None = None, lr: float | None = None, device: str = "cpu", desc: str = "train") -> StagedNet:
-    """Train the whole model with AdamW and cosine decay; the recipe's settings unless given."""
+        epochs: int | None = None, lr: float | None = None, device: str = "cpu", desc: str = "train",
+        batch_hook: BatchHook | None = None) -> StagedNet:
+    """Train the whole model with AdamW and cosine decay; the recipe's settings unless given.
+
+    batch_hook(indices into `train`, the batch's flipped uint8 images) -> the images trained on: a victim
+    stamps its trigger there, after augmentation (DESIGN.md section 2)."""
     epochs = recipe.epochs if epochs is None else epochs
     lr = recipe.lr if lr is None else lr
     model.to(device).train()
@@ -39,7 +47,8 @@ def fit(model: StagedNet, train: Split, recipe: Recipe, generator: torch.Generat
         order = torch.randperm(len(train.labels), generator=generator)
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i:i + recipe.batch_size]
-            x = normalize(random_flip(train.images[idx], generator).to(device), train.dataset)
+            images = random_flip(train.images[idx], generator)
+            x = normalize((images if batch_hook is None else batch_hook(idx, images)).to(device), train.dataset)
             loss = F.cross_entropy(model(x), train.labels[idx].to(device))
             optimizer_step(loss, opt, sched)
             bar.update()

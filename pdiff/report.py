@@ -5,6 +5,7 @@ Accuracies are in percent.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from pdiff.backdoor import trigger_line
 from pdiff.baselines import baseline_sets, defence_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
 from pdiff.data import Split
@@ -31,7 +33,8 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
                steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
                progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
                defences_train: Split | None = None, engines: "EngineCache | None" = None,
-               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None):
+               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
+               trigger=None):
     """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
@@ -40,12 +43,13 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     "best" models chosen on it. With `defences_train` and a backdoored target, the finetune and reinit
     defences too. With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
     generated layer are re-estimated per model. With `engines`, what does not depend on the seed is kept.
+    `trigger` (a Trigger, preset name, spec file or 'none') overrides the target's own; see resolve_target.
     """
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
     test = test or Split.load(bundle.task.dataset, "test")
     engines = engines if engines is not None else EngineCache(0)
-    engine = engines.get(bundle, target, layers, test, device, bn_images)
+    engine = engines.get(bundle, target, layers, test, device, bn_images, trigger)
     bn_s = engine.bn.seconds if engine.bn else 0.0
 
     # sample
@@ -64,8 +68,8 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     checked = {}
     if validation is not None and len(sets["generated"]):
         say(0.62, "validation: matched noise, selection")
-        checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device, bn_images), sets,
-                                 count, seed)
+        checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device, bn_images, trigger),
+                                 sets, count, seed)
     if defences_train is not None and engine.backdoor:
         say(0.65, "defence baselines (fine-tune, re-init)")
         sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, defences_train, test, g, count, device))
@@ -76,7 +80,7 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     tsne = _tsne(bundle, sets, m["metrics"], seed) if with_tsne else {"x": [], "y": [], "source": [], "acc": []}
     report = {
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
-        "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else NOT_APPLICABLE,
+        "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else _not_applicable(engine),
         "n": n, "seed": seed, "sampler": sampler, "steps": steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps,
         "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "tsne": tsne,
         "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
@@ -172,14 +176,15 @@ class EngineCache:
         self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
 
     def get(self, bundle: Bundle, target, layers: list[str], test: Split, device,
-            bn_images: Split | None = None) -> TargetEngine:
-        key = (id(bundle), _target_key(target), tuple(layers), id(test), str(device), id(bn_images))
+            bn_images: Split | None = None, trigger=None) -> TargetEngine:
+        key = (id(bundle), _target_key(target), tuple(layers), id(test), str(device), id(bn_images),
+               _trigger_key(trigger))
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key][1]
-        engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target), test, layers, device,
-                              bn_images)
+        engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target, trigger), test, layers,
+                              device, bn_images)
         with self._lock:
             self._entries[key] = (bundle, engine, test, bn_images)  # keep what the key's ids point to alive
             while len(self._entries) > self.size:
@@ -196,12 +201,29 @@ def _target_key(target) -> str:
     return "sha256:" + sha256(Path(target)) if Path(str(target)).is_file() else str(target)
 
 
+def _trigger_key(trigger) -> str:
+    """A trigger choice as a cache key: its spec (a file by content), 'none', or '' for the target's own."""
+    if trigger is None or isinstance(trigger, (str, Path)) and not Path(str(trigger)).is_file():
+        return str(trigger or "")
+    if isinstance(trigger, (str, Path)):
+        return "sha256:" + sha256(Path(trigger))
+    return json.dumps(trigger.to_dict(), sort_keys=True)
+
+
+def _not_applicable(engine: TargetEngine) -> str:
+    if engine.target.trigger_source is None:
+        return NOT_APPLICABLE
+    return f"not applicable: no trigger ({engine.target.trigger_source})"
+
+
 def _target_info(engine: TargetEngine) -> dict:
+    """The target's name and own metrics; its trigger and where that trigger came from (never silent)."""
     as_is = engine.as_is()
-    info = {"name": engine.target.name, "acc": as_is["acc"]}
+    info = {"name": engine.target.name, "acc": as_is["acc"], "trigger_source": engine.target.trigger_source}
     if engine.backdoor:
         info.update(asr=as_is["asr"], ra=as_is["ra"], trigger=engine.trigger.to_dict())
     return info
+
 
 
 def _similarity_section(sim: dict) -> dict:
@@ -239,6 +261,7 @@ def familiar_lines(report: dict) -> str:
     lines.append(f"originals: best {o['best']:.2f} mean {o['mean']:.2f} median {o['median']:.2f} min {o['min']:.2f}")
     t = report["target"]
     lines.append(f"target {t['name']}: acc {t['acc']:.2f}" + (f" asr {t['asr']:.2f} ra {t['ra']:.2f}" if "asr" in t else ""))
+    lines += [line for line in [trigger_line(t)] if line]
     return "\n".join(lines + [novelty_lines(report)])
 
 

@@ -84,7 +84,7 @@ def test_bad_parameters_get_clear_errors(client):
 def test_named_victim_with_the_defence_baselines(client):
     out = _run(client, target="finetuned-blended", n=4, defences=True)
     report = json.loads(open(out[0]).read())
-    assert report["target"]["name"] == "finetuned-blended" and report["target"]["trigger"]["kind"] == "blended"
+    assert report["target"]["name"] == "finetuned-blended" and report["target"]["trigger"]["name"] == "blended"
     transfer = out[9]
     rows = {row[0]: row for row in transfer["data"]}
     assert transfer["headers"][:2] == ["method", "n"]
