@@ -233,3 +233,25 @@ def test_cli_victim_with_a_spec_and_a_rate_on_a_tiny_subset(tmp_path, capsys):
     assert main(["collect", "--trigger", "badnets", "--target-label", "10", "--out", str(out),
                  "--train-subset", "64", "--test-subset", "10"]) == 2
     assert "trigger.target 10 is out of range" in capsys.readouterr().err
+
+
+def test_cli_evaluate_and_transfer_take_a_trigger_and_print_its_source(tiny_bundle, tmp_path, capsys):
+    from pdiff.cli import main
+
+    path = tmp_path / "upload.pth"
+    torch.save(tiny_bundle.victim_state, path)
+    common = ["--bundle", str(tiny_bundle.path), "--n", "2", "--sampler", "ddim", "--steps", "2", "--test-subset", "200"]
+    assert main(["evaluate", *common, "--target", str(path), "--validation", "0", "--bn-images", "0", "--no-tsne",
+                 "--json", str(tmp_path / "e.json")]) == 0
+    assert "(assumed (no victim report beside the file))" in capsys.readouterr().out
+    spec = tmp_path / "seven.json"
+    spec.write_text(json.dumps({"kind": "blend", "opacity": 0.2, "target": 7}))
+    assert main(["transfer", *common, "--victim", str(path), "--methods", "generated", "--trigger", str(spec),
+                 "--json", str(tmp_path / "t.json")]) == 0
+    assert "trigger seven: blend of noise from seed 0 at opacity 0.2, target class 7, 10% poisoned (given by the " \
+           "user)" in capsys.readouterr().out
+    victim = json.loads((tmp_path / "t.json").read_text())["victim"]
+    assert victim["trigger"]["target"] == 7 and victim["trigger_source"] == "given by the user"
+    assert main(["transfer", *common, "--victim", "victim", "--methods", "generated", "--trigger", "none",
+                 "--json", str(tmp_path / "t.json")]) == 2
+    assert "has no trigger (given by the user)" in capsys.readouterr().err
