@@ -139,7 +139,8 @@ def _check_pixels(t: Trigger) -> None:
         if a.dtype == object or a.ndim not in (2, 3) or not np.issubdtype(a.dtype, np.number):
             raise ValueError(f"trigger.{field} must be an (H, W) or (C, H, W) array of numbers")
         if allowed and not np.isin(a, allowed).all():
-            raise ValueError(f"trigger.{field} must hold only 0 and 1, found {sorted(set(np.unique(a).tolist()) - {0, 1})[:5]}")
+            found = sorted(set(np.unique(a).tolist()) - {0, 1})[:5]
+            raise ValueError(f"trigger.{field} must hold only 0 and 1, found {found}")
         if not allowed and ((a != np.round(a)).any() or a.min() < 0 or a.max() > 255):
             raise ValueError(f"trigger.{field} must hold whole pixel values from 0 to 255")
     if t.kind == "patch" and (t.image is None) != (t.mask is None):

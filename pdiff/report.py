@@ -32,9 +32,8 @@ NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
 def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, seed: int = 0, sampler: str = "ddim",
                steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
                progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
-               defences_train: Split | None = None, engines: "EngineCache | None" = None,
-               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
-               trigger=None):
+               defences_train: Split | None = None, engines: "EngineCache | None" = None, trigger=None,
+               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None):
     """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
@@ -43,8 +42,7 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     "best" models chosen on it. With `defences_train` and a backdoored target, the finetune and reinit
     defences too. With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
     generated layer are re-estimated per model. With `engines`, what does not depend on the seed is kept.
-    `trigger` (a Trigger, preset name, spec file or 'none') overrides the target's own; see resolve_target.
-    """
+    `trigger` (a Trigger, preset name, spec file or 'none') overrides the target's own (resolve_target)."""
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
     test = test or Split.load(bundle.task.dataset, "test")
@@ -68,8 +66,8 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     checked = {}
     if validation is not None and len(sets["generated"]):
         say(0.62, "validation: matched noise, selection")
-        checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device, bn_images, trigger),
-                                 sets, count, seed)
+        val = engines.get(bundle, target, layers, validation, device, bn_images, trigger)
+        checked = _on_validation(bundle, val, sets, count, seed)
     if defences_train is not None and engine.backdoor:
         say(0.65, "defence baselines (fine-tune, re-init)")
         sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, defences_train, test, g, count, device))

@@ -104,23 +104,8 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
         raise gr.Error("N, steps and seed must be whole numbers") from None
     if not 1 <= n <= MAX_N:
         raise gr.Error(f"N must be between 1 and {MAX_N}, got {n}")
-    if target == "upload":
-        if not victim_file:
-            raise gr.Error("target is 'upload' but no model file was uploaded")
-        target_arg = victim_file if isinstance(victim_file, str) else victim_file.name
-        try:
-            trigger = trigger_from_fields(trigger_kind, trigger_target, patch_size, patch_corner, blend_opacity,
-                                          blend_seed)
-        except ValueError as e:
-            raise gr.Error(str(e)) from None
-    else:
-        try:
-            choices = target_choices(load_bundle(bundle))
-        except (ValueError, BundleError, OSError) as e:
-            raise gr.Error(str(e)) from None
-        if target not in choices:
-            raise gr.Error(f"unknown target {target!r}; this bundle offers {', '.join(choices)}")
-        target_arg, trigger = target, None
+    target_arg, trigger = _chosen_target(bundle, target, victim_file, trigger_kind, trigger_target, patch_size,
+                                         patch_corner, blend_opacity, blend_seed)
     if layers is not None and len(layers) == 0:
         raise gr.Error("choose at least one layer to splice")
     try:
@@ -144,6 +129,26 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
             plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
             plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None, transfer)
+
+
+def _chosen_target(bundle: str, target: str, victim_file, *trigger_fields) -> tuple[str, object]:
+    """(what resolve_target takes, the trigger): an upload's file with the trigger of its fields, or a named
+    target of the bundle with its own trigger (None)."""
+    if target == "upload":
+        if not victim_file:
+            raise gr.Error("target is 'upload' but no model file was uploaded")
+        try:
+            trigger = trigger_from_fields(*trigger_fields)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return (victim_file if isinstance(victim_file, str) else victim_file.name), trigger
+    try:
+        choices = target_choices(load_bundle(bundle))
+    except (ValueError, BundleError, OSError) as e:
+        raise gr.Error(str(e)) from None
+    if target not in choices:
+        raise gr.Error(f"unknown target {target!r}; this bundle offers {', '.join(choices)}")
+    return target, None
 
 
 KEEP_RUNS_S = 3600

@@ -112,8 +112,8 @@ def test_json_round_trip_with_images_inline_and_in_files(tmp_path, fmnist_test):
         assert Trigger.from_dict(json.loads(json.dumps(preset(name).to_dict()))) == preset(name)
     blend = Trigger(kind="blend", opacity=0.5, image=np.full((28, 28), 100).tolist(), name="grey")
     assert Trigger.from_dict(blend.to_dict()) == blend
-    assert torch.equal(apply_trigger(torch.zeros(1, 1, 28, 28, dtype=torch.uint8), blend), torch.full((1, 1, 28, 28), 50,
-                                                                                                     dtype=torch.uint8))
+    black = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    assert torch.equal(apply_trigger(black, blend), torch.full_like(black, 50))
     with pytest.raises(ValueError, match="neither a preset"):
         load_trigger(tmp_path / "absent.json")
     (tmp_path / "bad.json").write_text(json.dumps({"kind": "blend", "image": "pattern.jpg"}))
@@ -123,7 +123,8 @@ def test_json_round_trip_with_images_inline_and_in_files(tmp_path, fmnist_test):
 
 def test_corners_and_names():
     images = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-    for corner, (r, c) in {"top-left": (0, 0), "top-right": (0, 6), "bottom-left": (6, 0), "bottom-right": (6, 6)}.items():
+    where = {"top-left": (0, 0), "top-right": (0, 6), "bottom-left": (6, 0), "bottom-right": (6, 6)}
+    for corner, (r, c) in where.items():
         out = apply_trigger(images, Trigger(kind="patch", corner=corner, size=2, value=9))[0, 0]
         assert (out[r:r + 2, c:c + 2] == 9).all() and out.sum() == 4 * 9
     assert victim_name("scratch", preset("badnets")) == "scratch-badnets"
@@ -240,7 +241,8 @@ def test_cli_evaluate_and_transfer_take_a_trigger_and_print_its_source(tiny_bund
 
     path = tmp_path / "upload.pth"
     torch.save(tiny_bundle.victim_state, path)
-    common = ["--bundle", str(tiny_bundle.path), "--n", "2", "--sampler", "ddim", "--steps", "2", "--test-subset", "200"]
+    common = ["--bundle", str(tiny_bundle.path), "--n", "2", "--sampler", "ddim", "--steps", "2",
+              "--test-subset", "200"]
     assert main(["evaluate", *common, "--target", str(path), "--validation", "0", "--bn-images", "0", "--no-tsne",
                  "--json", str(tmp_path / "e.json")]) == 0
     assert "(assumed (no victim report beside the file))" in capsys.readouterr().out
