@@ -209,6 +209,7 @@ def _trigger_key(trigger) -> str:
 
 
 def _not_applicable(engine: TargetEngine) -> str:
+    """Why a report has no backdoor metrics: the clean target, or a user who chose no trigger."""
     if engine.target.trigger_source is None:
         return NOT_APPLICABLE
     return f"not applicable: no trigger ({engine.target.trigger_source})"
@@ -221,7 +222,6 @@ def _target_info(engine: TargetEngine) -> dict:
     if engine.backdoor:
         info.update(asr=as_is["asr"], ra=as_is["ra"], trigger=engine.trigger.to_dict())
     return info
-
 
 
 def _similarity_section(sim: dict) -> dict:
