@@ -43,6 +43,13 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
 
 
+def _add_trigger(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trigger", default=None,
+                   help=f"the trigger to score the target against: a preset ({', '.join(TRIGGERS)}), a trigger spec "
+                        "(.json), or none (no backdoor metrics). Default: the victim's own (its report, or a "
+                        "victim-*.json beside a model file), else the bundle's BadNets trigger, said in the report")
+
+
 def _split(args, task, split: str):
     """One split of the task's dataset, cut to --train-subset / --test-subset."""
     data = Split.load(task.dataset, split, args.data_dir, args.download)
@@ -76,7 +83,7 @@ def _add_collect(sub) -> None:
                        help="train a base model (or a BadNets victim) and collect K train_layer checkpoints",
                        description="Train the task's base model, save it, then keep training only train_layer on "
                                    "the frozen trunk (BatchNorm statistics frozen too) and save it K times. "
-                                   "With --backdoor, train a BadNets victim instead and report ACC, ASR and RA.")
+                                   "With --trigger, train a backdoored victim instead and report ACC, ASR and RA.")
     p.add_argument("--task", default=DEFAULT_TASK, choices=sorted(TASKS))
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--k", type=int, default=None, help="checkpoints to collect (task default: 200)")
@@ -89,20 +96,23 @@ def _add_collect(sub) -> None:
                         "(recipe trunk_epochs), about K/M checkpoints each; the manifest records each one's trunk")
     p.add_argument("--from-base", type=Path, default=None,
                    help="skip base training: collect on this model file (e.g. another collection's base.safetensors)")
-    p.add_argument("--backdoor", choices=TRIGGERS, default=None,
-                   help="train a backdoored victim instead (badnets: 3x3 white patch; blended: a random pattern mixed in)")
+    p.add_argument("--trigger", "--backdoor", dest="trigger", default=None,
+                   help=f"train a backdoored victim instead, with this trigger: a preset ({', '.join(TRIGGERS)}: "
+                        "3x3 white patch bottom-right / a noise pattern mixed in at opacity 0.1) or a trigger spec "
+                        "(.json; see pdiff/backdoor.py). The victim file is named after kind, trigger, target and rate")
     p.add_argument("--victim-kind", choices=VICTIM_KINDS, default="scratch",
                    help="scratch: trained from random init; finetuned: the clean base in --out fine-tuned on poisoned data")
-    p.add_argument("--blend-alpha", type=float, default=0.1, help="opacity of the blended trigger")
-    p.add_argument("--target-label", type=int, default=0, help="backdoor target class")
-    p.add_argument("--poison-rate", type=float, default=0.1, help="share of training images poisoned")
+    p.add_argument("--blend-alpha", type=float, default=None, help="opacity of a blend trigger (the trigger's: 0.1)")
+    p.add_argument("--target-label", type=int, default=None, help="backdoor target class (the trigger's: 0)")
+    p.add_argument("--poison-rate", type=float, default=None,
+                   help="share of training images poisoned (the trigger's: 0.1); 0.01 and 0.05 make victims "
+                        "named ...-1pct, ...-5pct")
     _add_data(p)
     _add_common(p)
     p.set_defaults(func=cmd_collect)
 
 
 def cmd_collect(args) -> int:
-    from pdiff.backdoor import Trigger
     from pdiff.collect import run_collect
     from pdiff.tasks import build_model, get_task
     from pdiff.victims import run_victim
@@ -118,12 +128,10 @@ def cmd_collect(args) -> int:
     build_model(task)  # checks train_layer names before any training
     train, test = _split(args, task, "train"), _split(args, task, "test")
     device = _device(args.device)
-    if args.backdoor:
-        if not 0 < args.poison_rate < 1:
-            raise ValueError(f"--poison-rate must be between 0 and 1, got {args.poison_rate}")
-        trigger = Trigger(kind=args.backdoor, target=args.target_label, rate=args.poison_rate, alpha=args.blend_alpha)
+    if args.trigger:
+        trigger = _victim_trigger(args).check(task.dataset)
         report = run_victim(task, trigger, args.out, train, test, args.seed, device, kind=args.victim_kind)
-        _print_json({k: report[k] for k in ("file", "acc", "asr", "ra", "timings_s")})
+        _print_json({k: report[k] for k in ("file", "trigger", "acc", "asr", "ra", "timings_s")})
         return 0
     base = None
     if args.from_base is not None:
@@ -139,6 +147,26 @@ def cmd_collect(args) -> int:
                  "trunks": manifest["trunks"], "timings_s": manifest["timings_s"],
                  "wall_s": time.perf_counter() - t0})
     return 0
+
+
+def _victim_trigger(args):
+    """--trigger with --target-label, --poison-rate and --blend-alpha applied where given."""
+    from dataclasses import replace
+
+    from pdiff.backdoor import NO_TRIGGER, load_trigger
+
+    trigger = load_trigger(args.trigger)
+    if trigger == NO_TRIGGER:
+        raise ValueError("--trigger none: a victim needs a trigger")
+    if args.blend_alpha is not None and trigger.kind != "blend":
+        raise ValueError(f"--blend-alpha applies to a blend trigger; {trigger.name} is a {trigger.kind}")
+    changes = {k: v for k, v in (("target", args.target_label), ("rate", args.poison_rate),
+                                 ("opacity", args.blend_alpha)) if v is not None}
+    if not changes:
+        return trigger
+    # a preset changed in its stamp is no longer that preset: it is named after its kind
+    stamp_changed = "opacity" in changes and trigger.name in TRIGGERS and changes["opacity"] != trigger.opacity
+    return replace(trigger, **changes, **({"name": ""} if stamp_changed else {}))
 
 
 # ---- train -----------------------------------------------------------------------------
@@ -264,6 +292,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--target", default="clean",
                    help="clean, victim, a bundle victim's name (finetuned-badnets), or a model file (.safetensors / .pth)")
     p.add_argument("--layers", default=ALL_LAYERS, help="comma-separated subset of the bundle's layers to splice")
+    _add_trigger(p)
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding")
@@ -305,7 +334,8 @@ def cmd_evaluate(args) -> int:
                                  with_tsne=not args.no_tsne, defences_train=train if args.defences else None,
                                  validation=train.last(args.validation) if args.validation and train else None,
                                  curves=args.curves,
-                                 bn_images=train.subset(args.bn_images) if args.bn_images and train else None)
+                                 bn_images=train.subset(args.bn_images) if args.bn_images and train else None,
+                                 trigger=args.trigger)
     if args.save_params:
         save_samples(args.save_params, vectors, bundle, args.sampler, args.steps, args.seed)
     _write_report(args.json, report, familiar_lines(report))
@@ -325,6 +355,7 @@ def _add_transfer(sub) -> None:
                    help="scratch (the bundle's scratch BadNets victim), finetuned (its first fine-tuned one), a "
                         "bundle victim's name (finetuned-blended), or a victim model file; a victim-*.json beside "
                         "the file names its trigger")
+    _add_trigger(p)
     p.add_argument("--k-defence", type=int, default=None, help="parameter sets per defence (the bundle's K)")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
@@ -343,7 +374,8 @@ def cmd_transfer(args) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     train = _split(args, bundle.task, "train") if set(DEFENCES) & set(methods) else None
     report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
-                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods)
+                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods,
+                          trigger=args.trigger)
     _write_report(args.json, report, table(report))
     return 0
 

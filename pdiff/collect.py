@@ -28,12 +28,17 @@ from pdiff.tasks import build_model
 
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # raw images, generator -> augmented images
 
+BatchHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def fit(model: nn.Module, train: Split, recipe: Recipe, generator: torch.Generator,
         epochs: int | None = None, lr: float | None = None, device: str = "cpu", desc: str = "train",
-        augment: Augment | None = random_flip) -> nn.Module:
+        augment: Augment | None = random_flip, batch_hook: BatchHook | None = None) -> nn.Module:
     """Train the whole model with AdamW and cosine decay; the recipe's settings unless given.
-    `augment(images, generator)` changes each raw batch before normalisation (None: no augmentation)."""
+
+    `augment(images, generator)` changes each raw batch before normalisation (None: no augmentation).
+    batch_hook(indices into `train`, the batch's augmented images) -> the images trained on: a victim
+    stamps its trigger there, after augmentation (DESIGN.md section 2)."""
     epochs = recipe.epochs if epochs is None else epochs
     lr = recipe.lr if lr is None else lr
     model.to(device).train()
@@ -46,7 +51,8 @@ def fit(model: nn.Module, train: Split, recipe: Recipe, generator: torch.Generat
         for i in range(0, len(order), recipe.batch_size):
             idx = order[i:i + recipe.batch_size]
             images = train.images[idx]
-            x = train.prepare(augment(images, generator) if augment is not None else images, device)
+            images = augment(images, generator) if augment is not None else images
+            x = train.prepare(images if batch_hook is None else batch_hook(idx, images), device)
             loss = F.cross_entropy(model(x), train.labels[idx].to(device))
             optimizer_step(loss, opt, sched)
             bar.update()

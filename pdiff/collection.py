@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from pdiff.backdoor import Trigger
 from pdiff.config import Task
 from pdiff.files import write_json, write_safetensors
 from pdiff.params import Layout, flatten, layout_from_json, layout_to_json
@@ -24,9 +25,22 @@ MANIFEST_FILE = "manifest.json"
 PLAIN_VICTIM = "scratch-badnets"  # the first victim pdiff shipped; it keeps the plain file names
 
 
-def victim_name(kind: str, trigger_kind: str) -> str:
-    """A victim's name: how it was made and with which trigger ('finetuned-blended')."""
-    return f"{kind}-{trigger_kind}"
+def victim_name(kind: str, trigger: Trigger) -> str:
+    """A victim's name: how it was made and with which trigger ('finetuned-blended'); a target class other
+    than 0 and a poisoning rate other than 10 % are named too ('scratch-badnets-t3-5pct')."""
+    name = f"{kind}-{trigger.name}"
+    if trigger.target != 0:
+        name += f"-t{trigger.target}"
+    return name if trigger.rate == 0.1 else f"{name}-{100 * trigger.rate:g}pct"
+
+
+def name_of_victim_file(weights: str) -> str | None:
+    """The victim name behind a weights file name (victim_files inverted); None for another file."""
+    if weights == victim_files(PLAIN_VICTIM)[0]:
+        return PLAIN_VICTIM
+    if weights.startswith("victim-") and weights.endswith(".safetensors"):
+        return weights[len("victim-"):-len(".safetensors")]
+    return None
 
 
 def victim_files(name: str) -> tuple[str, str]:
@@ -137,7 +151,7 @@ class Collection:
 
 def save_victim(folder: str | Path, victim: Victim, task: Task) -> None:
     """Write one victim's weights and report into a collection folder (report last: it names the weights)."""
-    name = victim_name(victim.report["kind"], victim.report["trigger"]["kind"])
+    name = victim_name(victim.report["kind"], Trigger.from_dict(victim.report["trigger"]))
     weights, report = victim_files(name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -156,7 +170,9 @@ def load_victims(folder: Path) -> dict[str, Victim]:
             continue
         if report.get("format") != "pdiff-victim" or not isinstance(report.get("trigger"), dict):
             continue
-        name = victim_name(report.get("kind", "scratch"), report["trigger"].get("kind", "badnets"))
+        # the name its weights file was given (older names hold only the kinds), else today's name for it
+        name = name_of_victim_file(str(report.get("file", ""))) or victim_name(
+            report.get("kind", "scratch"), Trigger.from_dict(report["trigger"]))
         weights = folder / victim_files(name)[0]
         if weights.is_file():
             out[name] = Victim(load_file(weights), report)

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pdiff.backdoor import Trigger
 from pdiff.bundle import BUNDLE_JSON, FORMAT, Bundle, BundleError
 
 MB = 1_000_000
@@ -49,7 +50,7 @@ def model_card(bundle: Bundle, repo_id: str) -> str:
         lines.append(f"| victim (BadNets, target {victim['trigger']['target']}) | ACC {victim['acc']:.2f}, "
                      f"ASR {victim['asr']:.2f}, RA {victim['ra']:.2f} |")
     for name, v in (bundle.meta.get("victims") or {}).items():
-        lines.append(f"| victim `{name}` ({v['trigger']['kind']}, target {v['trigger']['target']}) | "
+        lines.append(f"| victim `{name}` ({Trigger.from_dict(v['trigger']).describe()}) | "
                      f"ACC {v['acc']:.2f}, ASR {v['asr']:.2f}, RA {v['ra']:.2f} |")
     lines += ["", "## Use", "", "```bash",
               f"python -m pdiff evaluate --bundle {repo_id} --target clean --n 100 --json report.json",

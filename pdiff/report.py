@@ -5,6 +5,7 @@ Accuracies are in percent.
 """
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -14,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from pdiff.backdoor import trigger_line
 from pdiff.baselines import baseline_sets, defence_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
 from pdiff.data import Split
@@ -32,11 +34,11 @@ def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean"
                sampler: str = "ddim", steps: int | None = 50, layers: list[str] | None = None, device="cpu",
                test: Split | None = None, progress: Progress | None = None, with_baselines: bool = True,
                with_tsne: bool = True, defences_train: Split | None = None, engines: "EngineCache | None" = None,
-               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
+               trigger=None, validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
                vectors: torch.Tensor | None = None):
     """Sample n parameter sets (or take `vectors`, (n, P) sampled before with these settings), splice them
     into `target` (a name or file as `targets.resolve_target` takes, a Target, a module or a state dict),
-    evaluate everything; returns (report, vectors).
+    evaluate everything; returns (report, vectors). `trigger`: see `targets.resolve_target`.
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
     min(n, K) sets each); with `curves`, the Gaussian baseline at every temperature. With `validation` (a
@@ -44,12 +46,12 @@ def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean"
     "best" models chosen on it. With `defences_train` and a backdoored target, the finetune and reinit
     defences too. With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
     generated layer are re-estimated per model. With `engines`, what does not depend on the seed is kept.
-    """
+    `trigger` (a Trigger, preset name, spec file or 'none') overrides the target's own (resolve_target)."""
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
     test = test or Split.load(bundle.task.dataset, "test")
     engines = engines if engines is not None else EngineCache(0)
-    engine = engines.get(bundle, target, layers, test, device, bn_images)
+    engine = engines.get(bundle, target, layers, test, device, bn_images, trigger)
     bn_s = engine.bn.seconds if engine.bn else 0.0
 
     vectors, finite, sample_s = _sample(bundle, n, sampler, steps, seed, device, say, vectors)
@@ -64,8 +66,8 @@ def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean"
     checked = {}
     if validation is not None and len(sets["generated"]):
         say(0.62, "validation: matched noise, selection")
-        checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device, bn_images), sets,
-                                 count, seed)
+        val = engines.get(bundle, target, layers, validation, device, bn_images, trigger)
+        checked = _on_validation(bundle, val, sets, count, seed)
     if defences_train is not None and engine.backdoor:
         say(0.65, "defence baselines (fine-tune, re-init)")
         sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, defences_train, test, g, count, device))
@@ -76,7 +78,7 @@ def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean"
     tsne = _tsne(bundle, sets, m["metrics"], seed) if with_tsne else {"x": [], "y": [], "source": [], "acc": []}
     report = {
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
-        "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else NOT_APPLICABLE,
+        "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else _not_applicable(engine),
         "n": n, "seed": seed, "sampler": sampler, "steps": steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps,
         "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "tsne": tsne,
         "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
@@ -184,14 +186,15 @@ class EngineCache:
         self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
 
     def get(self, bundle: Bundle, target, layers: list[str], test: Split, device,
-            bn_images: Split | None = None) -> TargetEngine:
-        key = (id(bundle), _target_key(target), tuple(layers), id(test), str(device), id(bn_images))
+            bn_images: Split | None = None, trigger=None) -> TargetEngine:
+        key = (id(bundle), _target_key(target), tuple(layers), id(test), str(device), id(bn_images),
+               _trigger_key(trigger))
         with self._lock:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key][1]
-        engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target), test, layers, device,
-                              bn_images)
+        engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, target, trigger), test, layers,
+                              device, bn_images)
         with self._lock:
             self._entries[key] = (bundle, engine, test, bn_images, target)  # keep what the key's ids point to alive
             while len(self._entries) > self.size:
@@ -208,9 +211,26 @@ def _target_key(target) -> str:
     return "sha256:" + sha256(Path(target)) if Path(str(target)).is_file() else str(target)
 
 
+def _trigger_key(trigger) -> str:
+    """A trigger choice as a cache key: its spec (a file by content), 'none', or '' for the target's own."""
+    if trigger is None or isinstance(trigger, (str, Path)) and not Path(str(trigger)).is_file():
+        return str(trigger or "")
+    if isinstance(trigger, (str, Path)):
+        return "sha256:" + sha256(Path(trigger))
+    return json.dumps(trigger.to_dict(), sort_keys=True)
+
+
+def _not_applicable(engine: TargetEngine) -> str:
+    """Why a report has no backdoor metrics: the clean target, or a user who chose no trigger."""
+    if engine.target.trigger_source is None:
+        return NOT_APPLICABLE
+    return f"not applicable: no trigger ({engine.target.trigger_source})"
+
+
 def _target_info(engine: TargetEngine) -> dict:
+    """The target's name and own metrics; its trigger and where that trigger came from (never silent)."""
     as_is = engine.as_is()
-    info = {"name": engine.target.name, "acc": as_is["acc"]}
+    info = {"name": engine.target.name, "acc": as_is["acc"], "trigger_source": engine.target.trigger_source}
     if engine.backdoor:
         info.update(asr=as_is["asr"], ra=as_is["ra"], trigger=engine.trigger.to_dict())
     return info
@@ -251,6 +271,7 @@ def familiar_lines(report: dict) -> str:
     lines.append(f"originals: best {o['best']:.2f} mean {o['mean']:.2f} median {o['median']:.2f} min {o['min']:.2f}")
     t = report["target"]
     lines.append(f"target {t['name']}: acc {t['acc']:.2f}" + (f" asr {t['asr']:.2f} ra {t['ra']:.2f}" if "asr" in t else ""))
+    lines += [line for line in [trigger_line(t)] if line]
     return "\n".join(lines + [novelty_lines(report)])
 
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pdiff.archs import SAFE_MODULE_CLASSES
-from pdiff.backdoor import Trigger
+from pdiff.backdoor import NO_TRIGGER, Trigger, load_trigger
 from pdiff.bundle import Bundle, BundleError
 from pdiff.collection import PLAIN_VICTIM
 from pdiff.config import Task
@@ -196,23 +196,46 @@ def load_target(task: Task, path: str | Path) -> nn.Module:
 
 
 # ---- targets by name ---------------------------------------------------------------------
+FROM_REPORT = "from the victim report"
+FROM_SIBLING = "from the victim report beside the file"
+ASSUMED = "assumed (no victim report beside the file)"
+GIVEN = "given by the user"
+
+
 @dataclass
 class Target:
     name: str                      # "clean", a victim's name, or the model file's name
     state: dict[str, torch.Tensor]
     trigger: Trigger | None        # None: backdoor metrics do not apply
+    trigger_source: str | None = None  # where the trigger came from (FROM_REPORT, ASSUMED, ...); None without one
 
 
-def resolve_target(bundle: Bundle, target: str | Path | Target | nn.Module | dict) -> Target:
+def resolve_target(bundle: Bundle, target: str | Path | Target | nn.Module | dict,
+                   trigger: Trigger | str | None = None) -> Target:
     """'clean', 'victim' (alias 'scratch'), a named victim of the bundle ('finetuned-blended', or just
     'finetuned' for its first fine-tuned one), or else a model file, loaded safely; a model in memory (a
-    module or a state dict) is a target with no trigger."""
+    module or a state dict) is a target with no trigger unless one is given.
+
+    trigger: None takes the victim's own (its report, or one beside the file) or else assumes the bundle's
+    BadNets one, and says so in `trigger_source`; a Trigger, a preset's name, a spec file or 'none' is the
+    user's choice and wins."""
     if isinstance(target, Target):
         return target
     if isinstance(target, (nn.Module, dict)):
         state = target.state_dict() if isinstance(target, nn.Module) else target
-        return Target(type(target).__name__ if isinstance(target, nn.Module) else "model", state, None)
-    target = str(target)
+        found = Target(type(target).__name__ if isinstance(target, nn.Module) else "model", state, None)
+    else:
+        found = _resolve(bundle, str(target))
+    if trigger is None:
+        return found
+    chosen = load_trigger(trigger) if isinstance(trigger, (str, Path)) else trigger
+    if chosen == NO_TRIGGER:
+        return Target(found.name, found.state, None, GIVEN)
+    return Target(found.name, found.state, chosen.check(bundle.task.dataset), GIVEN)
+
+
+def _resolve(bundle: Bundle, target: str) -> Target:
+    """A target by name or file, with the trigger of its own report (or the assumed one)."""
     if target == "clean":
         return Target("clean", bundle.base_state, None)
     if target == "victim" and bundle.victim_state is None:
@@ -220,14 +243,22 @@ def resolve_target(bundle: Bundle, target: str | Path | Target | nn.Module | dic
     name = named_victim(bundle, "scratch-badnets" if target == "victim" else target)
     if name is not None:
         return Target("victim" if name == PLAIN_VICTIM else name, bundle.victims[name],
-                      Trigger.from_dict(bundle.victim_report(name)["trigger"]))
+                      Trigger.from_dict(bundle.victim_report(name)["trigger"]).check(bundle.task.dataset), FROM_REPORT)
     if "/" not in target and "." not in target and not Path(target).exists():
         known = ", ".join(["clean", *target_names(bundle)])
         raise BundleError(f"no target {target!r} in this bundle (it has: {known}); or give a model file")
-    plain = bundle.meta.get("victim") or {}
-    default = Trigger.from_dict(plain["trigger"]) if plain.get("trigger") else Trigger()
     model = load_target(bundle.task, target)
-    return Target(Path(target).name, model.state_dict(), sibling_trigger(target) or default)
+    sibling = sibling_trigger(target)
+    if sibling is not None:
+        return Target(Path(target).name, model.state_dict(), sibling.check(bundle.task.dataset), FROM_SIBLING)
+    return Target(Path(target).name, model.state_dict(), assumed_trigger(bundle), ASSUMED)
+
+
+def assumed_trigger(bundle: Bundle) -> Trigger:
+    """The trigger an uploaded model is scored against when nothing names one: the bundle's scratch
+    victim's (BadNets, target 0, for the shipped bundles), else the BadNets preset."""
+    plain = bundle.meta.get("victim") or {}
+    return Trigger.from_dict(plain["trigger"]) if plain.get("trigger") else Trigger()
 
 
 def target_names(bundle: Bundle) -> list[str]:

@@ -11,6 +11,7 @@ import time
 
 import torch
 
+from pdiff.backdoor import trigger_line
 from pdiff.baselines import DEFENCES, defence_sets
 from pdiff.bundle import Bundle
 from pdiff.data import Split
@@ -25,12 +26,13 @@ TABLE_HEADERS = ["method", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "
 
 def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], train: Split | None, test: Split,
                  sampler: str = "ddim", steps: int | None = 50, k_defence: int | None = None, device="cpu",
-                 methods: tuple[str, ...] = METHODS) -> dict:
+                 methods: tuple[str, ...] = METHODS, trigger=None) -> dict:
     """Every method's ACC / ASR / RA / DER lists on the victim, with a summary of each.
 
     With several seeds, each seed samples and trains the defences afresh; the lists hold every
     seed's values in seed order, `per_seed` each seed's means, and `spread` the mean and standard
     deviation of those means. The originals do not depend on the seed: evaluated once, one entry.
+    `trigger` (a Trigger, preset name or spec file) overrides the victim's own; see resolve_target.
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds:
@@ -38,7 +40,11 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
-    engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, victim), test, device=device)
+    target = resolve_target(bundle, victim, trigger)
+    if target.trigger is None:
+        raise ValueError(f"transfer measures backdoor removal, but target {target.name!r} has no trigger "
+                         f"({target.trigger_source or 'the clean model'})")
+    engine = TargetEngine(bundle.task, bundle.layout, target, test, device=device)
 
     defences = [m for m in DEFENCES if m in methods]
     runs = {m: [] for m in methods}          # per method, one metrics dict per seed
@@ -63,7 +69,9 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
         timings["evaluate"] += time.perf_counter() - t0
 
     as_is = engine.as_is()
-    return {"task": bundle.task.name, "victim": {"name": engine.target.name, **as_is, "trigger": engine.trigger.to_dict()},
+    victim_info = {"name": engine.target.name, **as_is, "trigger": engine.trigger.to_dict(),
+                   "trigger_source": target.trigger_source}
+    return {"task": bundle.task.name, "victim": victim_info,
             "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names,
             "methods": {name: _pooled(runs[name]) for name in methods},
             "nonfinite": nonfinite, "timings_s": timings, "device": str(device)}
@@ -104,6 +112,7 @@ def table(report: dict) -> str:
     several = len(report.get("seeds", [])) > 1
     lines = [f"victim {v['name']}: ACC {v['acc']:.2f}  ASR {v['asr']:.2f}  RA {v['ra']:.2f}"
              + (f"  (seeds {', '.join(map(str, report['seeds']))}: mean ± std over seeds)" if several else ""),
+             trigger_line(v),
              f"{'method':<10} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} {'DER best':>9}"]
     for row, (name, m) in zip(table_rows(v, report["methods"])[1:], report["methods"].items()):
         if not row[1]:

@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from pdiff import plots, text
+from pdiff.backdoor import CORNERS, trigger_from_fields, trigger_line
 from pdiff.bundle import Bundle, BundleError
 from pdiff.data import DataError, Split
 from pdiff.report import EngineCache, run_report
@@ -71,7 +72,7 @@ def _held_out(dataset: str) -> tuple[Split | None, Split | None]:
 
 
 @_gpu
-def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, progress):
+def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, progress, trigger=None):
     """The GPU part: sample, splice, evaluate. Returns plain data; figures are built outside."""
     bundle = load_bundle(bundle_source)
     device = resolve_device("auto")
@@ -79,15 +80,19 @@ def _compute(bundle_source, target, layers, n, sampler, steps, seed, defences, p
     validation, bn_images = _held_out(bundle.task.dataset)
     return run_report(bundle, target, n, seed, sampler, steps, layers, device, _test_split(bundle.task.dataset),
                       progress=lambda frac, desc: progress(frac, desc=desc), defences_train=train, engines=ENGINES,
-                      validation=validation, bn_images=bn_images)
+                      validation=validation, bn_images=bn_images, trigger=trigger)
 
 
-def generate(bundle: str, target: str = "clean", victim_file: str | None = None, layers: list[str] | None = None,
+def generate(bundle: str, target: str = "clean", victim_file: str | None = None, trigger_kind: str = "assumed",
+             trigger_target: int = 0, patch_size: int = 3, patch_corner: str = "bottom-right",
+             blend_opacity: float = 0.1, blend_seed: int = 0, layers: list[str] | None = None,
              n: int = DEFAULT_N, sampler: str = "ddim", steps: int = 50, seed: int = 0, defences: bool = False,
              progress=gr.Progress()):
     """Run: sample n parameter sets, splice into the target, evaluate; return report, files, tables and figures.
 
     target: clean, victim, one of the bundle's named victims (e.g. finetuned-blended), or upload.
+    trigger_*, patch_*, blend_*: the uploaded model's trigger (backdoor.trigger_from_fields); 'assumed' scores
+    it against the bundle's BadNets trigger and says so in the report. Named victims use their own.
     defences: also train the fine-tune and re-init defences (needs the training split).
     """
     from pdiff.files import write_json
@@ -99,23 +104,13 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
         raise gr.Error("N, steps and seed must be whole numbers") from None
     if not 1 <= n <= MAX_N:
         raise gr.Error(f"N must be between 1 and {MAX_N}, got {n}")
-    if target == "upload":
-        if not victim_file:
-            raise gr.Error("target is 'upload' but no model file was uploaded")
-        target_arg = victim_file if isinstance(victim_file, str) else victim_file.name
-    else:
-        try:
-            choices = target_choices(load_bundle(bundle))
-        except (ValueError, BundleError, OSError) as e:
-            raise gr.Error(str(e)) from None
-        if target not in choices:
-            raise gr.Error(f"unknown target {target!r}; this bundle offers {', '.join(choices)}")
-        target_arg = target
+    target_arg, trigger = _chosen_target(bundle, target, victim_file, trigger_kind, trigger_target, patch_size,
+                                         patch_corner, blend_opacity, blend_seed)
     if layers is not None and len(layers) == 0:
         raise gr.Error("choose at least one layer to splice")
     try:
         report, vectors = _compute(bundle, target_arg, list(layers or []), n, sampler, steps, seed, bool(defences),
-                                   progress)
+                                   progress, trigger)
         b = load_bundle(bundle)
     except (ValueError, BundleError, TargetError, DataError, OSError) as e:
         raise gr.Error(str(e)) from None
@@ -134,6 +129,26 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
             plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
             plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None, transfer)
+
+
+def _chosen_target(bundle: str, target: str, victim_file, *trigger_fields) -> tuple[str, object]:
+    """(what resolve_target takes, the trigger): an upload's file with the trigger of its fields, or a named
+    target of the bundle with its own trigger (None)."""
+    if target == "upload":
+        if not victim_file:
+            raise gr.Error("target is 'upload' but no model file was uploaded")
+        try:
+            trigger = trigger_from_fields(*trigger_fields)
+        except ValueError as e:
+            raise gr.Error(str(e)) from None
+        return (victim_file if isinstance(victim_file, str) else victim_file.name), trigger
+    try:
+        choices = target_choices(load_bundle(bundle))
+    except (ValueError, BundleError, OSError) as e:
+        raise gr.Error(str(e)) from None
+    if target not in choices:
+        raise gr.Error(f"unknown target {target!r}; this bundle offers {', '.join(choices)}")
+    return target, None
 
 
 KEEP_RUNS_S = 3600
@@ -174,8 +189,8 @@ def _status(report: dict) -> str:
     if report["generated"]["nonfinite"]:
         line += f" {report['generated']['nonfinite']} sets had non-finite values and were left out."
     if report["backdoor"] != "applicable":
-        line += " Backdoor metrics do not apply to the clean target."
-    return line
+        line += f" Backdoor metrics {report['backdoor']}."
+    return line + (f" The {trigger_line(t)}." if trigger_line(t) else "")
 
 
 def target_choices(bundle: Bundle) -> list[str]:
@@ -192,11 +207,12 @@ def bundle_changed(bundle: str):
     return gr.update(choices=[ALL_LAYERS, *b.names], value=[ALL_LAYERS]), gr.update(choices=target_choices(b), value="clean")
 
 
-def _inputs(shipped: dict, default_bundle: str) -> dict:
-    """The left column: bundle, target, upload, layers, sampling settings, the defence box and Run."""
+def _inputs(shipped: dict, default_bundle: str) -> tuple[dict, gr.Group]:
+    """The left column: bundle, target, upload and its trigger, layers, sampling settings, the defence box
+    (in `generate`'s order); and the group of trigger fields, shown for an upload."""
     default_layers = [ALL_LAYERS, *(load_bundle(default_bundle).names if default_bundle else [])]
     targets = target_choices(load_bundle(default_bundle)) if default_bundle else ["clean", "upload"]
-    return dict(
+    inp = dict(
         bundle=gr.Dropdown(choices=list(shipped), value=default_bundle, allow_custom_value=True, label="Bundle",
                            info="a shipped bundle, a Hub repo id (owner/name), or a folder under the server's "
                                 "allowed bundle roots"),
@@ -204,7 +220,10 @@ def _inputs(shipped: dict, default_bundle: str) -> dict:
                         info="victim: trained from scratch on poisoned data; finetuned-*: the clean base fine-tuned "
                              "on poisoned data (BadNets patch or blended pattern)"),
         victim_file=gr.File(label="Uploaded model (.pth / .pt / .safetensors)",
-                            file_types=[".pth", ".pt", ".safetensors"], type="filepath"),
+                            file_types=[".pth", ".pt", ".safetensors"], type="filepath"))
+    with gr.Group(visible=False) as trigger_box:
+        inp.update(_trigger_inputs())
+    inp.update(
         # a dropdown that accepts custom values: an API client may name the layers of another bundle
         layers=gr.Dropdown(choices=default_layers, value=[ALL_LAYERS], multiselect=True, allow_custom_value=True,
                            label="Layers to splice",
@@ -218,6 +237,22 @@ def _inputs(shipped: dict, default_bundle: str) -> dict:
         defences=gr.Checkbox(False, label="Defence baselines (fine-tune, re-init)",
                              info="for a backdoored target: train the target's own layers on clean data, and the "
                                   "same layers re-initialised; needs the training split, adds about a minute"),
+    )
+    return inp, trigger_box
+
+
+def _trigger_inputs() -> dict:
+    """The uploaded model's trigger, beside the upload (backdoor.trigger_from_fields builds it)."""
+    return dict(
+        trigger_kind=gr.Radio(["assumed", "patch", "blend", "none"], value="assumed", label="Trigger of the upload",
+                              info="assumed: the bundle's BadNets trigger (3x3 white square, bottom-right, class 0), "
+                                   "named as assumed in the report; patch: a white square; blend: a noise pattern "
+                                   "mixed in; none: no backdoor metrics"),
+        trigger_target=gr.Number(value=0, precision=0, label="Target class"),
+        patch_size=gr.Number(value=3, precision=0, label="Patch size (pixels)"),
+        patch_corner=gr.Dropdown(list(CORNERS), value="bottom-right", label="Patch corner"),
+        blend_opacity=gr.Slider(0, 1, value=0.1, step=0.01, label="Blend opacity"),
+        blend_seed=gr.Number(value=0, precision=0, label="Blend pattern seed"),
     )
 
 
@@ -253,7 +288,7 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
         gr.Markdown(text.INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                inp = _inputs(shipped, default_bundle)
+                inp, trigger_box = _inputs(shipped, default_bundle)
                 run = gr.Button("Run", variant="primary")
             with gr.Column(scale=2):
                 out = _outputs()
@@ -262,6 +297,8 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
         # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
         inp["target"].change(lambda t: [gr.update(visible=t != "clean")] * 3, inp["target"],
                              [out["asr_plot"], out["asr_scatter"], out["transfer_table"]], api_name=False, queue=False)
+        inp["target"].change(lambda t: gr.update(visible=t == "upload"), inp["target"], trigger_box, api_name=False,
+                             queue=False)
         run.click(generate, list(inp.values()), [out[k] for k in OUTPUT_ORDER],
                   api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
     # a classroom's worth of runs wait their turn; a waiting browser shows "queue: k/n" and an ETA. Beyond

@@ -3,6 +3,7 @@
 scratch: trained from random initialisation (its features share nothing with the clean trunk).
 finetuned: the clean base fine-tuned whole on the poisoned data for the recipe's finetune_epochs at
 a quarter of its learning rate (its trunk stays aligned with the clean one).
+Either way the trigger is stamped per batch after the random flip, on indices chosen once from the seed.
 """
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from pathlib import Path
 import torch
 
 from pdiff.archs import StagedNet
-from pdiff.backdoor import Trigger, asr_ra, poison, triggered_test_set
-from pdiff.collect import fit, init_model, test_accuracy
+from pdiff.backdoor import Trigger, apply_trigger, asr_ra, poison_indices, triggered_test_set
+from pdiff.collect import BatchHook, fit, init_model, test_accuracy
 from pdiff.collection import BASE_FILE, Victim, save_victim, victim_files, victim_name
 from pdiff.config import Task
 from pdiff.data import Split
@@ -29,22 +30,42 @@ def train_victim(task: Task, trigger: Trigger, train: Split, test: Split, seed: 
     """A victim trained on poisoned data, with its report (ACC, ASR, RA on the test split)."""
     if kind not in VICTIM_KINDS:
         raise ValueError(f"unknown victim kind {kind!r}; use one of {', '.join(VICTIM_KINDS)}")
+    trigger.check(train.dataset)
     g = torch.Generator().manual_seed(seed)
-    images, labels, _ = poison(train.images, train.labels, trigger, g)
-    poisoned = replace(train, images=images, labels=labels)
+    poisoned, stamp = poisoned_training(train, trigger, g)
     t0 = time.perf_counter()
     if kind == "scratch":
-        model = fit(init_model(task, g), poisoned, task.recipe, g, device=device, desc="victim")
+        model = fit(init_model(task, g), poisoned, task.recipe, g, device=device, desc="victim", batch_hook=stamp)
     else:
         if base is None:
             raise ValueError("a finetuned victim starts from the clean base; give its state dict")
         model = fit(check_architecture(task, base), poisoned, task.recipe, g, epochs=task.recipe.finetune_epochs,
-                    lr=task.recipe.lr / 4, device=device, desc="finetune victim")
+                    lr=task.recipe.lr / 4, device=device, desc="finetune victim", batch_hook=stamp)
     seconds = time.perf_counter() - t0
     report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": kind,
-              "trigger": trigger.to_dict(), "seed": seed, **backdoor_metrics(model, test, trigger, device),
-              "timings_s": {"train": seconds}, "device": str(device)}
+              "trigger": trigger.to_dict(), "poisoned": "after augmentation", "seed": seed,
+              **backdoor_metrics(model, test, trigger, device), "timings_s": {"train": seconds}, "device": str(device)}
     return Victim({k: v.detach().cpu() for k, v in model.state_dict().items()}, report)
+
+
+def poisoned_training(train: Split, trigger: Trigger, generator: torch.Generator) -> tuple[Split, BatchHook]:
+    """The training split relabelled (a `rate` share, chosen once, gets the target label) and the batch hook
+    for `fit` that stamps the trigger on those images after the random flip, so the victim learns the
+    trigger as it is scored, never its mirror image."""
+    idx = poison_indices(len(train.labels), trigger.rate, generator)
+    labels = train.labels.clone()
+    labels[idx] = trigger.target
+    chosen = torch.zeros(len(labels), dtype=torch.bool)
+    chosen[idx] = True
+
+    def stamp(batch: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        hit = chosen[batch]
+        if hit.any():
+            images = images.clone()
+            images[hit] = apply_trigger(images[hit], trigger)
+        return images
+
+    return replace(train, labels=labels), stamp  # replace keeps a split's own mean/std
 
 
 def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Split, seed: int,
@@ -59,7 +80,7 @@ def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Spli
         base = load_target(task, out / BASE_FILE).state_dict()
     victim = train_victim(task, trigger, train, test, seed, device, kind, base)
     save_victim(out, victim, task)
-    return {**victim.report, "file": victim_files(victim_name(kind, trigger.kind))[0]}
+    return {**victim.report, "file": victim_files(victim_name(kind, trigger))[0]}
 
 
 def backdoor_metrics(model: StagedNet, test: Split, trigger: Trigger, device: str = "cpu") -> dict[str, float]:

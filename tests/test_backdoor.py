@@ -49,14 +49,14 @@ def test_blended_trigger_equals_the_formula(fmnist_test):
     from pdiff.backdoor import blend_pattern
 
     img = fmnist_test.images[:2]
-    trig = Trigger(kind="blended", alpha=0.2, pattern_seed=7)
+    trig = Trigger(kind="blend", opacity=0.2, seed=7)
     out = apply_trigger(img, trig)
     pattern = blend_pattern((1, 28, 28), 7)
     expected = (0.8 * img.float() + 0.2 * pattern.float()).round().to(torch.uint8)
     assert torch.equal(out, expected)
     assert torch.equal(apply_trigger(img, trig), out)  # the same pattern every call
-    assert not torch.equal(apply_trigger(img, Trigger(kind="blended", alpha=0.2, pattern_seed=8)), out)
+    assert not torch.equal(apply_trigger(img, Trigger(kind="blend", opacity=0.2, seed=8)), out)
     changed = (out != img).float().mean().item()
     assert changed > 0.5  # the whole image is touched, not a patch
-    with pytest.raises(ValueError, match="unknown trigger kind"):
-        apply_trigger(img, Trigger(kind="sig"))
+    with pytest.raises(ValueError, match="trigger.kind must be one of patch, blend"):
+        Trigger(kind="sig")

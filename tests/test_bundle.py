@@ -29,7 +29,7 @@ def test_bundle_json_records_what_the_design_asks(tiny_bundle):
     assert meta["format_version"] == 2 and meta["task"]["name"] == "fmnist-convnet"
     assert meta["arch_args"] == {"in_channels": 1, "num_classes": 10} and meta["pdiff_version"]
     assert [n for n, _ in meta["layout"]] == tiny_bundle.task.train_layer
-    assert len(meta["originals_acc"]) == 8 and meta["victim"]["trigger"]["kind"] == "badnets"
+    assert len(meta["originals_acc"]) == 8 and meta["victim"]["trigger"]["name"] == "badnets"
     assert meta["victim"]["asr"] == tiny_bundle.victim_report("scratch-badnets")["asr"]
     assert set(meta["files"]) >= {"autoencoder.safetensors", DENOISER_FILE, "originals.safetensors",
                                   "stats.safetensors", "base.safetensors", "victim.safetensors"}
@@ -133,13 +133,13 @@ def test_named_victims_travel_with_the_bundle(tiny_bundle, tiny_collection):
     from pdiff.targets import resolve_target
 
     assert list(tiny_bundle.victims) == ["scratch-badnets", "finetuned-blended"]
-    assert tiny_bundle.meta["victims"]["finetuned-blended"]["trigger"]["kind"] == "blended"
+    assert tiny_bundle.meta["victims"]["finetuned-blended"]["trigger"]["name"] == "blended"
     for name in ("finetuned", "finetuned-blended"):  # a kind means its victim
         target = resolve_target(tiny_bundle, name)
-        assert target.name == "finetuned-blended" and target.trigger.kind == "blended"
+        assert target.name == "finetuned-blended" and target.trigger.name == "blended"
     on_disk = load_file(tiny_collection / "victim-finetuned-blended.safetensors")
     assert all(torch.equal(target.state[k], on_disk[k]) for k in on_disk)
-    assert resolve_target(tiny_bundle, "scratch").trigger.kind == "badnets"
+    assert resolve_target(tiny_bundle, "scratch").trigger.name == "badnets"
     with pytest.raises(BundleError, match="no target 'finetunde'.*clean, victim, finetuned-blended"):
         resolve_target(tiny_bundle, "finetunde")
 

@@ -163,11 +163,12 @@ def test_a_victim_file_brings_its_own_trigger(tiny_bundle, tiny_collection, smal
 
     shutil.copy(tiny_collection / "base.safetensors", tmp_path)  # a victim of its own, beside its own copy of the base
     task = with_recipe(tiny_bundle, finetune_epochs=1).task
-    meta = run_victim(task, Trigger(kind="blended", alpha=0.15), tmp_path, small_train, small_test, seed=2,
+    meta = run_victim(task, Trigger(kind="blend", opacity=0.15), tmp_path, small_train, small_test, seed=2,
                       kind="finetuned")
     r, _ = run_report(tiny_bundle, str(tmp_path / meta["file"]), n=3, sampler="ddim", steps=3, test=small_test,
                       with_tsne=False)
-    assert r["target"]["trigger"]["kind"] == "blended" and r["target"]["trigger"]["alpha"] == 0.15
+    assert r["target"]["trigger"]["kind"] == "blend" and r["target"]["trigger"]["opacity"] == 0.15
+    assert r["target"]["trigger_source"] == "from the victim report beside the file"
     assert r["target"]["asr"] == pytest.approx(meta["asr"]) and r["target"]["acc"] == pytest.approx(meta["acc"])
 
 

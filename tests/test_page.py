@@ -43,6 +43,11 @@ def test_click_run_draws_both_plots(tmp_path):
             page.wait_for_function("document.querySelector('#status').innerText.includes('on victim')", timeout=60_000)
             assert page.locator(".js-plotly-plot").count() == 5
             assert page.get_by_text("Transfer: backdoor removal by method").first.is_visible()
+            # an upload: its trigger fields appear beside the upload box
+            assert not page.get_by_text("Trigger of the upload").first.is_visible()
+            page.get_by_label("upload", exact=True).check()
+            page.get_by_text("Trigger of the upload").first.wait_for(state="visible", timeout=10_000)
+            assert page.get_by_label("Target class").first.is_visible()
             browser.close()
     finally:
         demo.close()

@@ -16,7 +16,7 @@ def transfer_report(tiny_bundle, small_train, small_test):
 
 def test_every_method_returns_the_report_keys(transfer_report):
     r = transfer_report
-    assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["kind"] == "badnets"
+    assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["name"] == "badnets"
     assert list(r["methods"]) == list(METHODS)
     sizes = {"generated": 4, "originals": 8, "finetune": 5, "reinit": 5}
     for name, m in r["methods"].items():

@@ -52,11 +52,33 @@ def test_uploaded_victim_state_dict(client, tmp_path):
     report = json.loads(open(out[0]).read())
     assert report["target"]["name"] == "victim.pth" and len(report["generated"]["asr"]) == 6
     assert report["target"]["asr"] > 50  # the uploaded model is the backdoored one
+    assert report["target"]["trigger_source"] == "assumed (no victim report beside the file)"
+    assert "assumed (no victim report beside the file)" in out[7]  # the status line says so too
     assert json.loads(out[4]["plot"])["data"]  # ASR plot drawn
     sources = ["originals", *report["baselines"]]  # ACC-vs-ASR: generated, each other source's mean, the target
     names = [t["name"] for t in json.loads(out[8]["plot"])["data"]]
     assert names[0] == "generated" and names[-1] == "target as-is (victim.pth)"
     assert set(names[1:-1]) == {f"{s} (mean)" for s in sources} and "average (mean)" in names
+
+
+def test_the_trigger_chosen_beside_the_upload_reaches_the_report(client, tmp_path):
+    from pdiff.ui import load_bundle
+
+    path = tmp_path / "mine.pth"
+    torch.save(load_bundle("fmnist-convnet").victim_state, path)
+    out = _run(client, target="upload", victim_file=handle_file(str(path)), trigger_kind="patch", trigger_target=3,
+               patch_size=4, patch_corner="top-left", n=2)
+    report = json.loads(open(out[0]).read())
+    assert report["target"]["trigger"] == {"kind": "patch", "name": "patch", "target": 3, "rate": 0.1,
+                                           "corner": "top-left", "size": 4, "value": 255}
+    assert report["target"]["trigger_source"] == "given by the user" and "target class 3" in out[7]
+    out = _run(client, target="upload", victim_file=handle_file(str(path)), trigger_kind="blend", trigger_target=1,
+               blend_opacity=0.2, blend_seed=5, n=2)
+    assert json.loads(open(out[0]).read())["target"]["trigger"]["opacity"] == 0.2
+    out = _run(client, target="upload", victim_file=handle_file(str(path)), trigger_kind="none", n=2)
+    assert json.loads(open(out[0]).read())["backdoor"] == "not applicable: no trigger (given by the user)"
+    with pytest.raises(AppError, match=r"trigger\.target 10 is out of range"):
+        _run(client, target="upload", victim_file=handle_file(str(path)), trigger_kind="patch", trigger_target=10)
 
 
 def test_uploaded_pickle_payload_is_refused_and_does_not_run(client, payload_checkpoint):
@@ -84,7 +106,7 @@ def test_bad_parameters_get_clear_errors(client):
 def test_named_victim_with_the_defence_baselines(client):
     out = _run(client, target="finetuned-blended", n=4, defences=True)
     report = json.loads(open(out[0]).read())
-    assert report["target"]["name"] == "finetuned-blended" and report["target"]["trigger"]["kind"] == "blended"
+    assert report["target"]["name"] == "finetuned-blended" and report["target"]["trigger"]["name"] == "blended"
     transfer = out[9]
     rows = {row[0]: row for row in transfer["data"]}
     assert transfer["headers"][:2] == ["method", "n"]
