@@ -72,6 +72,12 @@ class Bundle:
     def victim_report(self, name: str) -> dict:
         return self.meta["victim"] if name == PLAIN_VICTIM else self.meta["victims"][name]
 
+    def set_victims(self, victims: dict) -> None:
+        """Hold these victims ({name: collection.Victim}) with their reports, in place of any before."""
+        self.victims = {name: v.state for name, v in victims.items()}
+        self.meta["victim"] = victims[PLAIN_VICTIM].report if PLAIN_VICTIM in victims else None
+        self.meta["victims"] = {name: v.report for name, v in victims.items() if name != PLAIN_VICTIM}
+
     def save(self, path: str | Path) -> Path:
         """Write the bundle folder atomically; an existing bundle at `path` is replaced whole."""
         path = Path(path)

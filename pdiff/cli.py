@@ -194,9 +194,26 @@ def _add_train(sub) -> None:
     p.add_argument("--hold-out-trunk", type=int, default=None,
                    help="leave this trunk's checkpoints out of training (multi-trunk collections; see `loto`)")
     p.add_argument("--no-recon-eval", action="store_true", help="skip evaluating the autoencoder's reconstructions")
+    p.add_argument("--victims-only", action="store_true",
+                   help="train nothing: replace the victims of the existing bundle at --out with the collection's "
+                        "(after victims were rebuilt; the generator does not depend on them)")
     _add_data(p)
     _add_common(p)
     p.set_defaults(func=cmd_train)
+
+
+def _replace_victims(folder: Path, collection) -> int:
+    from pdiff.bundle import Bundle
+
+    bundle = Bundle.load(folder)
+    if bundle.task.to_dict() != collection.task.to_dict():
+        raise ValueError(f"the bundle at {folder} was trained on task {bundle.task.name}, the collection holds "
+                         f"{collection.task.name} (or another recipe)")
+    bundle.set_victims(collection.victims)
+    bundle.save(folder)
+    _print_json({"bundle": str(folder), "victims": {n: {k: v.report[k] for k in ("acc", "asr", "ra")}
+                                                   for n, v in collection.victims.items()}})
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -224,6 +241,8 @@ def cmd_train(args) -> int:
             raise ValueError(f"--fold must be at least 1, got {args.fold}")
         ae_cfg.fold = args.fold
     collection = Collection.load(args.collection, args.hold_out_trunk, trunks=False)
+    if args.victims_only:
+        return _replace_victims(args.out, collection)
     device = _device(args.device)
     train = _split(args, collection.task, "train") if ae_cfg.behaviour_weight > 0 else None
     bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device, train)

@@ -10,7 +10,7 @@ from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
 from pdiff.bundle import Bundle
-from pdiff.collection import PLAIN_VICTIM, Collection
+from pdiff.collection import Collection
 from pdiff.config import AEConfig, DDPMConfig, auto_fold
 from pdiff.data import Split
 from pdiff.diffusion import Diffusion
@@ -172,16 +172,15 @@ def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig,
     denoiser, ddpm_losses = train_denoiser((z - z_mean) / z_std, ddpm_cfg, g, device)
     ddpm_s = time.perf_counter() - t0
 
-    victims = collection.victims
     meta = {"originals_acc": collection.accs, "base_acc": collection.trunk_accs[0], "collection_seed": collection.seed,
             "trunk_of": collection.trunk_of, "held_out_trunk": collection.held_out_trunk,
-            "victim": victims[PLAIN_VICTIM].report if PLAIN_VICTIM in victims else None,
-            "victims": {name: v.report for name, v in victims.items() if name != PLAIN_VICTIM},
             "training": {"seed": seed, "device": str(device), "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
                          "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
                          "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])}}
-    return Bundle(collection.task, layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
-                  z_mean, z_std, collection.base, meta, victims={n: v.state for n, v in victims.items()})
+    bundle = Bundle(collection.task, layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
+                    z_mean, z_std, collection.base, meta)
+    bundle.set_victims(collection.victims)
+    return bundle
 
 
 @torch.no_grad()
