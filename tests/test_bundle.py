@@ -212,3 +212,26 @@ def test_behaviour_loss_scores_function_not_parameters(tiny_collection):
     bundle = train_bundle(coll, AEConfig(channels=[16, 32], steps=5, behaviour_weight=1.0, behaviour_images=32),
                           DDPMConfig(channels=32, blocks=2, steps=5), seed=0)
     assert bundle.ae_cfg.behaviour_weight == 1.0
+
+
+def test_victims_only_replaces_the_victims_and_keeps_the_generator(tiny_bundle, tiny_collection, tmp_path):
+    """`train --victims-only` after victims are rebuilt: the bundle's victims and reports follow the collection,
+    the generator's files stay byte for byte."""
+
+
+    from pdiff import cli
+    from pdiff.collection import victim_files
+
+    coll, bundle_dir = tmp_path / "coll", tmp_path / "bundle"
+    shutil.copytree(tiny_collection, coll)
+    tiny_bundle.save(bundle_dir)
+    weights, report = victim_files("finetuned-blended")
+    (coll / weights).unlink()
+    (coll / report).unlink()
+    before = (bundle_dir / "denoiser_ema.safetensors").read_bytes()
+    assert cli.main(["train", "--collection", str(coll), "--out", str(bundle_dir), "--victims-only"]) == 0
+    again = Bundle.load(bundle_dir)
+    assert set(again.victims) == {"scratch-badnets"}
+    assert again.meta["victims"] == {}
+    assert (bundle_dir / "denoiser_ema.safetensors").read_bytes() == before
+    assert not (bundle_dir / weights).exists()
