@@ -13,12 +13,13 @@ from pathlib import Path
 
 import torch
 
-from pdiff.baselines import baseline_sets, defence_sets, gaussian_sweep, match_noise_sigma, noisy_originals
+from pdiff.baselines import baseline_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
 from pdiff.data import Split
+from pdiff.defences import CLEAN_BUDGET, DATA_FREE, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget, layer_defence, model_defence
 from pdiff.evaluate import TargetEngine, measure, tsne_2d
 from pdiff.files import sha256
-from pdiff.params import comparison_space, tensor_std
+from pdiff.params import comparison_space, own_vector, tensor_std
 from pdiff.sample import sample_finite
 from pdiff.splice import select_layers
 from pdiff.targets import Target, resolve_target
@@ -37,8 +38,10 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
     min(n, K) sets each); with `curves`, the Gaussian baseline at every temperature. With `validation` (a
     split held out from the test set), the noise baseline matched to the generated mean accuracy and the
-    "best" models chosen on it. With `defences_train` and a backdoored target, the finetune and reinit
-    defences too. With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
+    "best" models chosen on it. A backdoored target gets the clean-layers control (the clean base's own values
+    of the layers); with `defences_train`, the defences too (`pdiff.defences`, on a 5 % clean budget drawn
+    from it less the validation images, each at its final checkpoint; the whole-model ones under `defences`,
+    with the clean images and seconds each used). With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
     generated layer are re-estimated per model. With `engines`, what does not depend on the seed is kept.
     """
     say = progress or (lambda frac, desc: None)
@@ -66,10 +69,17 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         say(0.62, "validation: matched noise, selection")
         checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device, bn_images), sets,
                                  count, seed)
+    defended = {}
+    if engine.backdoor:  # the control: what the clean model's own layers do in this target
+        sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
     if defences_train is not None and engine.backdoor:
-        say(0.65, "defence baselines (fine-tune, re-init)")
-        sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, defences_train, test, g, count, device))
+        say(0.65, "defences (fine-tune, re-init, FT, FP, CLP)")
+        defended = _defences(bundle, engine, sets, defences_train, len(validation.labels) if validation else 0, seed,
+                             device)
     m = measure(engine, sets, space=lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout))
+    for name in LAYER_DEFENCES:
+        if name in defended:
+            m["metrics"][name].update(defended.pop(name))
     evaluate_s = time.perf_counter() - t0
 
     say(0.9, "t-SNE")
@@ -78,7 +88,8 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
         "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else NOT_APPLICABLE,
         "n": n, "seed": seed, "sampler": sampler, "steps": steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps,
-        "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "tsne": tsne,
+        "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "defences": defended,
+        "tsne": tsne,
         "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
                       **({"bn_reestimate": engine.bn.seconds - bn_s} if engine.bn else {})},
         "bn_statistics": (f"re-estimated per model on {len(bn_images.labels)} training images" if engine.bn
@@ -87,6 +98,27 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     }
     say(1.0, "done")
     return report, vectors
+
+
+def _defences(bundle: Bundle, engine: TargetEngine, sets: dict, train: Split, held_out: int, seed: int,
+              device) -> dict[str, dict]:
+    """Every defence on a CLEAN_BUDGET drawn from `train` less its last `held_out` (validation) images: the
+    layer defences' final checkpoints go into `sets`; returns the whole-model defences' metrics, and for
+    every defence its clean images and seconds."""
+    g = torch.Generator().manual_seed(seed)
+    budget = clean_budget(train, CLEAN_BUDGET, g, exclude_last=held_out)
+    out = {}
+    for name in (*LAYER_DEFENCES, *MODEL_DEFENCES):
+        t0 = time.perf_counter()
+        if name in LAYER_DEFENCES:
+            sets[name] = layer_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g,
+                                       len(bundle.originals), device)[-1:]
+            out[name] = {"seconds": [time.perf_counter() - t0]}
+        else:
+            state, info = model_defence(name, bundle.task, engine.target.state, budget, g, device=device)
+            out[name] = {"seconds": [time.perf_counter() - t0], **engine.measure_state(state, name), "details": info}
+        out[name]["clean_images"] = 0 if name in DATA_FREE else len(budget.labels)
+    return out
 
 
 def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Generator, with_baselines: bool,
