@@ -16,7 +16,7 @@ import torch
 from pdiff.baselines import baseline_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
 from pdiff.data import Split
-from pdiff.defences import CLEAN_BUDGET, DATA_FREE, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget, layer_defence, model_defence
+from pdiff.defences import CLEAN_BUDGET, DATA_FREE, EPOCHS, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget, layer_defence, model_defence
 from pdiff.evaluate import TargetEngine, measure, tsne_2d
 from pdiff.files import sha256
 from pdiff.params import comparison_space, own_vector, tensor_std
@@ -32,7 +32,8 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
                steps: int | None = 50, layers: list[str] | None = None, device="cpu", test: Split | None = None,
                progress: Progress | None = None, with_baselines: bool = True, with_tsne: bool = True,
                defences_train: Split | None = None, engines: "EngineCache | None" = None,
-               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None):
+               validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
+               defence_epochs: int = EPOCHS):
     """Sample n parameter sets, splice them into `target`, evaluate everything; returns (report, vectors).
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
@@ -74,8 +75,8 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
     if defences_train is not None and engine.backdoor:
         say(0.65, "defences (fine-tune, re-init, FT, FP, CLP)")
-        defended = _defences(bundle, engine, sets, defences_train, len(validation.labels) if validation else 0, seed,
-                             device)
+        held_out = len(validation.labels) if validation is not None else 0  # the budget never holds validation images
+        defended = _defences(bundle, engine, sets, defences_train, held_out, seed, defence_epochs, device)
     m = measure(engine, sets, space=lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout))
     for name in LAYER_DEFENCES:
         if name in defended:
@@ -101,7 +102,7 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
 
 
 def _defences(bundle: Bundle, engine: TargetEngine, sets: dict, train: Split, held_out: int, seed: int,
-              device) -> dict[str, dict]:
+              epochs: int, device) -> dict[str, dict]:
     """Every defence on a CLEAN_BUDGET drawn from `train` less its last `held_out` (validation) images: the
     layer defences' final checkpoints go into `sets`; returns the whole-model defences' metrics, and for
     every defence its clean images and seconds."""
@@ -115,7 +116,7 @@ def _defences(bundle: Bundle, engine: TargetEngine, sets: dict, train: Split, he
                                        len(bundle.originals), device)[-1:]
             out[name] = {"seconds": [time.perf_counter() - t0]}
         else:
-            state, info = model_defence(name, bundle.task, engine.target.state, budget, g, device=device)
+            state, info = model_defence(name, bundle.task, engine.target.state, budget, g, epochs, device)
             out[name] = {"seconds": [time.perf_counter() - t0], **engine.measure_state(state, name), "details": info}
         out[name]["clean_images"] = 0 if name in DATA_FREE else len(budget.labels)
     return out
