@@ -39,11 +39,9 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
     min(n, K) sets each); with `curves`, the Gaussian baseline at every temperature. With `validation` (a
     split held out from the test set), the noise baseline matched to the generated mean accuracy and the
-    "best" models chosen on it. A backdoored target gets the clean-layers control (the clean base's own values
-    of the layers); with `defences_train`, the defences too (`pdiff.defences`, on a 5 % clean budget drawn
-    from it less the validation images, each at its final checkpoint; the whole-model ones under `defences`,
-    with the clean images and seconds each used). With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
-    generated layer are re-estimated per model. With `engines`, what does not depend on the seed is kept.
+    "best" models chosen on it. A backdoored target gets the clean-layers control and, with `defences_train`,
+    the defences (`_controls_and_defences`). With `bn_images` (a few hundred clean training images), BatchNorm
+    statistics after a generated layer are re-estimated per model. With `engines`, seed-free work is kept.
     """
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
@@ -58,7 +56,6 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     vectors, finite = sample_finite(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device,
                                     progress=lambda i, total: say(0.6 * i / total, "sampling"))
     sample_s = time.perf_counter() - t0
-
     # the sources: generated, originals, baselines (and defences), all measured by the same engine
     say(0.6, "evaluating")
     t0 = time.perf_counter()
@@ -70,17 +67,10 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         say(0.62, "validation: matched noise, selection")
         checked = _on_validation(bundle, engines.get(bundle, target, layers, validation, device, bn_images), sets,
                                  count, seed)
-    defended = {}
-    if engine.backdoor:  # the control: what the clean model's own layers do in this target
-        sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
-    if defences_train is not None and engine.backdoor:
-        say(0.65, "defences (fine-tune, re-init, FT, FP, CLP)")
-        held_out = len(validation.labels) if validation is not None else 0  # the budget never holds validation images
-        defended = _defences(bundle, engine, sets, defences_train, held_out, seed, defence_epochs, device)
+    defended = _controls_and_defences(bundle, engine, sets, defences_train, validation, seed, defence_epochs, device, say)
     m = measure(engine, sets, space=lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout))
-    for name in LAYER_DEFENCES:
-        if name in defended:
-            m["metrics"][name].update(defended.pop(name))
+    for name in [d for d in LAYER_DEFENCES if d in defended]:  # the engine measured them; add what they used
+        m["metrics"][name].update(defended.pop(name))
     evaluate_s = time.perf_counter() - t0
 
     say(0.9, "t-SNE")
@@ -89,8 +79,7 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
         "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else NOT_APPLICABLE,
         "n": n, "seed": seed, "sampler": sampler, "steps": steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps,
-        "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "defences": defended,
-        "tsne": tsne,
+        "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "defences": defended, "tsne": tsne,
         "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
                       **({"bn_reestimate": engine.bn.seconds - bn_s} if engine.bn else {})},
         "bn_statistics": (f"re-estimated per model on {len(bn_images.labels)} training images" if engine.bn
@@ -101,13 +90,20 @@ def run_report(bundle: Bundle, target: str | Target = "clean", n: int = 100, see
     return report, vectors
 
 
-def _defences(bundle: Bundle, engine: TargetEngine, sets: dict, train: Split, held_out: int, seed: int,
-              epochs: int, device) -> dict[str, dict]:
-    """Every defence on a CLEAN_BUDGET drawn from `train` less its last `held_out` (validation) images: the
-    layer defences' final checkpoints go into `sets`; returns the whole-model defences' metrics, and for
+def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, train: Split | None,
+                           validation: Split | None, seed: int, epochs: int, device, say: Progress) -> dict[str, dict]:
+    """For a backdoored target: the clean-layers control (the clean base's own values of the layers) into
+    `sets`; with `train`, every defence on a CLEAN_BUDGET drawn from it less the validation images, each at
+    its final checkpoint: the layer defences' into `sets`; returns the whole-model defences' metrics, and for
     every defence its clean images and seconds."""
+    if not engine.backdoor:
+        return {}
+    sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
+    if train is None:
+        return {}
+    say(0.65, "defences (fine-tune, re-init, FT, FP, CLP)")
     g = torch.Generator().manual_seed(seed)
-    budget = clean_budget(train, CLEAN_BUDGET, g, exclude_last=held_out)
+    budget = clean_budget(train, CLEAN_BUDGET, g, exclude_last=len(validation.labels) if validation is not None else 0)
     out = {}
     for name in (*LAYER_DEFENCES, *MODEL_DEFENCES):
         t0 = time.perf_counter()

@@ -88,17 +88,13 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
         g = torch.Generator().manual_seed(seed)
         sets = control_sets(bundle, methods) if seed == seeds[0] else {}
         if "generated" in methods:
-            t0 = time.perf_counter()
-            vectors, finite = sample_finite(bundle, n, sampler, steps, g, device)
+            vectors, finite = _timed(extra["generated"], sample_finite, bundle, n, sampler, steps, g, device)
             sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
-            extra["generated"]["seconds"].append(time.perf_counter() - t0)
         # the defences draw from their own generator: the same budget and runs whatever n is
         gd = torch.Generator().manual_seed(seed)
         for name in (m for m in LAYER_DEFENCES if m in methods):
-            t0 = time.perf_counter()
-            sets[name] = layer_defence(name, bundle.task, bundle.layout, engine.target.state, budgets[seed], gd,
-                                       k_defence or len(bundle.originals), device)
-            extra[name]["seconds"].append(time.perf_counter() - t0)
+            sets[name] = _timed(extra[name], layer_defence, name, bundle.task, bundle.layout, engine.target.state,
+                                budgets[seed], gd, k_defence or len(bundle.originals), device)
         t0 = time.perf_counter()
         for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
             if name in LAYER_DEFENCES:  # the run's last checkpoint is the defence; the run's mean a labelled extra
@@ -107,9 +103,8 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
             runs[name].append(metrics)
         timings["evaluate"] += time.perf_counter() - t0
         for name in (m for m in MODEL_DEFENCES if m in methods and (m not in ONCE or seed == seeds[0])):
-            t0 = time.perf_counter()
-            state, info = model_defence(name, bundle.task, engine.target.state, budgets[seed], gd, epochs, device)
-            extra[name]["seconds"].append(time.perf_counter() - t0)
+            state, info = _timed(extra[name], model_defence, name, bundle.task, engine.target.state, budgets[seed], gd,
+                                 epochs, device)
             extra[name]["details"].append(info)
             runs[name].append(engine.measure_state(state, name))
     timings["sample"] = sum(extra["generated"]["seconds"]) if "generated" in methods else 0.0
@@ -123,6 +118,14 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
                                "clean_images": images if name in trained else 0} for name in methods},
             "nonfinite": nonfinite, "device": str(device),
             "timings_s": {**timings, "per_method": {m: sum(extra[m]["seconds"]) for m in methods}}}
+
+
+def _timed(extra: dict, fn, *args):
+    """fn(*args), its wall time appended to extra["seconds"]."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    extra["seconds"].append(time.perf_counter() - t0)
+    return out
 
 
 def _pooled(per_seed: list[dict], extra: dict) -> dict:
