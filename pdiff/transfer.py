@@ -79,8 +79,10 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     if trained and train is None:
         raise ValueError(f"the {', '.join(trained)} defences train on clean data; give the training split")
     engine = TargetEngine(bundle.task, bundle.layout, resolve_target(bundle, victim), test, device=device)
-    budgets = {seed: clean_budget(train, budget, torch.Generator().manual_seed(seed)) if trained else None
-               for seed in seeds}  # drawn before anything runs: a bad budget fails at once
+    # the defences draw from their own generator per seed (budget first): the same whatever n is. Budgets are
+    # drawn before anything runs: a bad one fails at once
+    gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
+    budgets = {seed: clean_budget(train, budget, gens[seed]) if trained else None for seed in seeds}
     runs = {m: [] for m in methods}      # per method, one metrics dict per seed
     extra = {m: {"seconds": [], "run_mean": [], "details": []} for m in methods}
     timings, nonfinite = {"sample": 0.0, "evaluate": 0.0}, 0
@@ -90,8 +92,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
         if "generated" in methods:
             vectors, finite = _timed(extra["generated"], sample_finite, bundle, n, sampler, steps, g, device)
             sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
-        # the defences draw from their own generator: the same budget and runs whatever n is
-        gd = torch.Generator().manual_seed(seed)
+        gd = gens[seed]
         for name in (m for m in LAYER_DEFENCES if m in methods):
             sets[name] = _timed(extra[name], layer_defence, name, bundle.task, bundle.layout, engine.target.state,
                                 budgets[seed], gd, k_defence or len(bundle.originals), device)
