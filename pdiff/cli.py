@@ -274,8 +274,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--curves", action="store_true",
                    help="also evaluate the Gaussian baseline at every temperature (its accuracy-novelty curve)")
     p.add_argument("--defences", action="store_true",
-                   help="for a backdoored target, also evaluate the finetune and reinit defences (trains on the "
-                        "training split; see `transfer`)")
+                   help="for a backdoored target, also run the defences (finetune, reinit, ft, fp, clp) on a 5%% "
+                        "clean budget drawn from the training split less the validation images, each at its final "
+                        "checkpoint (see `transfer`)")
     _add_data(p)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)

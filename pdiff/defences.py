@@ -49,6 +49,12 @@ FP_MAX_RATIO = 0.9         # never prune more than this share of the channels
 CLP_U = 3.0                # prune channels whose bound exceeds mean + u * std in their layer (the paper's default)
 
 
+def settings(epochs: int = EPOCHS) -> dict:
+    """The defences' hyper-parameters, as a report records them."""
+    return {"epochs": epochs, "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY, "batch": BATCH,
+            "fp_acc_ratio": FP_ACC_RATIO, "fp_step": FP_STEP, "fp_max_ratio": FP_MAX_RATIO, "clp_u": CLP_U}
+
+
 def clean_budget(train: Split, fraction: float, generator: torch.Generator, exclude_last: int = 0) -> Split:
     """`fraction` of the training set, drawn at random from it less its last `exclude_last` images (a held-out
     validation split)."""

@@ -20,7 +20,7 @@ from pdiff.baselines import average
 from pdiff.bundle import Bundle
 from pdiff.data import Split
 from pdiff.defences import (CLEAN_BUDGET, DATA_FREE, DEFENCES, EPOCHS, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget,
-                            layer_defence, model_defence)
+                            layer_defence, model_defence, settings)
 from pdiff.evaluate import TargetEngine, measure, summary
 from pdiff.params import own_vector
 from pdiff.sample import sample_finite
@@ -114,7 +114,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
                                                  "trigger": engine.trigger.to_dict()},
             "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names,
             "clean_budget": {"fraction": budget, "images": images, "drawn": "at random from the training split, per seed"},
-            "defence_settings": {"epochs": epochs, "k": k_defence or len(bundle.originals)},
+            "defence_settings": {**settings(epochs), "k": k_defence or len(bundle.originals)},
             "methods": {name: {**_pooled(runs[name], extra[name]), "clean_data": clean_data(name, images),
                                "clean_images": images if name in trained else 0} for name in methods},
             "nonfinite": nonfinite, "device": str(device),

@@ -18,7 +18,8 @@ def test_every_method_returns_the_report_keys(transfer_report):
     r = transfer_report
     assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["kind"] == "badnets"
     assert list(r["methods"]) == list(METHODS)
-    assert r["clean_budget"]["images"] == 256 and r["defence_settings"] == {"epochs": 1, "k": 5}
+    assert r["clean_budget"]["images"] == 256 and r["defence_settings"]["epochs"] == 1 and r["defence_settings"]["k"] == 5
+    assert r["defence_settings"]["lr"] == 0.01 and r["defence_settings"]["clp_u"] == 3.0
     sizes = {"generated": 4, "originals": 8}  # every control and defence: one model (a defence's final checkpoint)
     for name, m in r["methods"].items():
         for key in ("acc", "asr", "ra", "der"):
