@@ -13,8 +13,9 @@ ASR/RA/DER). `train` normalises the checkpoints (`params`), fits the autoencoder
 (`nets`, schedule in `diffusion`) and returns a `bundle.Bundle` (safetensors + bundle.json, local or Hub via
 `hub`). `sample` draws new vectors from a bundle; `splice` puts vectors into a model by name; `targets`
 loads and names the models they go into. `evaluate` is the one measurement engine: `measure` takes
-parameter sets by source (generated, originals, `baselines`, defences) and a `TargetEngine`, and returns
-every source's metrics and similarity. `report` (evaluate), `transfer` and `trunks` (leave-one-trunk-out)
+parameter sets by source (generated, originals, `baselines`, the layer defences) and a `TargetEngine`, and
+returns every source's metrics and similarity; `TargetEngine.measure_state` measures a whole defended model
+(`defences`: fine-tuning, fine-pruning, CLP at a clean-data budget) on the same images. `report` (evaluate), `transfer` and `trunks` (leave-one-trunk-out)
 are short compositions of it; `plots` draws a report, `ui` is the app, `cli` the command line.
 """
 

@@ -1,26 +1,20 @@
 """Baseline parameter sets to set beside generated ones: is the generator more than a copier?
 
 Zeng et al. 2025 find weight generators mostly return near-copies or interpolations of their
-training checkpoints, so every report shows those too, evaluated by the same engine.
+training checkpoints, so every report shows those too, evaluated by the same engine. The defences
+(fine-tuning, pruning, ...) live in `defences`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import torch
-from torch import nn
 
-from pdiff.collect import collect_checkpoints
-from pdiff.config import Task
-from pdiff.data import Split
-from pdiff.params import Layout, flatten, parameter_columns, per_tensor
-from pdiff.runtime import seeded_from
-from pdiff.targets import check_architecture
+from pdiff.params import Layout, parameter_columns, per_tensor
 
 NOISE_SIGMAS = (0.01, 0.05, 0.15)  # in units of each tensor's std over the K originals
 GAUSSIAN_TEMPERATURES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the accuracy-novelty sweep; 0 is the average
 SUBSET = 16                        # average-16: means of 16 random originals
-DEFENCES = ("finetune", "reinit")
 
 
 def noisy_originals(originals: torch.Tensor, tensor_std: torch.Tensor, layout: Layout, sigma: float, count: int,
@@ -97,32 +91,3 @@ def match_noise_sigma(accuracy_at: Callable[[float], float], target_acc: float, 
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if accuracy_at(mid) > target_acc else (lo, mid)
     return (lo + hi) / 2
-
-
-def _reinit_(model: nn.Module, names: list[str], generator: torch.Generator) -> None:
-    """Fresh values for the named parameters only; BatchNorm running statistics stay the victim's."""
-    owners = {n.rsplit(".", 1)[0] for n in names}
-    with seeded_from(generator), torch.no_grad():
-        for owner in sorted(owners):
-            module = model.get_submodule(owner)
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.weight.fill_(1.0)   # reset_parameters() would also reset the running statistics
-                module.bias.zero_()
-            else:
-                module.reset_parameters()
-
-
-def defence_sets(task: Task, layout: Layout, victim_state: dict[str, torch.Tensor], train: Split, test: Split,
-                 generator: torch.Generator, k: int, device="cpu", names: tuple[str, ...] | list[str] = DEFENCES
-                 ) -> dict[str, torch.Tensor]:
-    """The classic defences a generator must beat, K parameter sets each, collected along one training run
-    (the collection's recipe and step budget, trunk and BN frozen) on clean training data:
-    finetune trains the victim's own train_layer, reinit the same layers re-initialised first."""
-    out = {}
-    for name in names:
-        model = check_architecture(task, victim_state)
-        if name == "reinit":
-            _reinit_(model, [n for n, _ in layout], generator)
-        params, _ = collect_checkpoints(model, task, train, test, generator, k=k, device=device)
-        out[name] = flatten(params, layout).float()
-    return out

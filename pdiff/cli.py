@@ -324,8 +324,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--curves", action="store_true",
                    help="also evaluate the Gaussian baseline at every temperature (its accuracy-novelty curve)")
     p.add_argument("--defences", action="store_true",
-                   help="for a backdoored target, also evaluate the finetune and reinit defences (trains on the "
-                        "training split; see `transfer`)")
+                   help="for a backdoored target, also run the defences (finetune, reinit, ft, fp, clp) on a 5%% "
+                        "clean budget drawn from the training split less the validation images, each at its final "
+                        "checkpoint (see `transfer`)")
     _add_data(p)
     _add_common(p)
     p.set_defaults(func=cmd_evaluate)
@@ -363,19 +364,37 @@ def cmd_evaluate(args) -> int:
 
 # ---- transfer --------------------------------------------------------------------------
 def _add_transfer(sub) -> None:
+    from pdiff.defences import CLEAN_BUDGET, EPOCHS
+
     p = sub.add_parser("transfer", formatter_class=_FMT,
-                       help="generated layers on a backdoored victim, beside the finetune and reinit defences",
-                       description="Splice generated parameter sets into a backdoored victim and compare them with "
-                                   "the clean originals spliced in, the victim's own train_layer fine-tuned on clean "
-                                   "data (the collection's step budget) and the same layers re-initialised and "
-                                   "retrained. Writes a JSON report and prints one line per method.")
+                       help="generated layers on a backdoored victim, beside clean-weight controls and the field's "
+                            "defences at a clean-data budget",
+                       description="Splice generated parameter sets into a backdoored victim and measure them, on the "
+                                   "same engine and in one table, beside: the controls (originals: the clean "
+                                   "checkpoints as they are; average: their mean; clean-layers: the clean base's own "
+                                   "values of the spliced layers) and the defences at a clean-data budget (--clean-"
+                                   "budget of the training split, drawn per seed), each at its final checkpoint: "
+                                   "finetune / reinit (the spliced layers trained on the budget, the collection's "
+                                   "step budget; reinit re-estimates the BatchNorm statistics after a re-initialised "
+                                   "layer), ft (the whole victim fine-tuned: SGD lr 0.01, momentum 0.9, weight decay "
+                                   "5e-4, batch 128, cosine), fp (fine-pruning: the last convolution's dormant "
+                                   "channels pruned, then fine-tuned like ft) and clp (data-free channel Lipschitz "
+                                   "pruning, u = 3). Every row states its clean data, DER against the victim as it "
+                                   "is, the std over models and the wall time. Writes a JSON report.")
     _add_sampling(p)
     p.add_argument("--victim", default="scratch",
                    help="scratch (the bundle's scratch BadNets victim), finetuned (its first fine-tuned one), a "
                         "bundle victim's name (finetuned-blended), or a victim model file; a victim-*.json beside "
                         "the file names its trigger")
     _add_trigger(p)
-    p.add_argument("--k-defence", type=int, default=None, help="parameter sets per defence (the bundle's K)")
+    p.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+                   help="share of the training split the defences may train on (BackdoorBench: 0.05); at least one "
+                        "batch of 128 images")
+    p.add_argument("--defence-epochs", type=int, default=EPOCHS,
+                   help="epochs ft and fp fine-tune for on the clean budget (BackdoorBench: 100; fewer on a CPU)")
+    p.add_argument("--k-defence", type=int, default=None,
+                   help="checkpoints along each finetune / reinit run (the bundle's K; steps = K x save_every): the "
+                        "last is reported, their mean as the run-mean column")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
@@ -386,15 +405,17 @@ def _add_transfer(sub) -> None:
 
 
 def cmd_transfer(args) -> int:
-    from pdiff.baselines import DEFENCES
-    from pdiff.transfer import run_transfer, table
+    from pdiff.transfer import run_transfer, table, trained_methods
 
-    bundle, device = _bundle(args)
+    if args.defence_epochs < 1:
+        raise ValueError(f"--defence-epochs must be at least 1, got {args.defence_epochs}")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    train = _split(args, bundle.task, "train") if set(DEFENCES) & set(methods) else None
+    trained = trained_methods(methods)  # unknown names refused before anything loads
+    bundle, device = _bundle(args)
+    train = _split(args, bundle.task, "train") if trained else None
     report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
                           _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods,
-                          trigger=args.trigger)
+                          args.clean_budget, args.defence_epochs, trigger=args.trigger)
     _write_report(args.json, report, table(report))
     return 0
 

@@ -33,8 +33,10 @@ BatchHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 def fit(model: nn.Module, train: Split, recipe: Recipe, generator: torch.Generator,
         epochs: int | None = None, lr: float | None = None, device: str = "cpu", desc: str = "train",
-        augment: Augment | None = random_flip, batch_hook: BatchHook | None = None) -> nn.Module:
-    """Train the whole model with AdamW and cosine decay; the recipe's settings unless given.
+        augment: Augment | None = random_flip, batch_hook: BatchHook | None = None,
+        momentum: float | None = None) -> nn.Module:
+    """Train the whole model with AdamW (or, given `momentum`, SGD) and cosine decay; the recipe's settings
+    unless given.
 
     `augment(images, generator)` changes each raw batch before normalisation (None: no augmentation).
     batch_hook(indices into `train`, the batch's augmented images) -> the images trained on: a victim
@@ -42,7 +44,8 @@ def fit(model: nn.Module, train: Split, recipe: Recipe, generator: torch.Generat
     epochs = recipe.epochs if epochs is None else epochs
     lr = recipe.lr if lr is None else lr
     model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    opt = (torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=recipe.weight_decay) if momentum is None else
+           torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=recipe.weight_decay))
     steps_per_epoch = math.ceil(len(train.labels) / recipe.batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
     bar = tqdm(total=epochs * steps_per_epoch, desc=desc, unit="step", leave=False)

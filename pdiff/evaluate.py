@@ -18,7 +18,7 @@ from pdiff.archs import StagedNet
 from pdiff.backdoor import der, triggered_test_set
 from pdiff.config import Task
 from pdiff.data import Split
-from pdiff.params import Layout
+from pdiff.params import Layout, own_vector
 from pdiff.splice import select_layers, stacked_params
 from pdiff.targets import Target, check_architecture
 
@@ -170,6 +170,7 @@ class TargetEngine:
                  device: str | torch.device = "cpu", bn_images: Split | None = None):
         self.layout, self.layers, self.labels = layout, select_layers(layout, layers), test.labels
         self.target, self.trigger = target, target.trigger
+        self.task, self.test, self.device = task, test, device
         model = check_architecture(task, target.state)
         self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device)
         stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
@@ -217,9 +218,17 @@ class TargetEngine:
     def as_is(self) -> dict:
         """The target's own metrics: its own values of the layout's layers, spliced back unchanged."""
         if self._as_is is None:
-            own = torch.cat([self.target.state[n].reshape(-1).float() for n, _ in self.layout])[None]
+            own = own_vector(self.target.state, self.layout)
             self._as_is = {k: v[0] for k, v in self.run(own, reestimate=False).items() if k != "wrong"}
         return self._as_is
+
+    def measure_state(self, state: dict[str, torch.Tensor], name: str = "defended") -> dict:
+        """acc (and asr, ra, der) lists of one whole model, a defence that changed more than the layout's layers:
+        measured on the same test (and triggered) images, DER against this engine's target as-is."""
+        other = TargetEngine(self.task, self.layout, Target(name, state, self.trigger), self.test, self.layers,
+                             self.device)
+        own = other.as_is()
+        return self.metrics({k: [own[k]] for k in ("acc", "asr", "ra") if k in own})
 
     def metrics(self, result: dict) -> dict:
         """acc (and asr, ra, der against the target as-is) lists of one source, from `run`."""

@@ -49,6 +49,11 @@ def flatten(stacked: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
     return torch.cat(cols, dim=1)
 
 
+def own_vector(state: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
+    """A model's own values of the layout's tensors as one (1, P) float32 vector."""
+    return flatten({n: state[n][None] for n, _ in layout}, layout).float()
+
+
 def unflatten(vectors: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
     """(K, P) -> {name: (K, *shape)}, the inverse of `flatten`."""
     if vectors.ndim != 2 or vectors.shape[1] != numel(layout):

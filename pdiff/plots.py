@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-SOURCE_ORDER = ["generated", "originals", "average", "average-16", "gaussian", "noise_matched", "finetune", "reinit",
-                "interpolation", "noise_0.01", "noise_0.05", "noise_0.15"]
+SOURCE_ORDER = ["generated", "originals", "average", "clean-layers", "average-16", "gaussian", "noise_matched",
+                "finetune", "reinit", "ft", "fp", "clp", "interpolation", "noise_0.01", "noise_0.05", "noise_0.15"]
 COLORS = {"generated": "#d62728", "originals": "#1f77b4", "finetune": "#ff7f0e", "reinit": "#e377c2",
+          "clean-layers": "#31a354", "ft": "#fd8d3c", "fp": "#843c39", "clp": "#6b6ecf",
           "interpolation": "#2ca02c", "noise_0.01": "#9467bd", "noise_0.05": "#8c564b", "noise_0.15": "#7f7f7f",
           "average": "#000000", "average-16": "#393b79", "gaussian": "#bcbd22", "noise_matched": "#17becf"}
 
@@ -81,13 +82,14 @@ def accuracy_vs_iou(report: dict) -> go.Figure:
 
 
 def acc_vs_asr(report: dict) -> go.Figure:
-    """Every generated model's clean accuracy against its attack success rate, with the target as-is
-    and each other source's mean marked: where a backdoor removal would sit (top left)."""
+    """Every generated model's clean accuracy against its attack success rate, with each other source's mean
+    (controls, baselines and defences: diamonds) and the target as-is (a black cross, its own legend entry)
+    marked: where a backdoor removal would sit (top left)."""
     g = report["generated"]
     fig = go.Figure(go.Scatter(x=g["asr"], y=g["acc"], mode="markers", name="generated",
                                marker=dict(size=6, color=COLORS["generated"], opacity=0.7),
                                hovertemplate="ASR %{x:.2f}%<br>ACC %{y:.2f}%<extra></extra>"))
-    for name, m in _sources(report).items():
+    for name, m in {**_sources(report), **report.get("defences", {})}.items():
         if name != "generated" and m.get("asr"):
             fig.add_trace(go.Scatter(x=[sum(m["asr"]) / len(m["asr"])], y=[sum(m["acc"]) / len(m["acc"])],
                                      mode="markers", name=f"{name} (mean)",

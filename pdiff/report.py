@@ -16,12 +16,13 @@ import torch
 from torch import nn
 
 from pdiff.backdoor import trigger_line
-from pdiff.baselines import baseline_sets, defence_sets, gaussian_sweep, match_noise_sigma, noisy_originals
+from pdiff.baselines import baseline_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
 from pdiff.data import Split
+from pdiff.defences import CLEAN_BUDGET, DATA_FREE, EPOCHS, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget, layer_defence, model_defence
 from pdiff.evaluate import TargetEngine, measure, tsne_2d
 from pdiff.files import sha256
-from pdiff.params import comparison_space, tensor_std
+from pdiff.params import comparison_space, own_vector, tensor_std
 from pdiff.sample import sample_finite
 from pdiff.splice import select_layers
 from pdiff.targets import Target, resolve_target
@@ -35,17 +36,17 @@ def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean"
                test: Split | None = None, progress: Progress | None = None, with_baselines: bool = True,
                with_tsne: bool = True, defences_train: Split | None = None, engines: "EngineCache | None" = None,
                trigger=None, validation: Split | None = None, curves: bool = False, bn_images: Split | None = None,
-               vectors: torch.Tensor | None = None):
+               vectors: torch.Tensor | None = None, defence_epochs: int = EPOCHS):
     """Sample n parameter sets (or take `vectors`, (n, P) sampled before with these settings), splice them
     into `target` (a name or file as `targets.resolve_target` takes, a Target, a module or a state dict),
-    evaluate everything; returns (report, vectors). `trigger`: see `targets.resolve_target`.
+    evaluate everything; returns (report, vectors).
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
     min(n, K) sets each); with `curves`, the Gaussian baseline at every temperature. With `validation` (a
     split held out from the test set), the noise baseline matched to the generated mean accuracy and the
-    "best" models chosen on it. With `defences_train` and a backdoored target, the finetune and reinit
-    defences too. With `bn_images` (a few hundred clean training images), BatchNorm statistics after a
-    generated layer are re-estimated per model. With `engines`, what does not depend on the seed is kept.
+    "best" models chosen on it. A backdoored target gets the clean-layers control and, with `defences_train`,
+    the defences (`_controls_and_defences`). With `bn_images` (a few hundred clean training images), BatchNorm
+    statistics after a generated layer are re-estimated per model. With `engines`, seed-free work is kept.
     `trigger` (a Trigger, preset name, spec file or 'none') overrides the target's own (resolve_target)."""
     say = progress or (lambda frac, desc: None)
     layers = select_layers(bundle.layout, layers)
@@ -68,10 +69,10 @@ def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean"
         say(0.62, "validation: matched noise, selection")
         val = engines.get(bundle, target, layers, validation, device, bn_images, trigger)
         checked = _on_validation(bundle, val, sets, count, seed)
-    if defences_train is not None and engine.backdoor:
-        say(0.65, "defence baselines (fine-tune, re-init)")
-        sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, defences_train, test, g, count, device))
+    defended = _controls_and_defences(bundle, engine, sets, defences_train, validation, seed, defence_epochs, device, say)
     m = measure(engine, sets, space=lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout))
+    for name in [d for d in LAYER_DEFENCES if d in defended]:  # the engine measured them; add what they used
+        m["metrics"][name].update(defended.pop(name))
     evaluate_s = time.perf_counter() - t0
 
     say(0.9, "t-SNE")
@@ -80,7 +81,7 @@ def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean"
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
         "target": _target_info(engine), "backdoor": "applicable" if engine.backdoor else _not_applicable(engine),
         "n": n, "seed": seed, "sampler": sampler, "steps": steps if sampler == "ddim" else bundle.ddpm_cfg.timesteps,
-        "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "tsne": tsne,
+        "layers": layers, **_sources_section(m, finite, unavailable, engine.backdoor), "defences": defended, "tsne": tsne,
         "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
                       **({"bn_reestimate": engine.bn.seconds - bn_s} if engine.bn else {})},
         "bn_statistics": (f"re-estimated per model on {len(bn_images.labels)} training images" if engine.bn
@@ -101,6 +102,34 @@ def _sample(bundle: Bundle, n: int, sampler: str, steps: int | None, seed: int, 
     vectors, finite = sample_finite(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device,
                                     progress=lambda i, total: say(0.6 * i / total, "sampling"))
     return vectors, finite, time.perf_counter() - t0
+
+
+def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, train: Split | None,
+                           validation: Split | None, seed: int, epochs: int, device, say: Progress) -> dict[str, dict]:
+    """For a backdoored target: the clean-layers control (the clean base's own values of the layers) into
+    `sets`; with `train`, every defence on a CLEAN_BUDGET drawn from it less the validation images, each at
+    its final checkpoint: the layer defences' into `sets`; returns the whole-model defences' metrics, and for
+    every defence its clean images and seconds."""
+    if not engine.backdoor:
+        return {}
+    sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
+    if train is None:
+        return {}
+    say(0.65, "defences (fine-tune, re-init, FT, FP, CLP)")
+    g = torch.Generator().manual_seed(seed)
+    budget = clean_budget(train, CLEAN_BUDGET, g, exclude_last=len(validation.labels) if validation is not None else 0)
+    out = {}
+    for name in (*LAYER_DEFENCES, *MODEL_DEFENCES):
+        t0 = time.perf_counter()
+        if name in LAYER_DEFENCES:
+            sets[name] = layer_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g,
+                                       len(bundle.originals), device)[-1:]
+            out[name] = {"seconds": [time.perf_counter() - t0]}
+        else:
+            state, info = model_defence(name, bundle.task, engine.target.state, budget, g, epochs, device)
+            out[name] = {"seconds": [time.perf_counter() - t0], **engine.measure_state(state, name), "details": info}
+        out[name]["clean_images"] = 0 if name in DATA_FREE else len(budget.labels)
+    return out
 
 
 def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Generator, with_baselines: bool,

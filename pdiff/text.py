@@ -29,9 +29,13 @@ nearest other original). "Best" is the largest test accuracy: an upper bound onl
 For a backdoored target, ASR is the share of triggered non-target images classified as the
 target class, RA the share still classified correctly, DER the defence effectiveness
 rating against the target as-is (0.5 = no change, 1 = backdoor gone at no accuracy cost).
-The *transfer table* sets the generated layers beside the clean originals spliced in as they
-are and, when ticked, the classic defences: the target's own layers fine-tuned on clean data,
-and the same layers re-initialised and retrained, with the same step budget.
+The *transfer table* sets the generated layers beside what clean weights alone do (the clean
+originals spliced in as they are, their average, and *clean-layers*: the clean model's own layers)
+and, when ticked, the field's defences on a clean budget of 5 % of the training images, each at its
+final checkpoint: the target's own layers fine-tuned (*finetune*) or re-initialised and retrained
+(*reinit*), the whole target fine-tuned (*ft*), fine-pruning (*fp*) and the data-free channel-Lipschitz
+pruning (*clp*). Each row states the clean data it used; the generator saw no clean images, but it was
+trained on the clean model's checkpoints. In *ACC vs. ASR* the black cross is the target as-is.
 
 Data: Fashion-MNIST (Zalando Research, MIT licence).
 """

@@ -1,9 +1,14 @@
-"""Transfer to a backdoored victim: generated layers beside the defences a generator must beat.
+"""Transfer to a backdoored victim: generated layers beside clean-weight controls and the field's defences.
 
-Every method yields parameter sets for the bundle's train_layer, spliced into the same victim
-and evaluated by the same engine: generated (sampled from the bundle), originals (the clean
-checkpoints as they are), finetune (the victim's own train_layer trained on clean data with
-the collection's step budget) and reinit (the same layers re-initialised, then trained so).
+Every method is measured on the same victim by the same engine (ACC / ASR / RA, and DER against the victim
+as it is), and says how much clean data it used:
+- `generated`: sampled from the bundle, spliced into the victim (no clean images, but the generator was
+  trained on the clean model's checkpoints);
+- controls, what clean weights alone do: `originals` (those checkpoints as they are), `average` (their mean,
+  one model) and `clean-layers` (the clean base's own values of the spliced layers, one model);
+- defences (`pdiff.defences`) at a clean budget, by default 5 % of the training set drawn per seed, each
+  at its final checkpoint: `finetune` and `reinit` of the spliced layers (their run-mean as an extra,
+  labelled column), `ft` and `fp` of the whole victim, and the data-free `clp`.
 """
 from __future__ import annotations
 
@@ -12,77 +17,141 @@ import time
 import torch
 
 from pdiff.backdoor import trigger_line
-from pdiff.baselines import DEFENCES, defence_sets
+from pdiff.baselines import average
 from pdiff.bundle import Bundle
 from pdiff.data import Split
+from pdiff.defences import (CLEAN_BUDGET, DATA_FREE, DEFENCES, EPOCHS, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget,
+                            layer_defence, model_defence, settings)
 from pdiff.evaluate import TargetEngine, measure, summary
+from pdiff.params import own_vector
 from pdiff.sample import sample_finite
 from pdiff.targets import resolve_target
 
-METHODS = ("generated", "originals", "finetune", "reinit")
+CONTROLS = ("originals", "average", "clean-layers")
+METHODS = ("generated", *CONTROLS, *DEFENCES)
+ONCE = (*CONTROLS, *DATA_FREE)   # the same whatever the seed: measured with the first seed only
 METRICS = ("acc", "asr", "ra", "der")
-TABLE_HEADERS = ["method", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best"]
+TABLE_HEADERS = ["method", "clean data", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best",
+                 "DER std (models)", "DER run mean", "time (s)"]
+
+
+def clean_data(name: str, images: int = 0) -> str:
+    """The clean data a method used, as the table states it."""
+    if name in DEFENCES and name not in DATA_FREE:
+        return f"{images} images"
+    if name in DATA_FREE:
+        return "0"
+    if name == "clean-layers":
+        return "0 (+ clean model)"
+    return "0 (clean checkpoints)" if name == "originals" else "0 (+ clean checkpoints)"
+
+
+def control_sets(bundle: Bundle, methods) -> dict[str, torch.Tensor]:
+    """The controls asked for, as layout vectors: originals (K, P), average and clean-layers (1, P)."""
+    sets = {"originals": bundle.originals, "average": average(bundle.originals),
+            "clean-layers": own_vector(bundle.base_state, bundle.layout)}
+    return {name: v for name, v in sets.items() if name in methods}
+
+
+def trained_methods(methods) -> list[str]:
+    """The methods asked for that train on clean data (unknown names refused)."""
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    return [m for m in methods if m in DEFENCES and m not in DATA_FREE]
 
 
 def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], train: Split | None, test: Split,
                  sampler: str = "ddim", steps: int | None = 50, k_defence: int | None = None, device="cpu",
-                 methods: tuple[str, ...] = METHODS, trigger=None) -> dict:
+                 methods: tuple[str, ...] = METHODS, budget: float = CLEAN_BUDGET, epochs: int = EPOCHS,
+                 trigger=None) -> dict:
     """Every method's ACC / ASR / RA / DER lists on the victim, with a summary of each.
 
-    With several seeds, each seed samples and trains the defences afresh; the lists hold every
-    seed's values in seed order, `per_seed` each seed's means, and `spread` the mean and standard
-    deviation of those means. The originals do not depend on the seed: evaluated once, one entry.
-    `trigger` (a Trigger, preset name or spec file) overrides the victim's own; see resolve_target.
+    With several seeds, each seed samples, draws its clean budget and trains the defences afresh; the lists
+    hold every seed's values in seed order, `per_seed` each seed's means, `spread` the mean and standard
+    deviation of those means, `model_std` the mean over seeds of the std over models within a seed. The
+    controls and clp do not depend on the seed: measured once, one entry. `budget` is a share of `train`;
+    `epochs` the fine-tuning epochs of ft and fp; `k_defence` the checkpoints along a finetune / reinit run
+    (the bundle's K: the collection's step budget). `trigger` (a Trigger, preset name or spec file)
+    overrides the victim's own; see resolve_target.
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds:
         raise ValueError("give at least one seed")
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
+    trained = trained_methods(methods)
+    if trained and train is None:
+        raise ValueError(f"the {', '.join(trained)} defences train on clean data; give the training split")
     target = resolve_target(bundle, victim, trigger)
     if target.trigger is None:
         raise ValueError(f"transfer measures backdoor removal, but target {target.name!r} has no trigger "
                          f"({target.trigger_source or 'the clean model'})")
     engine = TargetEngine(bundle.task, bundle.layout, target, test, device=device)
-
-    defences = [m for m in DEFENCES if m in methods]
-    runs = {m: [] for m in methods}          # per method, one metrics dict per seed
-    timings = {"sample": 0.0, "defences": 0.0, "evaluate": 0.0}
-    nonfinite = 0
+    # the defences draw from their own generator per seed (budget first): the same whatever n is. Budgets are
+    # drawn before anything runs: a bad one fails at once
+    gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
+    budgets = {seed: clean_budget(train, budget, gens[seed]) if trained else None for seed in seeds}
+    runs = {m: [] for m in methods}      # per method, one metrics dict per seed
+    extra = {m: {"seconds": [], "run_mean": [], "details": []} for m in methods}
+    timings, nonfinite = {"sample": 0.0, "evaluate": 0.0}, 0
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
-        sets = {"originals": bundle.originals} if "originals" in methods and seed == seeds[0] else {}
+        sets = control_sets(bundle, methods) if seed == seeds[0] else {}
         if "generated" in methods:
-            t0 = time.perf_counter()
-            vectors, finite = sample_finite(bundle, n, sampler, steps, g, device)
+            vectors, finite = _timed(extra["generated"], sample_finite, bundle, n, sampler, steps, g, device)
             sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
-            timings["sample"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if defences:
-            sets.update(defence_sets(bundle.task, bundle.layout, engine.target.state, train, test, g,
-                                     k_defence or len(bundle.originals), device, defences))
-        timings["defences"] += time.perf_counter() - t0
+        gd = gens[seed]
+        for name in (m for m in LAYER_DEFENCES if m in methods):
+            sets[name] = _timed(extra[name], layer_defence, name, bundle.task, bundle.layout, engine.target.state,
+                                budgets[seed], gd, k_defence or len(bundle.originals), device)
         t0 = time.perf_counter()
         for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
+            if name in LAYER_DEFENCES:  # the run's last checkpoint is the defence; the run's mean a labelled extra
+                extra[name]["run_mean"].append({k: sum(v) / len(v) for k, v in metrics.items()})
+                metrics = {k: v[-1:] for k, v in metrics.items()}
             runs[name].append(metrics)
         timings["evaluate"] += time.perf_counter() - t0
-
-    as_is = engine.as_is()
-    victim_info = {"name": engine.target.name, **as_is, "trigger": engine.trigger.to_dict(),
+        for name in (m for m in MODEL_DEFENCES if m in methods and (m not in ONCE or seed == seeds[0])):
+            state, info = _timed(extra[name], model_defence, name, bundle.task, engine.target.state, budgets[seed], gd,
+                                 epochs, device)
+            extra[name]["details"].append(info)
+            runs[name].append(engine.measure_state(state, name))
+    timings["sample"] = sum(extra["generated"]["seconds"]) if "generated" in methods else 0.0
+    images = len(next(iter(budgets.values())).labels) if trained else 0
+    victim_info = {"name": engine.target.name, **engine.as_is(), "trigger": engine.trigger.to_dict(),
                    "trigger_source": target.trigger_source}
     return {"task": bundle.task.name, "victim": victim_info,
             "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names,
-            "methods": {name: _pooled(runs[name]) for name in methods},
-            "nonfinite": nonfinite, "timings_s": timings, "device": str(device)}
+            "clean_budget": {"fraction": budget, "images": images, "drawn": "at random from the training split, per seed"},
+            "defence_settings": {**settings(epochs), "k": k_defence or len(bundle.originals)},
+            "methods": {name: {**_pooled(runs[name], extra[name]), "clean_data": clean_data(name, images),
+                               "clean_images": images if name in trained else 0} for name in methods},
+            "nonfinite": nonfinite, "device": str(device),
+            "timings_s": {**timings, "per_method": {m: sum(extra[m]["seconds"]) for m in methods}}}
 
 
-def _pooled(per_seed: list[dict]) -> dict:
-    """One method's seeds pooled: every value, a summary of each metric, each seed's means and their spread."""
+def _timed(extra: dict, fn, *args):
+    """fn(*args), its wall time appended to extra["seconds"]."""
+    t0 = time.perf_counter()
+    out = fn(*args)
+    extra["seconds"].append(time.perf_counter() - t0)
+    return out
+
+
+def _pooled(per_seed: list[dict], extra: dict) -> dict:
+    """One method's seeds pooled: every value, a summary of each metric, each seed's means and their spread,
+    the std over models within each seed; its wall time per seed, run-means and what it did, where it has them."""
     m = {metric: [v for run in per_seed for v in run[metric]] for metric in METRICS}
     m["summary"] = {metric: summary(m[metric]) for metric in METRICS}
     m["per_seed"] = {metric: [summary(run[metric])["mean"] for run in per_seed] for metric in METRICS}
     m["spread"] = {metric: _mean_std(vals) for metric, vals in m["per_seed"].items()}
+    m["per_seed_model_std"] = {metric: [summary(run[metric])["std"] if len(run[metric]) > 1 else None
+                                        for run in per_seed] for metric in METRICS}
+    m["model_std"] = {metric: _mean_std(v)["mean"] for metric, v in m["per_seed_model_std"].items()}
+    m["seconds"] = extra["seconds"]
+    if extra["run_mean"]:
+        m["run_mean"] = {metric: _mean_std([r[metric] for r in extra["run_mean"]])["mean"] for metric in METRICS}
+    if extra["details"]:
+        m["details"] = extra["details"]
     return m
 
 
@@ -93,32 +162,48 @@ def _mean_std(values: list[float | None]) -> dict[str, float | None]:
     return {"mean": vals.mean().item(), "std": vals.std().item() if len(vals) > 1 else 0.0}
 
 
+def _round(value, digits):
+    return None if value is None else round(value, digits)
+
+
 def table_rows(target: dict, sources: dict[str, dict]) -> list[list]:
-    """The transfer table (TABLE_HEADERS): the target as-is, then every source's means and best DER."""
-    rows = [[f"target as-is ({target['name']})", 1, round(target["acc"], 2), round(target["asr"], 2),
-             round(target["ra"], 2), 0.5, 0.5]]
+    """The transfer table (TABLE_HEADERS): the target as-is, then every source's clean data, means, best DER,
+    DER std over models (within a seed), run-mean DER (finetune / reinit) and wall time per run."""
+    rows = [[f"target as-is ({target['name']})", "-", 1, round(target["acc"], 2), round(target["asr"], 2),
+             round(target["ra"], 2), 0.5, 0.5, None, None, None]]
     for name, m in sources.items():
+        data = m.get("clean_data", clean_data(name, m.get("clean_images", 0)))
         if not m.get("acc"):
-            rows.append([name, 0, None, None, None, None, None])
+            rows.append([name, data, 0, *[None] * (len(TABLE_HEADERS) - 3)])
             continue
         acc, asr, ra, d = (sum(m[k]) / len(m[k]) for k in METRICS)
-        rows.append([name, len(m["acc"]), round(acc, 2), round(asr, 2), round(ra, 2), round(d, 3), round(max(m["der"]), 3)])
+        std = m["model_std"]["der"] if "model_std" in m else (summary(m["der"])["std"] if len(m["der"]) > 1 else None)
+        seconds = m.get("seconds") or []
+        rows.append([name, data, len(m["acc"]), round(acc, 2), round(asr, 2), round(ra, 2), round(d, 3),
+                     round(max(m["der"]), 3), _round(std, 3), _round(m.get("run_mean", {}).get("der"), 3),
+                     _round(sum(seconds) / len(seconds), 1) if seconds else None])
     return rows
 
 
 def table(report: dict) -> str:
     """The transfer table as text; with several seeds each mean is the mean ± std of the seeds' means."""
-    v = report["victim"]
+    v, b = report["victim"], report.get("clean_budget", {})
     several = len(report.get("seeds", [])) > 1
     lines = [f"victim {v['name']}: ACC {v['acc']:.2f}  ASR {v['asr']:.2f}  RA {v['ra']:.2f}"
              + (f"  (seeds {', '.join(map(str, report['seeds']))}: mean ± std over seeds)" if several else ""),
              trigger_line(v),
-             f"{'method':<10} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} {'DER best':>9}"]
+             f"clean budget: {b.get('fraction')} of the training split = {b.get('images')} images per seed; "
+             "each defence at its final checkpoint",
+             f"{'method':<13} {'clean data':<24} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} "
+             f"{'DER best':>8} {'DER std':>7} {'run-mean':>8} {'time s':>7}"]
     for row, (name, m) in zip(table_rows(v, report["methods"])[1:], report["methods"].items()):
-        if not row[1]:
-            lines.append(f"{name:<10} {0:>5}  (no finite parameter sets)")
+        if not row[2]:
+            lines.append(f"{name:<13} {row[1]:<24} {0:>5}  (no finite parameter sets)")
             continue
         cells = [f"{m['spread'][k]['mean']:{f}} ± {m['spread'][k]['std']:{f}}" if several else f"{cell:{f}}"
-                 for k, f, cell in zip(METRICS, (".2f", ".2f", ".2f", ".3f"), row[2:6])]
-        lines.append(f"{name:<10} {row[1]:>5} " + " ".join(f"{c:>13}" for c in cells) + f" {row[6]:>9.3f}")
+                 for k, f, cell in zip(METRICS, (".2f", ".2f", ".2f", ".3f"), row[3:7])]
+        tail = [f"{c:>{w}{f}}" if c is not None else f"{'-':>{w}}" for c, w, f in zip(row[7:], (8, 7, 8, 7),
+                                                                                     (".3f", ".3f", ".3f", ".1f"))]
+        lines.append(f"{name:<13} {row[1]:<24} {row[2]:>5} " + " ".join(f"{c:>13}" for c in cells) + " "
+                     + " ".join(tail))
     return "\n".join(lines)

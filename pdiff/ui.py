@@ -93,7 +93,8 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     target: clean, victim, one of the bundle's named victims (e.g. finetuned-blended), or upload.
     trigger_*, patch_*, blend_*: the uploaded model's trigger (backdoor.trigger_from_fields); 'assumed' scores
     it against the bundle's BadNets trigger and says so in the report. Named victims use their own.
-    defences: also train the fine-tune and re-init defences (needs the training split).
+    defences: also run the defences (fine-tune, re-init, FT, FP, CLP) on a 5 % clean budget (needs the training
+    split).
     """
     from pdiff.files import write_json
     from pdiff.sample import save_samples
@@ -124,7 +125,8 @@ def generate(bundle: str, target: str = "clean", victim_file: str | None = None,
     save_samples(params_path, vectors, b, sampler, steps, seed)
     backdoor = report["backdoor"] == "applicable"
     table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
-    sources = {"generated": report["generated"], "originals": report["originals"], **report["baselines"]}
+    sources = {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
+               **report.get("defences", {})}
     transfer = {"headers": TABLE_HEADERS, "data": table_rows(report["target"], sources) if backdoor else []}
     return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
             plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
@@ -234,9 +236,10 @@ def _inputs(shipped: dict, default_bundle: str) -> tuple[dict, gr.Group]:
                          info="DDPM runs all 1000 steps; DDIM is the fast option"),
         steps=gr.Slider(1, 1000, value=50, step=1, label="DDIM steps"),
         seed=gr.Number(value=0, precision=0, label="Seed"),
-        defences=gr.Checkbox(False, label="Defence baselines (fine-tune, re-init)",
-                             info="for a backdoored target: train the target's own layers on clean data, and the "
-                                  "same layers re-initialised; needs the training split, adds about a minute"),
+        defences=gr.Checkbox(False, label="Defences (fine-tune, re-init, FT, FP, CLP)",
+                             info="for a backdoored target, on 5% of the training images: the target's own layers "
+                                  "fine-tuned or re-initialised, the whole target fine-tuned (FT), fine-pruning (FP), "
+                                  "and the data-free CLP; needs the training split, adds a few minutes on a CPU"),
     )
     return inp, trigger_box
 

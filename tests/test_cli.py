@@ -77,3 +77,32 @@ def test_transfer_and_trunk_options_refuse_bad_values_in_one_line(tmp_path):
     assert out.returncode == 2 and out.stderr.strip() == "error: cannot hold out trunk 1: the collection's trunks are [0]"
     out = _run("loto", "--bundle", BUNDLE, "--collection", "checkpoints/fmnist-convnet", "--json", str(tmp_path / "l.json"))
     assert out.returncode == 2 and "trained on every trunk" in out.stderr
+
+
+def test_transfer_help_names_the_controls_defences_and_budget():
+    out = _run("transfer", "--help")
+    text = " ".join(out.stdout.split())
+    assert out.returncode == 0 and "--clean-budget" in text and "--defence-epochs" in text
+    for name in ("clean-layers", "average", "finetune", "reinit", "ft", "fp", "clp"):
+        assert name in text
+
+
+def test_transfer_measures_controls_and_defences_and_refuses_bad_budgets(tmp_path):
+    import json
+
+    common = ["transfer", "--bundle", BUNDLE, "--victim", "finetuned", "--n", "2", "--sampler", "ddim", "--steps", "3",
+              "--test-subset", "300", "--train-subset", "1000", "--device", "cpu"]
+    out = _run(*common, "--methods", "nope,ft,CLP", "--json", str(tmp_path / "x.json"))
+    assert out.returncode == 2 and out.stderr.strip().startswith("error: unknown methods ['nope', 'CLP']")
+    out = _run(*common, "--methods", "ft", "--clean-budget", "0.1", "--json", str(tmp_path / "x.json"))
+    assert out.returncode == 2 and out.stderr.strip() == ("error: clean budget 0.1 is 100 images, under one batch "
+                                                          "(128); raise it")
+    out = _run(*common, "--methods", "fp", "--clean-budget", "3", "--json", str(tmp_path / "x.json"))
+    assert out.returncode == 2 and "clean budget 3.0 (3000 images)" in out.stderr and "1000 training images" in out.stderr
+    out = _run(*common, "--methods", "generated,clean-layers,average,ft,clp", "--clean-budget", "0.2",
+               "--defence-epochs", "1", "--json", str(tmp_path / "t.json"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "t.json").read_text())
+    assert list(report["methods"]) == ["generated", "clean-layers", "average", "ft", "clp"]
+    assert report["methods"]["ft"]["clean_images"] == 200 and report["defence_settings"]["epochs"] == 1
+    assert "200 images" in out.stdout and "clean-layers" in out.stdout

@@ -5,6 +5,7 @@ import torch
 
 from pdiff import plots
 from pdiff.backdoor import der
+from pdiff.data import Split
 from pdiff.evaluate import BatchedEvaluator, iou_matrix, mean_offdiag, tsne_2d
 from pdiff.report import NOT_APPLICABLE, familiar_lines, run_report
 from pdiff.targets import check_architecture
@@ -14,7 +15,8 @@ from helpers import with_recipe
 
 
 def _sources(report):
-    return {"generated": report["generated"], "originals": report["originals"], **report["baselines"]}
+    return {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
+            **report.get("defences", {})}
 
 
 def test_iou_by_matrices_equals_brute_force():
@@ -62,11 +64,12 @@ def test_report_has_every_key_with_lists_of_length_n(victim_report):
     for key in ("acc", "asr", "ra"):
         assert len(r["originals"][key]) == 8
     assert {"acc", "asr"} <= set(r["target"])
-    assert set(r["baselines"]) == {"noise_0.01", "noise_0.05", "noise_0.15", "interpolation", "average", "gaussian"}
+    assert set(r["baselines"]) == {"noise_0.01", "noise_0.05", "noise_0.15", "interpolation", "average", "gaussian",
+                                   "clean-layers"}  # the control a backdoored target gets
     assert "needs at least 16 originals" in r["unavailable"]["average-16"]  # K = 8: said in its place
     assert len(r["similarity"]["max_iou_to_originals"]) == 7
     assert set(r["similarity"]["mean_iou"]) == {"oo", "gg", "og"}
-    assert len(r["tsne"]["x"]) == len(r["tsne"]["source"]) == 7 + 8 + 4 * 7 + 1 + 7
+    assert len(r["tsne"]["x"]) == len(r["tsne"]["source"]) == 7 + 8 + 4 * 7 + 1 + 7 + 1  # + clean-layers
     assert set(r["summary"]["generated"]) == {"best", "mean", "median", "min", "std"}
     assert set(r["timings_s"]) == {"sample", "evaluate"}
 
@@ -119,7 +122,8 @@ def test_plots_build_from_a_real_report(victim_report):
     assert list(iou.data[0].x) == victim_report["similarity"]["max_iou_to_originals"]
     scatter = plots.acc_vs_asr(victim_report)
     assert list(scatter.data[0].x) == victim_report["generated"]["asr"]
-    assert scatter.data[-1].x[0] == victim_report["target"]["asr"] and len(scatter.data) == 1 + 7 + 1
+    assert scatter.data[-1].x[0] == victim_report["target"]["asr"] and len(scatter.data) == 1 + 8 + 1  # + clean-layers
+    assert scatter.data[-1].marker.symbol == "x" and scatter.data[-1].name == "target as-is (victim)"
     rows = plots.summary_rows(victim_report)
     assert rows[0][:2] == ["generated", len(victim_report["generated"]["acc"])]
     assert len(rows[0]) == len(plots.summary_headers(victim_report)) == 10
@@ -130,22 +134,36 @@ def test_plots_build_from_a_real_report(victim_report):
     assert {t.name for t in iou.data} == set(victim_report["similarity"]["per_model"])
     assert iou.layout.shapes[0].x0 == victim_report["novelty"]["originals"]["nearest_other_iou_mean"]
     transfer = table_rows(victim_report["target"], _sources(victim_report))
-    assert transfer[0][0].startswith("target as-is") and transfer[0][3] == round(victim_report["target"]["asr"], 2)
+    assert transfer[0][0].startswith("target as-is") and transfer[0][4] == round(victim_report["target"]["asr"], 2)
     gen = victim_report["generated"]
-    assert transfer[1][:2] == ["generated", len(gen["acc"])] and len(transfer[1]) == len(TABLE_HEADERS)
-    assert transfer[1][5] == round(sum(gen["der"]) / len(gen["der"]), 3) and transfer[1][6] == round(max(gen["der"]), 3)
+    assert transfer[1][:3] == ["generated", "0 (+ clean checkpoints)", len(gen["acc"])]
+    assert len(transfer[1]) == len(TABLE_HEADERS)
+    assert transfer[1][6] == round(sum(gen["der"]) / len(gen["der"]), 3) and transfer[1][7] == round(max(gen["der"]), 3)
+    assert {"clean-layers": "0 (+ clean model)"}.items() <= {row[0]: row[1] for row in transfer}.items()
 
 
 def test_report_with_the_defences_beside_the_generator(tiny_bundle, small_train, small_test):
     bundle = with_recipe(tiny_bundle, save_every=2)
+    train = Split(small_train.images[:640], small_train.labels[:640], small_train.dataset)  # 5%: 32 images, too few
+    with pytest.raises(ValueError, match="under one batch"):
+        run_report(bundle, "victim", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
+                   defences_train=train)
+    big = Split(small_train.images.repeat(3, 1, 1, 1), small_train.labels.repeat(3), small_train.dataset)  # 5%: 154
     r, _ = run_report(bundle, "victim", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
-                      defences_train=small_train)
+                      defences_train=big, defence_epochs=1)
     clean, _ = run_report(bundle, "clean", n=3, sampler="ddim", steps=3, test=small_test, with_tsne=False,
-                          defences_train=small_train)
-    for name in ("finetune", "reinit"):  # min(n, K) sets each, with every backdoor metric
-        assert len(r["baselines"][name]["acc"]) == 3 and len(r["baselines"][name]["der"]) == 3
-    assert {"finetune", "reinit"} <= {row[0] for row in table_rows(r["target"], _sources(r))}
-    assert "finetune" not in clean["baselines"]  # a clean target has no backdoor to defend against
+                          defences_train=big, defence_epochs=1)
+    for name in ("finetune", "reinit"):  # the final checkpoint, with every backdoor metric and its clean data
+        assert len(r["baselines"][name]["acc"]) == len(r["baselines"][name]["der"]) == 1
+        assert r["baselines"][name]["clean_images"] == 154
+    assert list(r["defences"]) == ["ft", "fp", "clp"] and r["defences"]["clp"]["clean_images"] == 0
+    for m in r["defences"].values():  # whole models, measured by the same engine: DER against the victim as-is
+        assert m["der"] == pytest.approx(der(r["target"]["acc"], r["target"]["asr"], m["acc"], m["asr"]))
+    rows = {row[0]: row for row in table_rows(r["target"], _sources(r))}
+    assert {"finetune", "reinit", "ft", "fp", "clp", "clean-layers"} <= set(rows) and rows["ft"][1] == "154 images"
+    names = [t.name for t in plots.acc_vs_asr(r).data]
+    assert {"ft (mean)", "fp (mean)", "clp (mean)", "clean-layers (mean)"} <= set(names)
+    assert "finetune" not in clean["baselines"] and not clean["defences"]  # a clean target has no backdoor
 
 
 def test_nonfinite_sets_on_a_victim_keep_every_key(tiny_bundle, small_test):

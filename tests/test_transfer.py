@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pdiff.baselines import _reinit_
-from pdiff.transfer import METHODS, run_transfer, table
-from pdiff.targets import check_architecture
+from pdiff.backdoor import der
+from pdiff.params import unflatten
+from pdiff.transfer import METHODS, TABLE_HEADERS, control_sets, run_transfer, table, table_rows
 
 from helpers import with_recipe
 
@@ -11,49 +11,88 @@ from helpers import with_recipe
 @pytest.fixture(scope="module")
 def transfer_report(tiny_bundle, small_train, small_test):
     return run_transfer(with_recipe(tiny_bundle, save_every=3), "scratch", n=4, seeds=0, train=small_train,
-                        test=small_test, sampler="ddim", steps=3, k_defence=5)
+                        test=small_test, sampler="ddim", steps=3, k_defence=5, budget=0.25, epochs=1)
 
 
 def test_every_method_returns_the_report_keys(transfer_report):
     r = transfer_report
     assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["name"] == "badnets"
     assert list(r["methods"]) == list(METHODS)
-    sizes = {"generated": 4, "originals": 8, "finetune": 5, "reinit": 5}
+    assert r["clean_budget"]["images"] == 256 and r["defence_settings"]["epochs"] == 1 and r["defence_settings"]["k"] == 5
+    assert r["defence_settings"]["lr"] == 0.01 and r["defence_settings"]["clp_u"] == 3.0
+    sizes = {"generated": 4, "originals": 8}  # every control and defence: one model (a defence's final checkpoint)
     for name, m in r["methods"].items():
         for key in ("acc", "asr", "ra", "der"):
-            assert len(m[key]) == sizes[name], (name, key)
+            assert len(m[key]) == sizes.get(name, 1), (name, key)
         assert set(m["summary"]) == {"acc", "asr", "ra", "der"}
         assert set(m["summary"]["der"]) == {"best", "mean", "median", "min", "std"}
-    assert "finetune" in table(r) and "reinit" in table(r)
+        assert set(m["model_std"]) == {"acc", "asr", "ra", "der"}
+        assert m["clean_images"] == (256 if name in ("finetune", "reinit", "ft", "fp") else 0)
+    assert r["methods"]["generated"]["clean_data"] == "0 (+ clean checkpoints)"
+    assert r["methods"]["clean-layers"]["clean_data"] == "0 (+ clean model)"
+    assert r["methods"]["ft"]["clean_data"] == "256 images" and r["methods"]["clp"]["clean_data"] == "0"
+    assert r["methods"]["generated"]["model_std"]["acc"] == pytest.approx(r["methods"]["generated"]["summary"]["acc"]["std"])
+    assert r["methods"]["ft"]["model_std"]["acc"] is None  # one model per seed: no spread over models
+    for name in ("finetune", "reinit"):  # the final checkpoint, and the run's mean as a labelled extra
+        assert set(r["methods"][name]["run_mean"]) == {"acc", "asr", "ra", "der"}
+    assert set(r["timings_s"]["per_method"]) == set(METHODS) and r["timings_s"]["per_method"]["ft"] > 0
+    assert set(r["methods"]["fp"]["details"][0]) >= {"pruned_channels", "channels"}
+    text = table(r)
+    assert all(name in text for name in METHODS) and "256 images" in text and "final checkpoint" in text
 
 
 def test_der_of_each_method_is_the_formula(transfer_report):
     v = transfer_report["victim"]
-    for m in transfer_report["methods"].values():
+    for name, m in transfer_report["methods"].items():
+        assert m["der"] == pytest.approx(der(v["acc"], v["asr"], m["acc"], m["asr"])), name
         for d, acc, asr in zip(m["der"], m["acc"], m["asr"]):
             assert d == pytest.approx((max(0.0, v["asr"] - asr) / 100 - max(0.0, v["acc"] - acc) / 100 + 1) / 2)
 
 
-def test_reinit_touches_only_the_named_parameters(tiny_bundle):
-    model = check_architecture(tiny_bundle.task, tiny_bundle.victim_state)
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    _reinit_(model, tiny_bundle.names, torch.Generator().manual_seed(0))
-    after = model.state_dict()
-    for k, v in before.items():
-        if k in tiny_bundle.names:
-            assert not torch.equal(after[k], v), k
-        else:  # the trunk and every BatchNorm running statistic stay the victim's
-            assert torch.equal(after[k], v), k
-    assert torch.equal(after["bn3.weight"], torch.ones(128)) and torch.equal(after["bn3.bias"], torch.zeros(128))
+def test_clean_layers_are_the_base_values_and_average_the_mean(tiny_bundle):
+    sets = control_sets(tiny_bundle, ("average", "clean-layers"))
+    assert list(sets) == ["average", "clean-layers"]
+    layers = unflatten(sets["clean-layers"], tiny_bundle.layout)
+    for name in tiny_bundle.names:
+        assert torch.equal(layers[name][0], tiny_bundle.base_state[name].float())
+    assert torch.allclose(sets["average"][0], tiny_bundle.originals.mean(0))
+
+
+def test_the_table_rows_carry_clean_data_spread_and_time(transfer_report):
+    rows = table_rows(transfer_report["victim"], transfer_report["methods"])
+    assert all(len(row) == len(TABLE_HEADERS) for row in rows)
+    by_name = {row[0]: row for row in rows}
+    ft, gen = transfer_report["methods"]["ft"], transfer_report["methods"]["generated"]
+    assert by_name["ft"][1:3] == ["256 images", 1] and by_name["ft"][10] == round(ft["seconds"][0], 1)
+    assert by_name["generated"][8] == round(gen["model_std"]["der"], 3)
+    assert by_name["finetune"][9] == round(transfer_report["methods"]["finetune"]["run_mean"]["der"], 3)
+
+
+def test_bad_budget_and_methods_are_named(tiny_bundle, small_train, small_test):
+    with pytest.raises(ValueError, match=r"clean budget 0.05 is 51 images, under one batch"):
+        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=small_train, test=small_test,
+                     methods=("generated", "ft"), budget=0.05)
+    with pytest.raises(ValueError, match=r"clean budget 1.5 \(1536 images\)"):
+        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=small_train, test=small_test,
+                     methods=("fp",), budget=1.5)
+    with pytest.raises(ValueError, match="the ft, fp defences train on clean data"):
+        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=None, test=small_test, methods=("ft", "fp"))
+    with pytest.raises(ValueError, match=r"unknown methods \['nope', 'FT'\]"):
+        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=None, test=small_test, methods=("nope", "FT"))
 
 
 def test_several_seeds_report_a_spread_and_the_originals_once(tiny_bundle, small_test):
     r = run_transfer(tiny_bundle, "finetuned", n=3, seeds=[0, 1], train=None, test=small_test, sampler="ddim",
-                     steps=3, methods=("generated", "originals"))
+                     steps=3, methods=("generated", "originals", "average", "clp"))
     assert r["victim"]["name"] == "finetuned-blended" and r["seeds"] == [0, 1]
     gen, orig = r["methods"]["generated"], r["methods"]["originals"]
     assert len(gen["acc"]) == 6 and len(gen["per_seed"]["acc"]) == 2
     assert len(orig["acc"]) == 8 and len(orig["per_seed"]["acc"]) == 1  # the same K sets whatever the seed
+    assert len(r["methods"]["average"]["acc"]) == len(r["methods"]["clp"]["acc"]) == 1  # seed-free: measured once
+    # the spread over models within each seed, beside the spread of the seeds' means
+    stds = [torch.tensor(gen["der"][i:i + 3], dtype=torch.float64).std().item() for i in (0, 3)]
+    assert gen["per_seed_model_std"]["der"] == pytest.approx(stds)
+    assert gen["model_std"]["der"] == pytest.approx(sum(stds) / 2)
     means = torch.tensor(gen["per_seed"]["der"], dtype=torch.float64)
     assert gen["spread"]["der"]["mean"] == pytest.approx(means.mean().item())
     assert gen["spread"]["der"]["std"] == pytest.approx(means.std().item())

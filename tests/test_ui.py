@@ -103,17 +103,20 @@ def test_bad_parameters_get_clear_errors(client):
         _run(client, layers=["conv1.weight"])
 
 
-def test_named_victim_with_the_defence_baselines(client):
+def test_named_victim_with_the_defences(client):
     out = _run(client, target="finetuned-blended", n=4, defences=True)
     report = json.loads(open(out[0]).read())
     assert report["target"]["name"] == "finetuned-blended" and report["target"]["trigger"]["name"] == "blended"
     transfer = out[9]
     rows = {row[0]: row for row in transfer["data"]}
-    assert transfer["headers"][:2] == ["method", "n"]
-    assert rows["finetune"][1] == rows["reinit"][1] == 4 and rows["generated"][1] == 4
-    assert rows["target as-is (finetuned-blended)"][3] == pytest.approx(report["target"]["asr"], abs=0.01)
+    assert transfer["headers"][:3] == ["method", "clean data", "n"]
+    assert rows["finetune"][2] == rows["reinit"][2] == rows["ft"][2] == 1 and rows["generated"][2] == 4
+    assert rows["ft"][1] == rows["fp"][1] == rows["finetune"][1] == "3000 images"  # 5% of the training split
+    assert rows["clp"][1] == "0" and rows["clean-layers"][1] == "0 (+ clean model)"
+    assert rows["target as-is (finetuned-blended)"][4] == pytest.approx(report["target"]["asr"], abs=0.01)
     names = [t["name"] for t in json.loads(out[8]["plot"])["data"]]
-    assert "finetune (mean)" in names and "reinit (mean)" in names
+    assert {f"{s} (mean)" for s in ("finetune", "reinit", "ft", "fp", "clp", "clean-layers")} <= set(names)
+    assert names[-1] == "target as-is (finetuned-blended)"  # the victim as-is: its own marker and legend entry
 
 
 def test_unknown_target_names_the_choices(client):
