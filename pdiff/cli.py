@@ -16,7 +16,7 @@ from pdiff.diffusion import SAMPLERS
 from pdiff.runtime import resolve_device as _device
 from pdiff.splice import ALL_LAYERS
 from pdiff.tasks import DEFAULT_TASK, TASKS
-from pdiff.transfer import METHODS
+from pdiff.transfer import CLEAN_BUDGET, METHODS
 from pdiff.victims import VICTIM_KINDS
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
@@ -327,6 +327,10 @@ def _add_transfer(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+                   help="share of the training set a defence may use (the stitch is fitted on its first images)")
+    p.add_argument("--stitch-epochs", type=int, default=0,
+                   help="cross-entropy epochs through the base's frozen tail after the least-squares stitch")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
     _add_common(p)
@@ -335,13 +339,14 @@ def _add_transfer(sub) -> None:
 
 def cmd_transfer(args) -> int:
     from pdiff.baselines import DEFENCES
-    from pdiff.transfer import run_transfer, table
+    from pdiff.transfer import STITCHED, run_transfer, table
 
     bundle, device = _bundle(args)
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
-    train = _split(args, bundle.task, "train") if set(DEFENCES) & set(methods) else None
+    train = _split(args, bundle.task, "train") if set(DEFENCES + STITCHED) & set(methods) else None
     report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
-                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods)
+                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods,
+                          args.clean_budget, args.stitch_epochs)
     _write_report(args.json, report, table(report))
     return 0
 

@@ -4,6 +4,8 @@ Every method yields parameter sets for the bundle's train_layer, spliced into th
 and evaluated by the same engine: generated (sampled from the bundle), originals (the clean
 checkpoints as they are), finetune (the victim's own train_layer trained on clean data with
 the collection's step budget) and reinit (the same layers re-initialised, then trained so).
+stitch+generated puts the generated sets after a stitch (stitch.py) fitted on the clean budget from the
+victim's features to the clean base's; stitch+clean-layers, its control, the base's own values there.
 """
 from __future__ import annotations
 
@@ -15,22 +17,28 @@ from pdiff.baselines import DEFENCES, defence_sets
 from pdiff.bundle import Bundle
 from pdiff.data import Split
 from pdiff.evaluate import TargetEngine, measure, summary
+from pdiff.params import flatten
 from pdiff.sample import sample_finite
+from pdiff.stitch import clean_budget_split, stitched_engine
 from pdiff.targets import resolve_target
 
-METHODS = ("generated", "originals", "finetune", "reinit")
+STITCHED = ("stitch+generated", "stitch+clean-layers")
+METHODS = ("generated", "originals", "finetune", "reinit", *STITCHED)
+CLEAN_BUDGET = 0.05  # share of the training set a defence may use (BackdoorBench's 5 %)
 METRICS = ("acc", "asr", "ra", "der")
 TABLE_HEADERS = ["method", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best"]
 
 
 def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], train: Split | None, test: Split,
                  sampler: str = "ddim", steps: int | None = 50, k_defence: int | None = None, device="cpu",
-                 methods: tuple[str, ...] = METHODS) -> dict:
+                 methods: tuple[str, ...] = METHODS, clean_budget: float = CLEAN_BUDGET, stitch_epochs: int = 0) -> dict:
     """Every method's ACC / ASR / RA / DER lists on the victim, with a summary of each.
 
     With several seeds, each seed samples and trains the defences afresh; the lists hold every
     seed's values in seed order, `per_seed` each seed's means, and `spread` the mean and standard
     deviation of those means. The originals do not depend on the seed: evaluated once, one entry.
+    The stitch methods fit one stitch on the first `clean_budget` of `train` (`stitch_epochs`: cross-entropy
+    epochs after least squares).
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds:
@@ -43,11 +51,15 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     defences = [m for m in DEFENCES if m in methods]
     runs = {m: [] for m in methods}          # per method, one metrics dict per seed
     timings = {"sample": 0.0, "defences": 0.0, "evaluate": 0.0}
+    stitched, stitch_info = None, None
+    if set(STITCHED) & set(methods):
+        stitched, stitch_info = _stitched(bundle, engine, train, test, clean_budget, stitch_epochs, device)
+        timings["stitch"] = stitch_info["seconds"]
     nonfinite = 0
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         sets = {"originals": bundle.originals} if "originals" in methods and seed == seeds[0] else {}
-        if "generated" in methods:
+        if "generated" in methods or "stitch+generated" in methods:
             t0 = time.perf_counter()
             vectors, finite = sample_finite(bundle, n, sampler, steps, g, device)
             sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
@@ -58,6 +70,11 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
                                      k_defence or len(bundle.originals), device, defences))
         timings["defences"] += time.perf_counter() - t0
         t0 = time.perf_counter()
+        if stitched is not None:
+            for name, metrics in measure(stitched, _stitched_sets(bundle, sets, methods, seed == seeds[0]),
+                                         reference=None)["metrics"].items():
+                runs[name].append(metrics)
+        sets = {k: v for k, v in sets.items() if k in methods}
         for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
             runs[name].append(metrics)
         timings["evaluate"] += time.perf_counter() - t0
@@ -66,7 +83,28 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     return {"task": bundle.task.name, "victim": {"name": engine.target.name, **as_is, "trigger": engine.trigger.to_dict()},
             "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names,
             "methods": {name: _pooled(runs[name]) for name in methods},
-            "nonfinite": nonfinite, "timings_s": timings, "device": str(device)}
+            "nonfinite": nonfinite, "timings_s": timings, "device": str(device),
+            **({"stitch": stitch_info} if stitch_info else {})}
+
+
+def _stitched(bundle: Bundle, engine: TargetEngine, train: Split | None, test: Split, fraction: float, epochs: int,
+              device) -> tuple[TargetEngine, dict]:
+    """The victim stitched onto the clean base's tail, the stitch fitted on the clean budget: (engine, info)."""
+    if train is None:
+        raise ValueError("the stitch methods need the training split: the stitch is fitted on its clean budget")
+    budget = clean_budget_split(train, fraction, bundle.task.recipe.batch_size)
+    stitched, info = stitched_engine(bundle.task, bundle.layout, engine.target, bundle.base_state, test, budget,
+                                     device=device, reference=engine.as_is(), tune_epochs=epochs)
+    return stitched, {**info, "clean_budget": fraction}
+
+
+def _stitched_sets(bundle: Bundle, sets: dict, methods: tuple[str, ...], first_seed: bool) -> dict:
+    """The parameter sets that go after the stitch: the generated ones, and the base's own layers (one
+    model, the same whatever the seed: evaluated with the first seed only)."""
+    out = {"stitch+generated": sets["generated"]} if "stitch+generated" in methods else {}
+    if "stitch+clean-layers" in methods and first_seed:
+        out["stitch+clean-layers"] = flatten({k: bundle.base_state[k][None] for k in bundle.names}, bundle.layout)
+    return out
 
 
 def _pooled(per_seed: list[dict]) -> dict:
@@ -104,12 +142,12 @@ def table(report: dict) -> str:
     several = len(report.get("seeds", [])) > 1
     lines = [f"victim {v['name']}: ACC {v['acc']:.2f}  ASR {v['asr']:.2f}  RA {v['ra']:.2f}"
              + (f"  (seeds {', '.join(map(str, report['seeds']))}: mean ± std over seeds)" if several else ""),
-             f"{'method':<10} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} {'DER best':>9}"]
+             f"{'method':<19} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} {'DER best':>9}"]
     for row, (name, m) in zip(table_rows(v, report["methods"])[1:], report["methods"].items()):
         if not row[1]:
-            lines.append(f"{name:<10} {0:>5}  (no finite parameter sets)")
+            lines.append(f"{name:<19} {0:>5}  (no finite parameter sets)")
             continue
         cells = [f"{m['spread'][k]['mean']:{f}} ± {m['spread'][k]['std']:{f}}" if several else f"{cell:{f}}"
                  for k, f, cell in zip(METRICS, (".2f", ".2f", ".2f", ".3f"), row[2:6])]
-        lines.append(f"{name:<10} {row[1]:>5} " + " ".join(f"{c:>13}" for c in cells) + f" {row[6]:>9.3f}")
+        lines.append(f"{name:<19} {row[1]:>5} " + " ".join(f"{c:>13}" for c in cells) + f" {row[6]:>9.3f}")
     return "\n".join(lines)

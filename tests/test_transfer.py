@@ -11,14 +11,14 @@ from helpers import with_recipe
 @pytest.fixture(scope="module")
 def transfer_report(tiny_bundle, small_train, small_test):
     return run_transfer(with_recipe(tiny_bundle, save_every=3), "scratch", n=4, seeds=0, train=small_train,
-                        test=small_test, sampler="ddim", steps=3, k_defence=5)
+                        test=small_test, sampler="ddim", steps=3, k_defence=5, clean_budget=0.25)
 
 
 def test_every_method_returns_the_report_keys(transfer_report):
     r = transfer_report
     assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["kind"] == "badnets"
     assert list(r["methods"]) == list(METHODS)
-    sizes = {"generated": 4, "originals": 8, "finetune": 5, "reinit": 5}
+    sizes = {"generated": 4, "originals": 8, "finetune": 5, "reinit": 5, "stitch+generated": 4, "stitch+clean-layers": 1}
     for name, m in r["methods"].items():
         for key in ("acc", "asr", "ra", "der"):
             assert len(m[key]) == sizes[name], (name, key)
