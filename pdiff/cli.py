@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from pdiff.backdoor import TRIGGERS
+from pdiff.collect import TRUNK_MODES
 from pdiff.data import DataError, Split
 from pdiff.diffusion import SAMPLERS
 from pdiff.runtime import resolve_device as _device
@@ -86,6 +87,10 @@ def _add_collect(sub) -> None:
     p.add_argument("--trunks", type=int, default=1,
                    help="collect on M trunks: the base and M-1 copies of it fine-tuned briefly on clean data "
                         "(recipe trunk_epochs), about K/M checkpoints each; the manifest records each one's trunk")
+    p.add_argument("--trunk-mode", choices=TRUNK_MODES, default="finetune",
+                   help="how trunks 1.. differ from the base: finetune (fine-tuned briefly at a quarter of the rate), "
+                        "reinit (first half of the trunk re-initialised, whole model retrained for trunk_epochs), "
+                        "scratch (trained from another initialisation; reach it with `loto --stitch`)")
     p.add_argument("--from-base", type=Path, default=None,
                    help="skip base training: collect on this model file (e.g. another collection's base.safetensors)")
     p.add_argument("--backdoor", choices=TRIGGERS, default=None,
@@ -131,7 +136,7 @@ def cmd_collect(args) -> int:
         base = load_target(task, args.from_base).state_dict()
     t0 = time.perf_counter()
     manifest = run_collect(task, args.out, train, test, args.seed, device=device, trunks=args.trunks,
-                           base=base).manifest()
+                           base=base, trunk_mode=args.trunk_mode).manifest()
     accs = manifest["accs"]
     _print_json({"base_acc": manifest["base_acc"], "k": manifest["k"], "acc_min": min(accs), "acc_max": max(accs),
                  "acc_mean": sum(accs) / len(accs), "diversity": manifest["diversity"],
@@ -357,9 +362,15 @@ def _add_loto(sub) -> None:
                        help="leave-one-trunk-out: a bundle trained without one trunk, spliced into that trunk",
                        description="For a bundle made with `train --hold-out-trunk I` on a multi-trunk collection "
                                    "(`collect --trunks M`): sample N sets and splice them into trunk I, beside trunk "
-                                   "I's own checkpoints and the other trunks' checkpoints. Accuracies in percent.")
+                                   "I as it is, its own checkpoints and the other trunks' checkpoints. Accuracies in "
+                                   "percent.")
     _add_sampling(p)
     p.add_argument("--collection", type=Path, required=True, help="the multi-trunk collection the bundle came from")
+    p.add_argument("--stitch", action="store_true",
+                   help="also reach the held-out trunk through a stitch onto the first training trunk (for trunks "
+                        "that share no features: `collect --trunk-mode scratch`), fitted on the clean budget")
+    p.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+                   help="share of the training set the stitch is fitted on (its first images)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
     _add_common(p)
@@ -367,11 +378,14 @@ def _add_loto(sub) -> None:
 
 
 def cmd_loto(args) -> int:
+    from pdiff.stitch import clean_budget_split
     from pdiff.trunks import leave_one_trunk_out, loto_lines
 
     bundle, device = _bundle(args)
+    budget = (clean_budget_split(_split(args, bundle.task, "train"), args.clean_budget, bundle.task.recipe.batch_size)
+              if args.stitch else None)
     report = leave_one_trunk_out(bundle, args.collection, args.n, args.seed, _split(args, bundle.task, "test"),
-                                 args.sampler, args.steps, device)
+                                 args.sampler, args.steps, device, budget)
     _write_report(args.json, report, loto_lines(report))
     return 0
 

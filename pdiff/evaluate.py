@@ -17,7 +17,7 @@ from pdiff.archs import StagedNet
 from pdiff.backdoor import der, triggered_test_set
 from pdiff.config import Task
 from pdiff.data import Split, normalize
-from pdiff.params import Layout
+from pdiff.params import Layout, own_values
 from pdiff.splice import select_layers, stacked_params
 from pdiff.targets import Target, check_architecture
 
@@ -183,7 +183,7 @@ class TargetEngine:
     def as_is(self) -> dict:
         """The target's own metrics: its own values of the layout's layers, spliced back unchanged."""
         if self._as_is is None:
-            own = torch.cat([self.target.state[n].reshape(-1).float() for n, _ in self.layout])[None]
+            own = own_values(self.target.state, self.layout)
             self._as_is = {k: v[0] for k, v in self.run(own, reestimate=False).items() if k != "wrong"}
         return self._as_is
 

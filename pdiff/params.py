@@ -49,6 +49,11 @@ def flatten(stacked: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
     return torch.cat(cols, dim=1)
 
 
+def own_values(state: dict[str, torch.Tensor], layout: Layout) -> torch.Tensor:
+    """One model's own values of the layout's tensors: a (1, P) float32 vector."""
+    return torch.cat([state[n].reshape(-1).float() for n, _ in layout])[None]
+
+
 def unflatten(vectors: torch.Tensor, layout: Layout) -> dict[str, torch.Tensor]:
     """(K, P) -> {name: (K, *shape)}, the inverse of `flatten`."""
     if vectors.ndim != 2 or vectors.shape[1] != numel(layout):

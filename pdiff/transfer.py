@@ -17,7 +17,7 @@ from pdiff.baselines import DEFENCES, defence_sets
 from pdiff.bundle import Bundle
 from pdiff.data import Split
 from pdiff.evaluate import TargetEngine, measure, summary
-from pdiff.params import flatten
+from pdiff.params import own_values
 from pdiff.sample import sample_finite
 from pdiff.stitch import clean_budget_split, stitched_engine
 from pdiff.targets import resolve_target
@@ -103,7 +103,7 @@ def _stitched_sets(bundle: Bundle, sets: dict, methods: tuple[str, ...], first_s
     model, the same whatever the seed: evaluated with the first seed only)."""
     out = {"stitch+generated": sets["generated"]} if "stitch+generated" in methods else {}
     if "stitch+clean-layers" in methods and first_seed:
-        out["stitch+clean-layers"] = flatten({k: bundle.base_state[k][None] for k in bundle.names}, bundle.layout)
+        out["stitch+clean-layers"] = own_values(bundle.base_state, bundle.layout)
     return out
 
 
