@@ -26,6 +26,7 @@ from pdiff.splice import select_layers
 from pdiff.targets import Target, check_architecture
 from pdiff.tasks import build_model
 
+BN_IMAGES = 512  # clean-budget images BatchNorm statistics after a generated layer are re-estimated on
 RIDGE = 1e-5  # relative to each victim channel's variance: a dead channel gets weight 0, not NaN
 
 
@@ -125,13 +126,17 @@ def fit_for(task: Task, trunk_state: dict, base_state: dict, budget: Split, star
 
 def stitched_engine(task: Task, layout: Layout, target: Target, base_state: dict, test: Split, budget: Split,
                     layers: list[str] | None = None, device="cpu", reference: dict | None = None,
-                    tune_epochs: int = 0, generator: torch.Generator | None = None) -> tuple[TargetEngine, dict]:
+                    tune_epochs: int = 0, generator: torch.Generator | None = None,
+                    bn_images: int = BN_IMAGES) -> tuple[TargetEngine, dict]:
     """An engine on the stitched target (the target's trunk, the stitch, the base's tail); `reference`: the
-    metrics DER is measured against (the target as-is, unstitched). Returns (engine, the stitch's info)."""
+    metrics DER is measured against (the target as-is, unstitched). BatchNorm statistics in the layout after
+    the splice point are re-estimated per set on the budget's first `bn_images` images, through the stitch
+    (0: spliced as they are). Returns (engine, the stitch's info)."""
     start = splice_stage(task, layout, layers)
     stitch, info = fit_for(task, target.state, base_state, budget, start, device, tune_epochs, generator)
     model = check_architecture(task, base_state)
     hybrid = Target(f"{target.name} stitched", hybrid_state(model, target.state, base_state, start), target.trigger)
-    engine = TargetEngine(task, layout, hybrid, test, layers, device, feature_map=stitch, reference=reference)
+    engine = TargetEngine(task, layout, hybrid, test, layers, device, budget.subset(bn_images) if bn_images else None,
+                          feature_map=stitch, reference=reference)
     engine.stitch = stitch
-    return engine, info
+    return engine, {**info, "bn_images": len(engine.bn.features) if engine.bn else 0}

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +102,13 @@ def test_a_clean_budget_under_one_batch_or_over_the_set_is_refused(small_train):
         clean_budget_split(small_train, 0.05, 128)
     with pytest.raises(ValueError, match="got 1.5"):
         clean_budget_split(small_train, 1.5, 128)
+
+
+def test_the_cli_refuses_a_clean_budget_under_one_batch_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pdiff", "transfer", "--bundle", "checkpoints/fmnist-convnet/bundle",
+                          "--methods", "stitch+generated", "--clean-budget", "0.001", "--train-subset", "20000",
+                          "--test-subset", "100", "--json", str(tmp_path / "t.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip() == ("error: a clean budget of 0.001 is 20 of 20000 training "
+                                                          "images, under one batch (128)")
+    assert not (tmp_path / "t.json").exists()
