@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Stitching trials (issue 13, item 3): one seed, N = 20, DDIM-50, clean budget 5 % (3,000 images). Run from the
+# repository root. The deep bundle here is the older format-1 one (it ships no scratch-blended victim).
+set -euo pipefail
+m=generated,originals,stitch+generated,stitch+clean-layers
+for v in victim scratch-blended; do
+  python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim $v --methods $m --n 20 --seeds 0 \
+    --sampler ddim --json results/stitch/default-$v.json | tee results/stitch/default-$v.txt
+done
+python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim victim \
+  --methods generated,stitch+generated,stitch+clean-layers --n 20 --seeds 0 --sampler ddim \
+  --json results/stitch/deep-victim.json | tee results/stitch/deep-victim.txt
+# the stitch refined by 3 epochs of cross-entropy through the base's frozen tail
+python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim victim \
+  --methods stitch+generated,stitch+clean-layers --stitch-epochs 3 --n 20 --seeds 0 --sampler ddim \
+  --json results/stitch/deep-victim-ce3.json | tee results/stitch/deep-victim-ce3.txt
