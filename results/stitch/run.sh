@@ -14,3 +14,12 @@ python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victi
 python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim victim \
   --methods stitch+generated,stitch+clean-layers --stitch-epochs 3 --n 20 --seeds 0 --sampler ddim \
   --json results/stitch/deep-victim-ce3.json | tee results/stitch/deep-victim-ce3.txt
+# leave-one-trunk-out on a trunk trained from another initialisation, reached through the stitch: a small run
+# (6,000 training images, K = 40, a briefly trained bundle; the stitch on 5 % = 300 images) -> loto-scratch-small.*
+d=$(mktemp -d)/scratch
+python -m pdiff collect --out $d --trunks 2 --trunk-mode scratch --from-base checkpoints/fmnist-convnet/base.safetensors \
+  --k 40 --train-subset 6000 --seed 0
+python -m pdiff train --collection $d --hold-out-trunk 1 --out $d/bundle --ae-steps 400 --ddpm-steps 800 \
+  --train-subset 6000 --no-recon-eval --seed 0
+python -m pdiff loto --bundle $d/bundle --collection $d --n 20 --sampler ddim --stitch --train-subset 6000 \
+  --json results/stitch/loto-scratch-small.json | tee results/stitch/loto-scratch-small.txt
