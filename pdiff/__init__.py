@@ -15,7 +15,10 @@ ASR/RA/DER). `train` normalises the checkpoints (`params`), fits the autoencoder
 loads and names the models they go into. `evaluate` is the one measurement engine: `measure` takes
 parameter sets by source (generated, originals, `baselines`, the layer defences) and a `TargetEngine`, and
 returns every source's metrics and similarity; `TargetEngine.measure_state` measures a whole defended model
-(`defences`: fine-tuning, fine-pruning, CLP at a clean-data budget) on the same images. `report` (evaluate), `transfer` and `trunks` (leave-one-trunk-out)
+(`defences`: fine-tuning, fine-pruning, CLP at a clean-data budget) on the same images. `stitch` maps a
+victim's features onto the clean base's at the splice point (a 1x1 map fitted on clean images), so the engine
+can run layers fitted to the clean trunk on a victim trained from scratch. `report` (evaluate), `transfer` and
+`trunks` (leave-one-trunk-out)
 are short compositions of it; `plots` draws a report, `ui` is the app, `cli` the command line.
 """
 

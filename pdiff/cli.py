@@ -11,12 +11,13 @@ from pathlib import Path
 import torch
 
 from pdiff.backdoor import TRIGGERS
+from pdiff.collect import TRUNK_MODES
 from pdiff.data import DataError, Split
 from pdiff.diffusion import SAMPLERS
 from pdiff.runtime import resolve_device as _device
 from pdiff.splice import ALL_LAYERS
 from pdiff.tasks import DEFAULT_TASK, TASKS
-from pdiff.transfer import METHODS
+from pdiff.transfer import CLEAN_BUDGET, METHODS
 from pdiff.victims import VICTIM_KINDS
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
@@ -94,6 +95,10 @@ def _add_collect(sub) -> None:
     p.add_argument("--trunks", type=int, default=1,
                    help="collect on M trunks: the base and M-1 copies of it fine-tuned briefly on clean data "
                         "(recipe trunk_epochs), about K/M checkpoints each; the manifest records each one's trunk")
+    p.add_argument("--trunk-mode", choices=TRUNK_MODES, default="finetune",
+                   help="how trunks 1.. differ from the base: finetune (fine-tuned briefly at a quarter of the rate), "
+                        "reinit (first half of the trunk re-initialised, whole model retrained for trunk_epochs), "
+                        "scratch (trained from another initialisation; reach it with `loto --stitch`)")
     p.add_argument("--from-base", type=Path, default=None,
                    help="skip base training: collect on this model file (e.g. another collection's base.safetensors)")
     p.add_argument("--trigger", "--backdoor", dest="trigger", default=None,
@@ -140,7 +145,7 @@ def cmd_collect(args) -> int:
         base = load_target(task, args.from_base).state_dict()
     t0 = time.perf_counter()
     manifest = run_collect(task, args.out, train, test, args.seed, device=device, trunks=args.trunks,
-                           base=base).manifest()
+                           base=base, trunk_mode=args.trunk_mode).manifest()
     accs = manifest["accs"]
     _print_json({"base_acc": manifest["base_acc"], "k": manifest["k"], "acc_min": min(accs), "acc_max": max(accs),
                  "acc_mean": sum(accs) / len(accs), "diversity": manifest["diversity"],
@@ -388,8 +393,8 @@ def _add_transfer(sub) -> None:
                         "the file names its trigger")
     _add_trigger(p)
     p.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
-                   help="share of the training split the defences may train on (BackdoorBench: 0.05); at least one "
-                        "batch of 128 images")
+                   help="share of the training split the defences (and the stitch: the first seed's budget) may "
+                        "train on (BackdoorBench: 0.05); at least one batch of 128 images")
     p.add_argument("--defence-epochs", type=int, default=EPOCHS,
                    help="epochs ft and fp fine-tune for on the clean budget (BackdoorBench: 100; fewer on a CPU)")
     p.add_argument("--k-defence", type=int, default=None,
@@ -398,6 +403,8 @@ def _add_transfer(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--stitch-epochs", type=int, default=0,
+                   help="cross-entropy epochs through the base's frozen tail after the least-squares stitch")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
     _add_common(p)
@@ -415,7 +422,7 @@ def cmd_transfer(args) -> int:
     train = _split(args, bundle.task, "train") if trained else None
     report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
                           _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods,
-                          args.clean_budget, args.defence_epochs, trigger=args.trigger)
+                          args.clean_budget, args.defence_epochs, trigger=args.trigger, stitch_epochs=args.stitch_epochs)
     _write_report(args.json, report, table(report))
     return 0
 
@@ -426,9 +433,15 @@ def _add_loto(sub) -> None:
                        help="leave-one-trunk-out: a bundle trained without one trunk, spliced into that trunk",
                        description="For a bundle made with `train --hold-out-trunk I` on a multi-trunk collection "
                                    "(`collect --trunks M`): sample N sets and splice them into trunk I, beside trunk "
-                                   "I's own checkpoints and the other trunks' checkpoints. Accuracies in percent.")
+                                   "I as it is, its own checkpoints and the other trunks' checkpoints. Accuracies in "
+                                   "percent.")
     _add_sampling(p)
     p.add_argument("--collection", type=Path, required=True, help="the multi-trunk collection the bundle came from")
+    p.add_argument("--stitch", action="store_true",
+                   help="also reach the held-out trunk through a stitch onto the first training trunk (for trunks "
+                        "that share no features: `collect --trunk-mode scratch`), fitted on the clean budget")
+    p.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+                   help="share of the training set the stitch is fitted on (drawn with --seed)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
     _add_common(p)
@@ -436,11 +449,14 @@ def _add_loto(sub) -> None:
 
 
 def cmd_loto(args) -> int:
+    from pdiff.defences import clean_budget
     from pdiff.trunks import leave_one_trunk_out, loto_lines
 
     bundle, device = _bundle(args)
+    budget = (clean_budget(_split(args, bundle.task, "train"), args.clean_budget, torch.Generator().manual_seed(args.seed))
+              if args.stitch else None)
     report = leave_one_trunk_out(bundle, args.collection, args.n, args.seed, _split(args, bundle.task, "test"),
-                                 args.sampler, args.steps, device)
+                                 args.sampler, args.steps, device, budget)
     _write_report(args.json, report, loto_lines(report))
     return 0
 

@@ -138,13 +138,37 @@ def diversity(params: dict[str, torch.Tensor]) -> dict[str, float]:
     return {"mean_pairwise_l2": mean_dist, "mean_norm": mean_norm, "relative": mean_dist / mean_norm}
 
 
+# how a multi-trunk collection's extra trunks differ from the base (derive_trunk)
+TRUNK_MODES = ("finetune", "reinit", "scratch")
+
+
 def derive_trunk(base_state: dict[str, torch.Tensor], task: Task, train: Split, generator: torch.Generator,
-                 device: str = "cpu", desc: str = "trunk", augment: Augment | None = random_flip) -> nn.Module:
-    """The clean base fine-tuned whole on clean data for the recipe's trunk_epochs at a quarter of its
-    learning rate: a trunk close to the base but not the same, as a republished model would be."""
+                 device: str = "cpu", desc: str = "trunk", mode: str = "finetune",
+                 augment: Augment | None = random_flip) -> nn.Module:
+    """Another trunk on clean data. finetune: the base fine-tuned whole for the recipe's trunk_epochs at a
+    quarter of its learning rate (close to the base, as a republished model would be); reinit: the first
+    half of the trunk's layers re-initialised, then the whole model retrained for trunk_epochs at the full
+    rate (early features that differ for real); scratch: a model trained from another initialisation with
+    the full recipe (features that share nothing with the base: reach it through a stitch)."""
+    if mode not in TRUNK_MODES:
+        raise ValueError(f"unknown trunk mode {mode!r}; use one of {', '.join(TRUNK_MODES)}")
+    if mode == "scratch":
+        return fit(init_model(task, generator), train, task.recipe, generator, device=device, desc=desc, augment=augment)
     model = check_architecture(task, base_state)
-    return fit(model, train, task.recipe, generator, epochs=task.recipe.trunk_epochs, lr=task.recipe.lr / 4,
-               device=device, desc=desc, augment=augment)
+    if mode == "finetune":
+        return fit(model, train, task.recipe, generator, epochs=task.recipe.trunk_epochs, lr=task.recipe.lr / 4,
+                   device=device, desc=desc, augment=augment)
+    with seeded_from(generator):
+        for module in early_layers(model, task.train_layer):
+            module.reset_parameters()
+    return fit(model, train, task.recipe, generator, epochs=task.recipe.trunk_epochs, device=device, desc=desc, augment=augment)
+
+
+def early_layers(model: nn.Module, train_layer: list[str]) -> list[torch.nn.Module]:
+    """The first half (at least one) of the layers with parameters before train_layer's first stage."""
+    start = min(model.stage_of(n) for n in train_layer)
+    trunk = [m for _, m in model.stages()[:start] if any(True for _ in m.parameters())]
+    return trunk[:max(1, len(trunk) // 2)]
 
 
 def _split_k(k: int, parts: int) -> list[int]:
@@ -157,10 +181,10 @@ def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def run_collect(task: Task, out: Path | None, train: Split, test: Split, seed: int, k: int | None = None,
                 device: str = "cpu", trunks: int = 1, base: dict[str, torch.Tensor] | None = None,
-                augment: Augment | None = random_flip) -> Collection:
+                augment: Augment | None = random_flip, trunk_mode: str = "finetune") -> Collection:
     """Train (or take) the base model and collect K checkpoints; saved to `out` unless it is None.
 
-    With trunks > 1, trunk 0 is the base and trunks 1.. are derived from it (`derive_trunk`); each
+    With trunks > 1, trunk 0 is the base and trunks 1.. are derived from it (`derive_trunk`, `trunk_mode`); each
     gets its own frozen-trunk collection of about K / trunks checkpoints, and `trunk_of` says which
     trunk every checkpoint came from.
     """
@@ -180,7 +204,7 @@ def run_collect(task: Task, out: Path | None, train: Split, test: Split, seed: i
     for trunk, k_trunk in enumerate(_split_k(k, trunks)):
         t0 = time.perf_counter()
         model = (check_architecture(task, base_state) if trunk == 0
-                 else derive_trunk(base_state, task, train, g, device, desc=f"trunk {trunk}", augment=augment))
+                 else derive_trunk(base_state, task, train, g, device, f"trunk {trunk}", trunk_mode, augment))
         states.append(_clone(model.state_dict()))  # before collection moves it
         trunk_accs.append(test_accuracy(model, test, device))
         timings["trunks"] += time.perf_counter() - t0
@@ -192,6 +216,7 @@ def run_collect(task: Task, out: Path | None, train: Split, test: Split, seed: i
         trunk_of += [trunk] * k_trunk
     params = {n: torch.cat([p[n] for p in parts]) for n in task.train_layer}
     info = {"diversity": diversity(params), "base_given": base is not None, "timings_s": timings,
+            **({"trunk_mode": trunk_mode} if trunks > 1 else {}),
             "device": str(device), "train_size": len(train.labels), "test_size": len(test.labels)}
     coll = Collection(task, layout_of(params, task.train_layer, stacked=True), params, accs, states, trunk_of,
                       trunk_accs, seed, info)

@@ -66,7 +66,7 @@ def clean_budget(train: Split, fraction: float, generator: torch.Generator, excl
     if count < BATCH:
         raise ValueError(f"clean budget {fraction} is {count} images, under one batch ({BATCH}); raise it")
     idx = torch.randperm(pool, generator=generator)[:count]
-    return Split(train.images[idx], train.labels[idx], train.dataset)
+    return dataclasses.replace(train, images=train.images[idx], labels=train.labels[idx])  # keeps a split's own mean/std
 
 
 # ---- the spliced layers ------------------------------------------------------------------

@@ -84,14 +84,17 @@ class BatchedEvaluator:
     For a StagedNet, the stages before the first generated layer are the same for every parameter set, so
     their output is computed once and cached (on `device`); only the tail runs per model. Any other module
     runs whole (`torch.func.functional_call` over the whole model). Either way under `vmap` over the stacked
-    parameters; chunks over models and images bound memory.
+    parameters; chunks over models and images bound memory. `feature_map` (a stitch) is applied to the
+    cached trunk output once, so it costs nothing per parameter set (staged models only).
     """
 
     def __init__(self, model: nn.Module, images: torch.Tensor, layers: list[str],
-                 device: str | torch.device = "cpu", max_elements: int = 2**26):
+                 device: str | torch.device = "cpu", max_elements: int = 2**26, feature_map: Callable | None = None):
         self.model = model.to(device).eval()
         self.start = first_stage(model, layers)
-        self.features = tail_input(self.model, images.to(device), self.start)  # the trunk, once
+        if feature_map is not None and self.start is None:
+            raise ValueError(f"a stitch needs a staged model; {type(model).__name__} runs whole")
+        self.features = _mapped(tail_input(self.model, images.to(device), self.start), feature_map)  # the trunk, once
         # numbers per image and model in the vmapped part; a whole model's largest activation bounds it
         self.per_image = (self.features[0].numel() if self.start is not None
                           else largest_activation(self.model, self.features[:1]))
@@ -119,6 +122,11 @@ class BatchedEvaluator:
         return torch.cat(out)
 
 
+def _mapped(features: torch.Tensor, feature_map: Callable | None) -> torch.Tensor:
+    with torch.no_grad():
+        return features if feature_map is None else feature_map(features)
+
+
 def accuracies(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     """(N, n_images) predictions -> N accuracies in percent."""
     return (100.0 * (pred == labels[None]).double().mean(1)).tolist()
@@ -128,9 +136,10 @@ class BatchNormEstimator:
     """BatchNorm running statistics re-estimated for many parameter sets at once, on a few hundred clean
     images: the statistics a generated convolution's outputs really have, in place of constant copies."""
 
-    def __init__(self, model: StagedNet, images: torch.Tensor, start: int, stat_names: list[str], device):
+    def __init__(self, model: StagedNet, images: torch.Tensor, start: int, stat_names: list[str], device,
+                 feature_map: Callable | None = None):
         self.model, self.start, self.seconds = model, start, 0.0
-        self.features = predict(model, images.to(device), 0, start)
+        self.features = _mapped(predict(model, images.to(device), 0, start), feature_map)
         owners = sorted({n.rsplit(".", 1)[0] for n in stat_names}, key=lambda o: model.stage_of(f"{o}.weight"))
         self.owners = [(o, model.stage_of(f"{o}.weight")) for o in owners]
 
@@ -163,26 +172,31 @@ class TargetEngine:
     `run` evaluates (M, P) vectors of the layout spliced into the selected layers; the target keeps
     its own values elsewhere. `as_is` is the target with its own values: the reference for DER. With
     `bn_images` (clean training images), BatchNorm statistics in the layout that follow a generated layer
-    are re-estimated per parameter set instead of spliced.
+    are re-estimated per parameter set instead of spliced. `feature_map` (a stitch, see stitch.py) maps the
+    trunk's output before the tail, everywhere; `reference`: the as-is metrics DER is measured against, when
+    they are not this target's own (a stitched victim is judged against the victim as it is).
     """
 
     def __init__(self, task: Task, layout: Layout, target: Target, test: Split, layers: list[str] | None = None,
-                 device: str | torch.device = "cpu", bn_images: Split | None = None):
+                 device: str | torch.device = "cpu", bn_images: Split | None = None,
+                 feature_map: Callable | None = None, reference: dict | None = None):
         self.layout, self.layers, self.labels = layout, select_layers(layout, layers), test.labels
         self.target, self.trigger = target, target.trigger
         self.task, self.test, self.device = task, test, device
         model = check_architecture(task, target.state)
-        self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device)
+        self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device, feature_map=feature_map)
         stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
         if bn_images is not None and stats and self.clean.start is None:
             raise ValueError(f"re-estimating BatchNorm statistics needs a StagedNet; {type(model).__name__} runs whole")
         stats = [n for n in stats if self.clean.start is not None and model.stage_of(n) > self.clean.start]
-        self.bn = (BatchNormEstimator(model, bn_images.normalized(device), self.clean.start, stats, device)
+        self.bn = (BatchNormEstimator(model, bn_images.normalized(device), self.clean.start, stats, device,
+                                       feature_map)
                    if bn_images is not None and stats else None)
         if self.trigger is not None:
             images, self.trig_labels = triggered_test_set(test.images, test.labels, self.trigger)
-            self.triggered = BatchedEvaluator(model, test.prepare(images, device), self.layers, device)
-        self._as_is: dict | None = None
+            self.triggered = BatchedEvaluator(model, test.prepare(images, device), self.layers, device,
+                                              feature_map=feature_map)
+        self._as_is: dict | None = reference
         self._memo: dict = {}  # results of parameter sets that do not change between calls (the originals)
 
     @property

@@ -8,7 +8,10 @@ as it is), and says how much clean data it used:
   one model) and `clean-layers` (the clean base's own values of the spliced layers, one model);
 - defences (`pdiff.defences`) at a clean budget, by default 5 % of the training set drawn per seed, each
   at its final checkpoint: `finetune` and `reinit` of the spliced layers (their run-mean as an extra,
-  labelled column), `ft` and `fp` of the whole victim, and the data-free `clp`.
+  labelled column), `ft` and `fp` of the whole victim, and the data-free `clp`;
+- for victims that share no features with the clean trunk: `stitch+generated`, the generated sets after a
+  stitch (`pdiff.stitch`, fitted on the first seed's clean budget from the victim's features to the clean
+  base's at the splice point), and its control `stitch+clean-layers` (the base's own layers after it).
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ from pdiff.defences import (CLEAN_BUDGET, DATA_FREE, DEFENCES, EPOCHS, LAYER_DEF
 from pdiff.evaluate import TargetEngine, measure, summary
 from pdiff.params import own_vector
 from pdiff.sample import sample_finite
+from pdiff.stitch import stitched_engine
 from pdiff.targets import resolve_target
 
 CONTROLS = ("originals", "average", "clean-layers")
-METHODS = ("generated", *CONTROLS, *DEFENCES)
-ONCE = (*CONTROLS, *DATA_FREE)   # the same whatever the seed: measured with the first seed only
+STITCHED = ("stitch+generated", "stitch+clean-layers")
+METHODS = ("generated", *CONTROLS, *DEFENCES, *STITCHED)
+ONCE = (*CONTROLS, *DATA_FREE, "stitch+clean-layers")   # the same whatever the seed: measured with the first seed only
 METRICS = ("acc", "asr", "ra", "der")
 TABLE_HEADERS = ["method", "clean data", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best",
                  "DER std (models)", "DER run mean", "time (s)"]
@@ -39,6 +44,8 @@ def clean_data(name: str, images: int = 0) -> str:
     """The clean data a method used, as the table states it."""
     if name in DEFENCES and name not in DATA_FREE:
         return f"{images} images"
+    if name in STITCHED:
+        return f"{images} images" + (" (+ clean checkpoints)" if name == "stitch+generated" else " (+ clean model)")
     if name in DATA_FREE:
         return "0"
     if name == "clean-layers":
@@ -58,13 +65,13 @@ def trained_methods(methods) -> list[str]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
-    return [m for m in methods if m in DEFENCES and m not in DATA_FREE]
+    return [m for m in methods if (m in DEFENCES and m not in DATA_FREE) or m in STITCHED]
 
 
 def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], train: Split | None, test: Split,
                  sampler: str = "ddim", steps: int | None = 50, k_defence: int | None = None, device="cpu",
                  methods: tuple[str, ...] = METHODS, budget: float = CLEAN_BUDGET, epochs: int = EPOCHS,
-                 trigger=None) -> dict:
+                 trigger=None, stitch_epochs: int = 0) -> dict:
     """Every method's ACC / ASR / RA / DER lists on the victim, with a summary of each.
 
     With several seeds, each seed samples, draws its clean budget and trains the defences afresh; the lists
@@ -73,7 +80,8 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     controls and clp do not depend on the seed: measured once, one entry. `budget` is a share of `train`;
     `epochs` the fine-tuning epochs of ft and fp; `k_defence` the checkpoints along a finetune / reinit run
     (the bundle's K: the collection's step budget). `trigger` (a Trigger, preset name or spec file)
-    overrides the victim's own; see resolve_target.
+    overrides the victim's own; see resolve_target. `stitch_epochs`: cross-entropy epochs after the stitch's
+    least squares.
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds:
@@ -91,12 +99,13 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
     budgets = {seed: clean_budget(train, budget, gens[seed]) if trained else None for seed in seeds}
     runs = {m: [] for m in methods}      # per method, one metrics dict per seed
-    extra = {m: {"seconds": [], "run_mean": [], "details": []} for m in methods}
+    extra = {m: {"seconds": [], "run_mean": [], "details": []} for m in ("generated", *methods)}
     timings, nonfinite = {"sample": 0.0, "evaluate": 0.0}, 0
+    stitched, stitch_info = _stitched(bundle, engine, budgets[seeds[0]], stitch_epochs, device, methods, extra)
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         sets = control_sets(bundle, methods) if seed == seeds[0] else {}
-        if "generated" in methods:
+        if "generated" in methods or "stitch+generated" in methods:
             vectors, finite = _timed(extra["generated"], sample_finite, bundle, n, sampler, steps, g, device)
             sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
         gd = gens[seed]
@@ -104,6 +113,11 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
             sets[name] = _timed(extra[name], layer_defence, name, bundle.task, bundle.layout, engine.target.state,
                                 budgets[seed], gd, k_defence or len(bundle.originals), device)
         t0 = time.perf_counter()
+        if stitched is not None:
+            for name, metrics in measure(stitched, _stitched_sets(bundle, sets, methods, seed == seeds[0]),
+                                         reference=None)["metrics"].items():
+                runs[name].append(metrics)
+        sets = {k: v for k, v in sets.items() if k in methods}
         for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
             if name in LAYER_DEFENCES:  # the run's last checkpoint is the defence; the run's mean a labelled extra
                 extra[name]["run_mean"].append({k: sum(v) / len(v) for k, v in metrics.items()})
@@ -125,8 +139,31 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
             "defence_settings": {**settings(epochs), "k": k_defence or len(bundle.originals)},
             "methods": {name: {**_pooled(runs[name], extra[name]), "clean_data": clean_data(name, images),
                                "clean_images": images if name in trained else 0} for name in methods},
-            "nonfinite": nonfinite, "device": str(device),
+            "nonfinite": nonfinite, "device": str(device), **({"stitch": stitch_info} if stitch_info else {}),
             "timings_s": {**timings, "per_method": {m: sum(extra[m]["seconds"]) for m in methods}}}
+
+
+def _stitched(bundle: Bundle, engine: TargetEngine, budget: Split | None, epochs: int, device, methods,
+              extra: dict) -> tuple[TargetEngine | None, dict | None]:
+    """Where a stitch method is asked for: the victim stitched onto the clean base's tail, the stitch fitted on
+    `budget` (its seconds counted to both stitch methods); else (None, None)."""
+    if not set(STITCHED) & set(methods):
+        return None, None
+    t0 = time.perf_counter()
+    stitched, info = stitched_engine(bundle.task, bundle.layout, engine.target, bundle.base_state, engine.test, budget,
+                                     device=device, reference=engine.as_is(), tune_epochs=epochs)
+    for name in STITCHED:
+        extra[name]["seconds"].append(time.perf_counter() - t0)
+    return stitched, {**info, "clean_images": len(budget.labels)}
+
+
+def _stitched_sets(bundle: Bundle, sets: dict, methods: tuple[str, ...], first_seed: bool) -> dict:
+    """The parameter sets that go after the stitch: the generated ones, and the base's own layers (one
+    model, the same whatever the seed: evaluated with the first seed only)."""
+    out = {"stitch+generated": sets["generated"]} if "stitch+generated" in methods else {}
+    if "stitch+clean-layers" in methods and first_seed:
+        out["stitch+clean-layers"] = own_vector(bundle.base_state, bundle.layout)
+    return out
 
 
 def _timed(extra: dict, fn, *args):

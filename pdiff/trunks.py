@@ -1,7 +1,10 @@
 """Leave-one-trunk-out: a bundle trained without one trunk's checkpoints, spliced into that trunk.
 
 The question multi-trunk collections answer: does a generator learned on some trunks make
-layers that fit a trunk it never saw, as well as that trunk's own checkpoints do?
+layers that fit a trunk it never saw, as well as that trunk's own checkpoints do? The held-out
+trunk as it is (its own values of the layers: one model) is the bar. A trunk that shares no
+features with the others (`collect --trunk-mode scratch`) is reached through a stitch (stitch.py):
+its features mapped onto the first training trunk's, whose tail the generated layers then run in.
 """
 from __future__ import annotations
 
@@ -13,15 +16,21 @@ from pdiff.bundle import Bundle
 from pdiff.collection import Collection
 from pdiff.data import Split
 from pdiff.evaluate import TargetEngine, measure
+from pdiff.params import own_vector
 from pdiff.sample import sample_finite
+from pdiff.stitch import stitched_engine
 from pdiff.targets import Target, check_architecture
 
-SOURCES = ("generated", "own_checkpoints", "other_trunks_checkpoints")
+SOURCES = ("trunk_as_is", "generated", "own_checkpoints", "other_trunks_checkpoints")
+STITCHED = ("stitch+generated", "stitch+clean-layers")
 
 
 def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, n: int, seed: int, test: Split,
-                        sampler: str = "ddim", steps: int | None = 50, device="cpu") -> dict:
-    """Accuracy on the held-out trunk of: generated sets, that trunk's own checkpoints, the other trunks' ones."""
+                        sampler: str = "ddim", steps: int | None = 50, device="cpu",
+                        stitch_budget: Split | None = None) -> dict:
+    """Accuracy on the held-out trunk of: the trunk as it is, generated sets, that trunk's own checkpoints,
+    the other trunks' ones; with `stitch_budget` (clean training images), also the generated sets and the
+    first training trunk's own layers after a stitch from the held-out trunk onto that trunk."""
     held = bundle.meta.get("held_out_trunk")
     if held is None:
         raise ValueError("this bundle was trained on every trunk; train one with `train --hold-out-trunk I`")
@@ -32,17 +41,37 @@ def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, n: 
     trunk = Target(f"trunk {held}", check_architecture(bundle.task, coll.trunks[held]).state_dict(), None)
     engine = TargetEngine(bundle.task, bundle.layout, trunk, test, device=device)
     vectors, finite = sample_finite(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device)
-    sets = dict(zip(SOURCES, (vectors[finite], coll.rows_of_trunk(held), bundle.originals)))
+    sets = dict(zip(SOURCES, (own_vector(trunk.state, bundle.layout), vectors[finite], coll.rows_of_trunk(held),
+                              bundle.originals)))
     m = measure(engine, sets, reference=None)
-    return {"task": bundle.task.name, "held_out_trunk": held, "trunk_acc": coll.trunk_accs[held], "n": n, "seed": seed,
-            "sampler": sampler, "trained_on_trunks": sorted(set(bundle.meta.get("trunk_of", []))),
-            **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in SOURCES}}
+    trained_on = sorted(set(bundle.meta.get("trunk_of", [])))
+    report = {"task": bundle.task.name, "held_out_trunk": held, "trunk_acc": coll.trunk_accs[held], "n": n,
+              "seed": seed, "sampler": sampler, "trained_on_trunks": trained_on, "trunk_mode": coll.info.get("trunk_mode"),
+              **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in SOURCES}}
+    if stitch_budget is not None:
+        report.update(_through_stitch(bundle, coll, trunk, trained_on[0], sets["generated"], test, stitch_budget,
+                                      device))
+    return report
+
+
+def _through_stitch(bundle: Bundle, coll: Collection, trunk: Target, onto: int, generated: torch.Tensor,
+                    test: Split, budget: Split, device) -> dict:
+    """The generated sets and trunk `onto`'s own layers, after a stitch from `trunk` onto trunk `onto`."""
+    engine, info = stitched_engine(bundle.task, bundle.layout, trunk, coll.trunks[onto], test, budget, device=device)
+    sets = {"stitch+generated": generated, "stitch+clean-layers": own_vector(coll.trunks[onto], bundle.layout)}
+    m = measure(engine, sets, reference=None)
+    return {"stitch": {**info, "onto_trunk": onto},
+            **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in STITCHED}}
 
 
 def loto_lines(report: dict) -> str:
-    lines = [f"held-out trunk {report['held_out_trunk']} (its own accuracy {report['trunk_acc']:.2f}); "
-             f"bundle trained on trunks {report['trained_on_trunks']}"]
-    for name in SOURCES:
+    lines = [f"held-out trunk {report['held_out_trunk']} (its own accuracy {report['trunk_acc']:.2f}"
+             + (f", trunk mode {report['trunk_mode']}" if report.get("trunk_mode") else "")
+             + f"); bundle trained on trunks {report['trained_on_trunks']}"]
+    if "stitch" in report:
+        s = report["stitch"]
+        lines.append(f"stitch onto trunk {s['onto_trunk']}: {s['images']} clean images, R^2 {s['r2']:.3f}")
+    for name in (*SOURCES, *(STITCHED if "stitch" in report else ())):
         s = report[name]["summary"]
         lines.append(f"{name:<25} n={len(report[name]['acc']):<4} best {s['best']:.2f}  mean {s['mean']:.2f}  "
                      f"median {s['median']:.2f}  min {s['min']:.2f}")

@@ -3,7 +3,7 @@ import torch
 
 from pdiff.backdoor import der
 from pdiff.params import unflatten
-from pdiff.transfer import METHODS, TABLE_HEADERS, control_sets, run_transfer, table, table_rows
+from pdiff.transfer import METHODS, STITCHED, TABLE_HEADERS, control_sets, run_transfer, table, table_rows
 
 from helpers import with_recipe
 
@@ -20,14 +20,15 @@ def test_every_method_returns_the_report_keys(transfer_report):
     assert list(r["methods"]) == list(METHODS)
     assert r["clean_budget"]["images"] == 256 and r["defence_settings"]["epochs"] == 1 and r["defence_settings"]["k"] == 5
     assert r["defence_settings"]["lr"] == 0.01 and r["defence_settings"]["clp_u"] == 3.0
-    sizes = {"generated": 4, "originals": 8}  # every control and defence: one model (a defence's final checkpoint)
+    # every control and defence: one model (a defence's final checkpoint)
+    sizes = {"generated": 4, "originals": 8, "stitch+generated": 4}
     for name, m in r["methods"].items():
         for key in ("acc", "asr", "ra", "der"):
             assert len(m[key]) == sizes.get(name, 1), (name, key)
         assert set(m["summary"]) == {"acc", "asr", "ra", "der"}
         assert set(m["summary"]["der"]) == {"best", "mean", "median", "min", "std"}
         assert set(m["model_std"]) == {"acc", "asr", "ra", "der"}
-        assert m["clean_images"] == (256 if name in ("finetune", "reinit", "ft", "fp") else 0)
+        assert m["clean_images"] == (256 if name in ("finetune", "reinit", "ft", "fp", *STITCHED) else 0)
     assert r["methods"]["generated"]["clean_data"] == "0 (+ clean checkpoints)"
     assert r["methods"]["clean-layers"]["clean_data"] == "0 (+ clean model)"
     assert r["methods"]["ft"]["clean_data"] == "256 images" and r["methods"]["clp"]["clean_data"] == "0"
@@ -37,6 +38,7 @@ def test_every_method_returns_the_report_keys(transfer_report):
         assert set(r["methods"][name]["run_mean"]) == {"acc", "asr", "ra", "der"}
     assert set(r["timings_s"]["per_method"]) == set(METHODS) and r["timings_s"]["per_method"]["ft"] > 0
     assert set(r["methods"]["fp"]["details"][0]) >= {"pruned_channels", "channels"}
+    assert r["stitch"]["clean_images"] == 256 and r["methods"]["stitch+generated"]["clean_data"].startswith("256 images")
     text = table(r)
     assert all(name in text for name in METHODS) and "256 images" in text and "final checkpoint" in text
 

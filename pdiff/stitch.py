@@ -1,0 +1,131 @@
+"""Stitching: a victim's features mapped onto the clean base's at the splice point, so that layers fitted to
+the clean trunk (generated, or the base's own) run on a victim that shares no features with it.
+
+A stitch is a 1x1 convolution: one affine map over channels, applied at every pixel (on flat features, an
+affine map). It is fitted by ridge least squares from the victim's activations at the input of the first
+stage that holds a spliced layer to the base's activations there, on clean images only (the clean budget);
+a few epochs of cross-entropy through the base's frozen tail may refine it. The stitched target is the
+victim's trunk, then the stitch, then the base's tail: the spliced layers were fitted with the base's
+values around them (bn3's running statistics in the default task).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from pdiff.archs import StagedNet
+from pdiff.config import Task
+from pdiff.data import Split
+from pdiff.evaluate import TargetEngine, predict
+from pdiff.params import Layout
+from pdiff.runtime import optimizer_step
+from pdiff.splice import select_layers
+from pdiff.targets import Target, check_architecture
+from pdiff.tasks import build_model
+
+BN_IMAGES = 512  # clean-budget images BatchNorm statistics after a generated layer are re-estimated on
+RIDGE = 1e-5  # relative to each victim channel's variance: a dead channel gets weight 0, not NaN
+
+
+@dataclass
+class Stitch:
+    weight: torch.Tensor  # (C_out, C_in)
+    bias: torch.Tensor    # (C_out,)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C_in, *spatial) -> (N, C_out, *spatial): the same affine map at every position."""
+        y = torch.einsum("oc,nc...->no...", self.weight.to(x), x)
+        return y + self.bias.to(x).view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def _pixels(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, *spatial) -> (N * positions, C): every position is one sample of the channel map."""
+    return x.movedim(1, -1).reshape(-1, x.shape[1])
+
+
+def fit_stitch(source: torch.Tensor, target: torch.Tensor, ridge: float = RIDGE) -> Stitch:
+    """The affine map over channels that best takes `source` features to `target` features (ridge least
+    squares in float64, bias unpenalised); both (N, C, *spatial) of the same images and spatial size."""
+    if source.shape[:1] + source.shape[2:] != target.shape[:1] + target.shape[2:] or source.dim() < 2:
+        raise ValueError(f"cannot stitch features of shape {tuple(source.shape)} to {tuple(target.shape)}: "
+                         "a 1x1 stitch needs the same images and the same spatial size on both sides")
+    x, y = _pixels(source).double(), _pixels(target).double()
+    mx, my = x.mean(0), y.mean(0)
+    xc = x - mx
+    gram = xc.T @ xc
+    # each channel's penalty in proportion to its own variance: the fit does not depend on channel scales
+    w = torch.linalg.solve(gram + ridge * torch.diag(gram.diagonal().clamp(min=1e-12)), xc.T @ (y - my)).T
+    return Stitch(w.float(), (my - w @ mx).float())
+
+
+def explained(stitch: Stitch, source: torch.Tensor, target: torch.Tensor) -> float:
+    """R^2 of the stitch's output against the target features (1: a perfect map)."""
+    y, pred = _pixels(target).double(), _pixels(stitch(source)).double()
+    return 1.0 - ((y - pred) ** 2).sum().item() / ((y - y.mean(0)) ** 2).sum().clamp(min=1e-12).item()
+
+
+def tune_stitch(stitch: Stitch, tail: StagedNet, start: int, source: torch.Tensor, labels: torch.Tensor,
+                generator: torch.Generator, epochs: int = 5, lr: float = 1e-3, batch_size: int = 128) -> Stitch:
+    """Cross-entropy through the frozen `tail` (stages from `start`, eval mode), from the least-squares stitch."""
+    tail.eval().requires_grad_(False)
+    w, b = stitch.weight.clone().requires_grad_(True), stitch.bias.clone().requires_grad_(True)
+    opt = torch.optim.Adam([w, b], lr=lr)
+    for _ in range(epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for i in range(0, len(order), batch_size):
+            idx = order[i:i + batch_size]
+            loss = F.cross_entropy(tail(Stitch(w, b)(source[idx]), start), labels[idx].to(source.device))
+            optimizer_step(loss, opt)
+    return Stitch(w.detach(), b.detach())
+
+
+def hybrid_state(model: StagedNet, trunk: dict[str, torch.Tensor], tail: dict[str, torch.Tensor],
+                 start: int) -> dict[str, torch.Tensor]:
+    """Every value of stages before `start` from `trunk`, the rest from `tail`."""
+    return {k: (trunk if model.stage_of(k) < start else tail)[k] for k in tail}
+
+
+def splice_stage(task: Task, layout: Layout, layers: list[str] | None = None) -> int:
+    """The first stage that holds a spliced layer: where the stitch goes."""
+    model = build_model(task)
+    return min(model.stage_of(n) for n in select_layers(layout, layers))
+
+
+def fit_for(task: Task, trunk_state: dict, base_state: dict, budget: Split, start: int, device="cpu",
+            tune_epochs: int = 0, generator: torch.Generator | None = None) -> tuple[Stitch, dict]:
+    """The stitch from a trunk's features to the base's at stage `start`, fitted on the budget's images;
+    with `tune_epochs`, refined by cross-entropy through the base's tail. Returns (stitch, info)."""
+    t0 = time.perf_counter()
+    base = check_architecture(task, base_state).to(device)
+    images = budget.normalized(device)
+    source = predict(check_architecture(task, trunk_state).to(device), images, 0, start)
+    target = predict(base, images, 0, start)
+    stitch = fit_stitch(source, target)
+    info = {"images": len(budget.labels), "stage": start, "r2": explained(stitch, source, target), "tune_epochs": 0}
+    if tune_epochs:
+        stitch = tune_stitch(stitch, base, start, source, budget.labels, generator or torch.Generator().manual_seed(0),
+                             tune_epochs)
+        info.update(tune_epochs=tune_epochs, r2_tuned=explained(stitch, source, target))
+    info["seconds"] = time.perf_counter() - t0
+    return stitch, info
+
+
+def stitched_engine(task: Task, layout: Layout, target: Target, base_state: dict, test: Split, budget: Split,
+                    layers: list[str] | None = None, device="cpu", reference: dict | None = None,
+                    tune_epochs: int = 0, generator: torch.Generator | None = None,
+                    bn_images: int = BN_IMAGES) -> tuple[TargetEngine, dict]:
+    """An engine on the stitched target (the target's trunk, the stitch, the base's tail); `reference`: the
+    metrics DER is measured against (the target as-is, unstitched). BatchNorm statistics in the layout after
+    the splice point are re-estimated per set on the budget's first `bn_images` images, through the stitch
+    (0: spliced as they are). Returns (engine, the stitch's info)."""
+    start = splice_stage(task, layout, layers)
+    stitch, info = fit_for(task, target.state, base_state, budget, start, device, tune_epochs, generator)
+    model = check_architecture(task, base_state)
+    hybrid = Target(f"{target.name} stitched", hybrid_state(model, target.state, base_state, start), target.trigger)
+    engine = TargetEngine(task, layout, hybrid, test, layers, device, budget.subset(bn_images) if bn_images else None,
+                          feature_map=stitch, reference=reference)
+    engine.stitch = stitch
+    return engine, {**info, "bn_images": len(engine.bn.features) if engine.bn else 0}

@@ -1,0 +1,108 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from pdiff.backdoor import triggered_test_set
+from pdiff.data import normalize
+from pdiff.evaluate import BatchNormEstimator, TargetEngine, predict
+from pdiff.splice import splice
+from pdiff.stitch import fit_stitch, splice_stage, stitched_engine
+from pdiff.targets import Target, check_architecture, resolve_target
+from pdiff.transfer import STITCHED, run_transfer
+
+
+def _features(bundle, state, images):
+    start = splice_stage(bundle.task, bundle.layout)
+    return predict(check_architecture(bundle.task, state), images.normalized(), 0, start)
+
+
+def test_a_trunk_stitched_to_itself_is_the_identity(tiny_bundle, small_train, small_test):
+    base = Target("clean", tiny_bundle.base_state, None)
+    feats = _features(tiny_bundle, base.state, small_train)
+    stitch = fit_stitch(feats, feats)
+    assert torch.allclose(stitch.weight, torch.eye(len(stitch.weight)), atol=2e-3)
+    assert stitch.bias.abs().max() < 2e-3 * feats.abs().max()
+    engine, info = stitched_engine(tiny_bundle.task, tiny_bundle.layout, base, tiny_bundle.base_state, small_test,
+                                   small_train)
+    plain = TargetEngine(tiny_bundle.task, tiny_bundle.layout, base, small_test)
+    assert info["r2"] > 0.9999 and info["images"] == len(small_train.labels)
+    assert torch.equal(engine.run(tiny_bundle.originals[:3])["wrong"], plain.run(tiny_bundle.originals[:3])["wrong"])
+
+
+def test_a_stitch_undoes_a_channel_permutation_and_scale(tiny_bundle, small_train, small_test):
+    g = torch.Generator().manual_seed(0)
+    perm, scale = torch.randperm(128, generator=g), 0.5 + torch.rand(128, generator=g)
+    victim = dict(tiny_bundle.base_state)
+    # positive scales commute with the max pooling after conv3: the victim's features are scale * base[perm]
+    victim["conv3.weight"] = tiny_bundle.base_state["conv3.weight"][perm] * scale[:, None, None, None]
+    stitch = fit_stitch(_features(tiny_bundle, victim, small_train), _features(tiny_bundle, victim | {
+        "conv3.weight": tiny_bundle.base_state["conv3.weight"]}, small_train))
+    expected = torch.zeros(128, 128)
+    expected[perm, torch.arange(128)] = 1 / scale
+    assert torch.allclose(stitch.weight, expected, atol=2e-3)
+    target = Target("permuted", victim, None)
+    engine, _ = stitched_engine(tiny_bundle.task, tiny_bundle.layout, target, tiny_bundle.base_state, small_test,
+                                small_train)
+    plain = TargetEngine(tiny_bundle.task, tiny_bundle.layout, Target("clean", tiny_bundle.base_state, None), small_test)
+    assert torch.equal(engine.run(tiny_bundle.originals[:3])["wrong"], plain.run(tiny_bundle.originals[:3])["wrong"])
+
+
+def test_features_of_another_spatial_size_cannot_be_stitched():
+    with pytest.raises(ValueError, match=r"\(10, 4, 7, 7\) to \(10, 4, 14, 14\)"):
+        fit_stitch(torch.randn(10, 4, 7, 7), torch.randn(10, 4, 14, 14))
+
+
+def test_the_stitched_engine_equals_a_plain_forward_of_the_stitched_model(tiny_bundle, small_train, small_test):
+    victim = resolve_target(tiny_bundle, "victim")
+    ref = {"acc": 50.0, "asr": 100.0, "ra": 0.0}
+    engine, info = stitched_engine(tiny_bundle.task, tiny_bundle.layout, victim, tiny_bundle.base_state, small_test,
+                                   small_train, reference=ref)
+    assert engine.as_is() == ref  # DER is measured against the victim as it is, not the stitched one
+    start, vectors = info["stage"], tiny_bundle.originals[[0, 5]]
+    out = engine.run(vectors)
+    trunk = check_architecture(tiny_bundle.task, victim.state)
+    conv = nn.Conv2d(*engine.stitch.weight.shape[::-1], 1)
+    conv.weight.data, conv.bias.data = engine.stitch.weight[:, :, None, None], engine.stitch.bias
+    images, _ = triggered_test_set(small_test.images, small_test.labels, victim.trigger)
+    for i, vector in enumerate(vectors):
+        tail = check_architecture(tiny_bundle.task, splice(tiny_bundle.base_state, vector, tiny_bundle.layout))
+        model = nn.Sequential(*[m for _, m in trunk.stages()[:start]], conv, *[m for _, m in tail.stages()[start:]])
+        with torch.no_grad():
+            clean = model.eval()(small_test.normalized()).argmax(-1)
+            trig = model(normalize(images, small_test.dataset)).argmax(-1)
+        assert torch.equal(out["wrong"][i], clean != small_test.labels)
+        assert out["asr"][i] == pytest.approx(100.0 * (trig == victim.trigger.target).double().mean().item())
+
+
+def test_batchnorm_reestimation_sees_the_stitched_features(tiny_bundle, small_train):
+    victim = resolve_target(tiny_bundle, "victim")
+    engine, info = stitched_engine(tiny_bundle.task, tiny_bundle.layout, victim, tiny_bundle.base_state,
+                                   small_train.subset(200), small_train)
+    model = check_architecture(tiny_bundle.task, victim.state)
+    bn = BatchNormEstimator(model, small_train.subset(200).normalized(), info["stage"], [], "cpu", engine.stitch)
+    assert torch.equal(bn.features, engine.clean.features)
+
+
+def test_transfer_reports_the_stitch_methods(tiny_bundle, small_train, small_test):
+    r = run_transfer(tiny_bundle, "scratch", n=3, seeds=[0, 1], train=small_train, test=small_test, sampler="ddim",
+                     steps=3, methods=("generated", *STITCHED), budget=0.25)
+    assert r["stitch"]["images"] == 256 and r["stitch"]["clean_images"] == 256
+    assert r["timings_s"]["per_method"]["stitch+generated"] > 0
+    assert len(r["methods"]["stitch+generated"]["acc"]) == 6 and len(r["methods"]["stitch+clean-layers"]["acc"]) == 1
+    v = r["victim"]
+    for m in r["methods"].values():
+        for d, acc, asr in zip(m["der"], m["acc"], m["asr"]):
+            assert d == pytest.approx((max(0.0, v["asr"] - asr) / 100 - max(0.0, v["acc"] - acc) / 100 + 1) / 2)
+
+
+def test_the_cli_refuses_a_clean_budget_under_one_batch_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pdiff", "transfer", "--bundle", "checkpoints/fmnist-convnet/bundle",
+                          "--methods", "stitch+generated", "--clean-budget", "0.001", "--train-subset", "20000",
+                          "--test-subset", "100", "--json", str(tmp_path / "t.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and out.stderr.strip() == ("error: clean budget 0.001 is 20 images, under one batch "
+                                                          "(128); raise it")
+    assert not (tmp_path / "t.json").exists()
