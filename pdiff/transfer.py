@@ -231,16 +231,16 @@ def table(report: dict) -> str:
              trigger_line(v),
              f"clean budget: {b.get('fraction')} of the training split = {b.get('images')} images per seed; "
              "each defence at its final checkpoint",
-             f"{'method':<13} {'clean data':<24} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} "
+             f"{'method':<19} {'clean data':<33} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} "
              f"{'DER best':>8} {'DER std':>7} {'run-mean':>8} {'time s':>7}"]
     for row, (name, m) in zip(table_rows(v, report["methods"])[1:], report["methods"].items()):
         if not row[2]:
-            lines.append(f"{name:<13} {row[1]:<24} {0:>5}  (no finite parameter sets)")
+            lines.append(f"{name:<19} {row[1]:<33} {0:>5}  (no finite parameter sets)")
             continue
         cells = [f"{m['spread'][k]['mean']:{f}} ± {m['spread'][k]['std']:{f}}" if several else f"{cell:{f}}"
                  for k, f, cell in zip(METRICS, (".2f", ".2f", ".2f", ".3f"), row[3:7])]
         tail = [f"{c:>{w}{f}}" if c is not None else f"{'-':>{w}}" for c, w, f in zip(row[7:], (8, 7, 8, 7),
                                                                                      (".3f", ".3f", ".3f", ".1f"))]
-        lines.append(f"{name:<13} {row[1]:<24} {row[2]:>5} " + " ".join(f"{c:>13}" for c in cells) + " "
+        lines.append(f"{name:<19} {row[1]:<33} {row[2]:>5} " + " ".join(f"{c:>13}" for c in cells) + " "
                      + " ".join(tail))
     return "\n".join(lines)
