@@ -89,11 +89,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     trained = trained_methods(methods)
     if trained and train is None:
         raise ValueError(f"the {', '.join(trained)} defences train on clean data; give the training split")
-    target = resolve_target(bundle, victim, trigger)
-    if target.trigger is None:
-        raise ValueError(f"transfer measures backdoor removal, but target {target.name!r} has no trigger "
-                         f"({target.trigger_source or 'the clean model'})")
-    engine = TargetEngine(bundle.task, bundle.layout, target, test, device=device)
+    engine = _victim_engine(bundle, victim, trigger, test, device)
     # the defences draw from their own generator per seed (budget first): the same whatever n is. Budgets are
     # drawn before anything runs: a bad one fails at once
     gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
@@ -113,16 +109,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
             sets[name] = _timed(extra[name], layer_defence, name, bundle.task, bundle.layout, engine.target.state,
                                 budgets[seed], gd, k_defence or len(bundle.originals), device)
         t0 = time.perf_counter()
-        if stitched is not None:
-            for name, metrics in measure(stitched, _stitched_sets(bundle, sets, methods, seed == seeds[0]),
-                                         reference=None)["metrics"].items():
-                runs[name].append(metrics)
-        sets = {k: v for k, v in sets.items() if k in methods}
-        for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
-            if name in LAYER_DEFENCES:  # the run's last checkpoint is the defence; the run's mean a labelled extra
-                extra[name]["run_mean"].append({k: sum(v) / len(v) for k, v in metrics.items()})
-                metrics = {k: v[-1:] for k, v in metrics.items()}
-            runs[name].append(metrics)
+        _measure_sets(bundle, engine, stitched, sets, methods, seed == seeds[0], runs, extra)
         timings["evaluate"] += time.perf_counter() - t0
         for name in (m for m in MODEL_DEFENCES if m in methods and (m not in ONCE or seed == seeds[0])):
             state, info = _timed(extra[name], model_defence, name, bundle.task, engine.target.state, budgets[seed], gd,
@@ -132,7 +119,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     timings["sample"] = sum(extra["generated"]["seconds"]) if "generated" in methods else 0.0
     images = len(next(iter(budgets.values())).labels) if trained else 0
     victim_info = {"name": engine.target.name, **engine.as_is(), "trigger": engine.trigger.to_dict(),
-                   "trigger_source": target.trigger_source}
+                   "trigger_source": engine.target.trigger_source}
     return {"task": bundle.task.name, "victim": victim_info,
             "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names,
             "clean_budget": {"fraction": budget, "images": images, "drawn": "at random from the training split, per seed"},
@@ -141,6 +128,31 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
                                "clean_images": images if name in trained else 0} for name in methods},
             "nonfinite": nonfinite, "device": str(device), **({"stitch": stitch_info} if stitch_info else {}),
             "timings_s": {**timings, "per_method": {m: sum(extra[m]["seconds"]) for m in methods}}}
+
+
+def _victim_engine(bundle: Bundle, victim, trigger, test: Split, device) -> TargetEngine:
+    target = resolve_target(bundle, victim, trigger)
+    if target.trigger is None:
+        raise ValueError(f"transfer measures backdoor removal, but target {target.name!r} has no trigger "
+                         f"({target.trigger_source or 'the clean model'})")
+    return TargetEngine(bundle.task, bundle.layout, target, test, device=device)
+
+
+def _measure_sets(bundle: Bundle, engine: TargetEngine, stitched: TargetEngine | None, sets: dict, methods,
+                  first_seed: bool, runs: dict, extra: dict) -> None:
+    """One seed's parameter sets measured on the victim (and, for the stitch methods, on the stitched victim);
+    each method's metrics appended to `runs`. A layer defence's run: its last checkpoint is the defence, the
+    run's mean a labelled extra."""
+    if stitched is not None:
+        for name, metrics in measure(stitched, _stitched_sets(bundle, sets, methods, first_seed),
+                                     reference=None)["metrics"].items():
+            runs[name].append(metrics)
+    sets = {k: v for k, v in sets.items() if k in methods}
+    for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
+        if name in LAYER_DEFENCES:
+            extra[name]["run_mean"].append({k: sum(v) / len(v) for k, v in metrics.items()})
+            metrics = {k: v[-1:] for k, v in metrics.items()}
+        runs[name].append(metrics)
 
 
 def _stitched(bundle: Bundle, engine: TargetEngine, budget: Split | None, epochs: int, device, methods,
