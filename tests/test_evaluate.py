@@ -216,7 +216,9 @@ def test_a_changed_model_file_is_not_served_from_the_cache(tiny_bundle, small_te
     clean, _ = run_report(tiny_bundle, str(path), **kwargs)
     save_file(tiny_bundle.victim_state, path)  # same name, other content
     victim, _ = run_report(tiny_bundle, str(path), **kwargs)
-    assert len(engines) == 2 and victim["target"]["acc"] != clean["target"]["acc"]
+    assert len(engines) == 2
+    # the tiny base and victim may agree on accuracy; their predictions do not
+    assert (victim["target"]["acc"], victim["target"]["asr"]) != (clean["target"]["acc"], clean["target"]["asr"])
     assert victim["target"]["asr"] == pytest.approx(run_report(tiny_bundle, "victim", n=2, sampler="ddim", steps=3,
                                                                test=small_test, with_tsne=False,
                                                                with_baselines=False)[0]["target"]["asr"])
