@@ -33,11 +33,20 @@ print("| bundle, seed | acc mean | acc std | IoU within (gg) | max-IoU to origin
 print("|---|---|---|---|---|---|---|---|---|")
 for f in sorted(HERE.glob("*-seed*.json")):
     print(row(f.stem, json.loads(f.read_text())))
-r = json.loads(next(HERE.glob("default-seed0.json")).read_text())["novelty"]
-o = r["originals"]
-print(f"| originals (K = 200) | {o['acc_mean']:.2f} | {o['acc_std']:.3f} | {o['self_iou']:.3f} | "
-      f"nearest other {o['nearest_other_iou_mean']:.3f} | - | - | - | - |")
-for k in ("average", "average-16", "gaussian", "gaussian_t0.25", "gaussian_t0.5", "interpolation", "noise_0.05"):
-    v = r[k]
-    print(f"| {k} | {v['acc_mean']:.2f} | {v['acc_std']:.3f} | {'-' if v['self_iou'] is None else format(v['self_iou'], '.3f')} | "
-          f"{v['max_iou_mean']:.3f} | {v['coverage']:.2f} | - | - | - |")
+for task in ("default", "deep"):  # each task's baselines, from its seed-0 report
+    path = HERE / f"{task}-seed0.json"
+    if not path.exists():
+        continue
+    r = json.loads(path.read_text())["novelty"]
+    o = r["originals"]
+    k_orig = {"default": 200, "deep": 40}[task]
+    print(f"| {task}: originals (K = {k_orig}) | {o['acc_mean']:.2f} | {o['acc_std']:.3f} | {o['self_iou']:.3f} | "
+          f"nearest other {o['nearest_other_iou_mean']:.3f} | - | - | - | - |")
+    for k in ("average", "average-16", "gaussian", "gaussian_t0.25", "gaussian_t0.5", "gaussian_t1.5", "interpolation",
+              "noise_0.05"):
+        if k not in r:
+            continue
+        v = r[k]
+        print(f"| {task}: {k} | {v['acc_mean']:.2f} | {v['acc_std']:.3f} | "
+              f"{'-' if v['self_iou'] is None else format(v['self_iou'], '.3f')} | "
+              f"{v['max_iou_mean']:.3f} | {v['coverage']:.2f} | - | - | - |")

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The reports behind the README's transfer tables (issue 13). Run from the repository root. The victims are the
+# shipped ones (rebuilt with the trigger stamped after the flip); the sweep victims are made here first.
+# Measured with the victim files given by path (/work/runs/victims/...), byte-identical to the shipped ones.
+set -euo pipefail
+T="--sampler ddpm --k-defence 20"
+for v in finetuned-badnets finetuned-blended scratch-badnets scratch-blended; do
+  python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim $v --n 200 --seeds 0 1 2 $T \
+    --json results/transfer-v3/shallow-$v.json
+done
+for v in finetuned-badnets scratch-badnets; do  # the deep task is slow on this CPU: one seed, N = 50
+  python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim $v --n 50 --seeds 0 $T \
+    --json results/transfer-v3/deep-$v.json
+done
+# poisoning-rate sweep (1 % and 5 %; the 10 % victims are the shipped ones): one seed, N = 50
+d=$(mktemp -d); cp checkpoints/fmnist-convnet/{base.safetensors,manifest.json} "$d"
+for r in 1 5; do
+  python -m pdiff collect --out "$d" --trigger badnets --victim-kind finetuned --poison-rate 0.0$r --seed 2
+  python -m pdiff collect --out "$d" --trigger badnets --poison-rate 0.0$r --seed 1
+  for k in finetuned scratch; do
+    python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim "$d/victim-$k-badnets-${r}pct.safetensors" \
+      --n 50 --seeds 0 $T --json results/transfer-v3/sweep-$k-badnets-${r}pct.json
+  done
+done
