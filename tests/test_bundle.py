@@ -159,7 +159,7 @@ def test_the_shipped_deep_bundle_generates_working_last_blocks(small_test):
     bundle = Bundle.load("checkpoints/fmnist-convnet-deep/bundle")
     assert bundle.names[0] == "conv3.weight" and bundle.originals.shape == (40, 75530)
     assert load_file(bundle.path / "originals.safetensors")["vectors"].dtype == torch.float16
-    assert set(bundle.victims) == {"scratch-badnets", "finetuned-badnets", "finetuned-blended"}
+    assert set(bundle.victims) == {"scratch-badnets", "scratch-blended", "finetuned-badnets", "finetuned-blended"}
     report, _ = run_report(bundle, "finetuned-badnets", n=4, sampler="ddim", steps=10, test=small_test,
                            with_baselines=False, with_tsne=False)
     assert min(report["generated"]["acc"]) > 85  # on 500 test images; the victim's backdoor is gone
