@@ -70,9 +70,10 @@ def test_collect_train_evaluate_transfer(task, cifar_dir, tmp_path, monkeypatch)
 
     transfer_path = tmp_path / "transfer.json"
     assert main(["transfer", "--bundle", str(bundle), "--victim", str(victim), *SAMPLING, "--methods",
-                 "generated,originals,finetune", "--k-defence", "2", "--json", str(transfer_path), *data]) == 0
+                 "generated,originals,finetune", "--k-defence", "2", "--json", str(transfer_path), *data,
+                 "--train-subset", "200", "--clean-budget", "0.7"]) == 0  # a defence trains on at least one batch
     transfer = json.loads(transfer_path.read_text())
-    assert transfer["victim"]["name"] == victim.name and transfer["victim"]["trigger"]["kind"] == "badnets"
+    assert transfer["victim"]["name"] == victim.name and transfer["victim"]["trigger"]["name"] == "badnets"
     assert {k: len(transfer["methods"][k]["der"]) for k in transfer["methods"]} == {
-        "generated": 3, "originals": 4, "finetune": 2}
+        "generated": 3, "originals": 4, "finetune": 1}  # a defence: its final checkpoint
     assert all(0 <= v <= 100 for m in transfer["methods"].values() for v in m["acc"] + m["asr"])

@@ -1,6 +1,6 @@
 """The README's transfer tables from the reports in this folder: one row per method and victim.
 
-python results/transfer-v3/table.py [report.json ...]   (default: every *.json here, in name order)
+python results/transfer-v3/table.py [shallow|deep|sweep]   (default: every report here, in name order)
 Cells: mean ± std over seeds of the per-seed means (one seed: the mean); "models" is the std over models within a
 seed (averaged over seeds); time is the method's wall time per seed on this CPU (beside other jobs: see the note).
 """
@@ -28,8 +28,34 @@ def rows(path):
                f"{'-' if std is None else f'{std:.3f}'} | {f'{sum(sec) / len(sec):.0f}' if sec else '-'} |")
 
 
+SWEEP_METHODS = ("generated", "clean-layers", "stitch+generated", "ft", "fp")
+
+
+def sweep():
+    """The poisoning-rate sweep: each victim's DER per method at 1 %, 5 % (one seed, N 50) and 10 % (the shipped
+    victims: the mean over seeds 0, 1, 2, N 200)."""
+    here = Path(__file__).parent
+    print("| victim | rate | as-is ACC / ASR | " + " | ".join(f"{m} DER" for m in SWEEP_METHODS) + " |")
+    print("|---|---|---|" + "---|" * len(SWEEP_METHODS))
+    for kind in ("finetuned", "scratch"):
+        for rate, name in (("1 %", f"sweep-{kind}-badnets-1pct"), ("5 %", f"sweep-{kind}-badnets-5pct"),
+                           ("10 %", f"shallow-{kind}-badnets")):
+            path = here / f"{name}.json"
+            if not path.exists():
+                print(f"| {kind} BadNets | {rate} | not measured |" + " |" * len(SWEEP_METHODS))
+                continue
+            r = json.loads(path.read_text())
+            v = r["victim"]
+            cells = [f"{r['methods'][m]['spread']['der']['mean']:.3f}" if m in r["methods"] else "-" for m in SWEEP_METHODS]
+            print(f"| {kind} BadNets | {rate} | {v['acc']:.2f} / {v['asr']:.2f} | " + " | ".join(cells) + " |")
+
+
 if __name__ == "__main__":
-    paths = sys.argv[1:] or sorted(str(p) for p in Path(__file__).parent.glob("*.json"))
+    which = sys.argv[1] if len(sys.argv) > 1 else ""
+    if which == "sweep":
+        sweep()
+        sys.exit()
+    paths = sorted(str(p) for p in Path(__file__).parent.glob(f"{which}*.json") if "sweep" not in p.name or which)
     print("| method | clean data | ACC | ASR | DER | DER std (models) | time s |")
     print("|---|---|---|---|---|---|---|")
     for p in paths:
