@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The reports behind the README's transfer tables (issue 13). Run from the repository root. The victims are the
 # shipped ones (rebuilt with the trigger stamped after the flip); the sweep victims are made here first.
-# Measured with the victim files given by path (/work/runs/victims/...), byte-identical to the shipped ones.
+# Measured with the victim files given by path (a folder outside the repository), byte-identical to the shipped ones.
 set -euo pipefail
 T="--sampler ddpm --k-defence 20"
 for v in finetuned-badnets finetuned-blended scratch-badnets scratch-blended; do
