@@ -56,7 +56,7 @@ def task(model, layers: list[str], name: str = "custom", dataset: str = "custom"
         raise ValueError(f"layers must be a non-empty list of parameter names, got {layers!r}")
     factory = _factory(model)
     arch = type(model).__name__ if isinstance(model, nn.Module) else getattr(model, "__name__", type(model).__name__)
-    t = Task(name, dataset, arch, list(layers), Recipe.from_dict({**Recipe().to_dict(), **recipe}))
+    t = Task(name, dataset, arch, list(layers), Recipe.from_dict(recipe))
     t.factory = factory
     build_model(t)  # unknown layer names fail here, before any training
     return t

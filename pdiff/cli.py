@@ -14,10 +14,12 @@ from pdiff.backdoor import TRIGGERS
 from pdiff.collect import TRUNK_MODES
 from pdiff.data import DataError, Split
 from pdiff.diffusion import SAMPLERS
+from pdiff.evaluate import BN_IMAGES
 from pdiff.runtime import resolve_device as _device
 from pdiff.splice import ALL_LAYERS
 from pdiff.tasks import DEFAULT_TASK, TASKS
-from pdiff.transfer import CLEAN_BUDGET, METHODS
+from pdiff.defences import CLEAN_BUDGET, EPOCHS
+from pdiff.transfer import METHODS
 from pdiff.victims import VICTIM_KINDS
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
@@ -323,7 +325,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--validation", type=int, default=5000,
                    help="hold out the last N training images: the noise baseline matched to the generated mean "
                         "accuracy is found on them, and 'best' models are chosen on them (0: skip)")
-    p.add_argument("--bn-images", type=int, default=512,
+    p.add_argument("--bn-images", type=int, default=BN_IMAGES,
                    help="re-estimate BatchNorm statistics that follow a generated layer on the first N training "
                         "images, per generated model, instead of splicing constant copies (0: splice them)")
     p.add_argument("--curves", action="store_true",
@@ -369,8 +371,6 @@ def cmd_evaluate(args) -> int:
 
 # ---- transfer --------------------------------------------------------------------------
 def _add_transfer(sub) -> None:
-    from pdiff.defences import CLEAN_BUDGET, EPOCHS
-
     p = sub.add_parser("transfer", formatter_class=_FMT,
                        help="generated layers on a backdoored victim, beside clean-weight controls and the field's "
                             "defences at a clean-data budget",

@@ -166,7 +166,7 @@ def derive_trunk(base_state: dict[str, torch.Tensor], task: Task, train: Split, 
 
 def early_layers(model: nn.Module, train_layer: list[str]) -> list[torch.nn.Module]:
     """The first half (at least one) of the layers with parameters before train_layer's first stage."""
-    start = min(model.stage_of(n) for n in train_layer)
+    start = first_stage(model, train_layer)
     trunk = [m for _, m in model.stages()[:start] if any(True for _ in m.parameters())]
     return trunk[:max(1, len(trunk) // 2)]
 

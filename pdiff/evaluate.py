@@ -18,7 +18,7 @@ from pdiff.archs import StagedNet
 from pdiff.backdoor import der, triggered_test_set
 from pdiff.config import Task
 from pdiff.data import Split
-from pdiff.params import Layout, own_vector
+from pdiff.params import BN_STATISTICS, Layout, own_vector
 from pdiff.splice import select_layers, stacked_params
 from pdiff.targets import Target, check_architecture
 
@@ -132,6 +132,9 @@ def accuracies(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
     return (100.0 * (pred == labels[None]).double().mean(1)).tolist()
 
 
+BN_IMAGES = 512  # clean training images BatchNorm statistics after a generated layer are re-estimated on
+
+
 class BatchNormEstimator:
     """BatchNorm running statistics re-estimated for many parameter sets at once, on a few hundred clean
     images: the statistics a generated convolution's outputs really have, in place of constant copies."""
@@ -185,7 +188,7 @@ class TargetEngine:
         self.task, self.test, self.device = task, test, device
         model = check_architecture(task, target.state)
         self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device, feature_map=feature_map)
-        stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in ("running_mean", "running_var")]
+        stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in BN_STATISTICS]
         if bn_images is not None and stats and self.clean.start is None:
             raise ValueError(f"re-estimating BatchNorm statistics needs a StagedNet; {type(model).__name__} runs whole")
         stats = [n for n in stats if self.clean.start is not None and model.stage_of(n) > self.clean.start]

@@ -19,14 +19,14 @@ import torch.nn.functional as F
 from pdiff.archs import StagedNet
 from pdiff.config import Task
 from pdiff.data import Split
-from pdiff.evaluate import TargetEngine, predict
+from pdiff.evaluate import BN_IMAGES, TargetEngine, predict
 from pdiff.params import Layout
 from pdiff.runtime import optimizer_step
 from pdiff.splice import select_layers
 from pdiff.targets import Target, check_architecture
 from pdiff.tasks import build_model
 
-BN_IMAGES = 512  # clean-budget images BatchNorm statistics after a generated layer are re-estimated on
+STITCHED = ("stitch+generated", "stitch+clean-layers")  # the methods that run after a stitch
 RIDGE = 1e-5  # relative to each victim channel's variance: a dead channel gets weight 0, not NaN
 
 

@@ -28,11 +28,10 @@ from pdiff.defences import (CLEAN_BUDGET, DATA_FREE, DEFENCES, EPOCHS, LAYER_DEF
 from pdiff.evaluate import TargetEngine, measure, summary
 from pdiff.params import own_vector
 from pdiff.sample import sample_finite
-from pdiff.stitch import stitched_engine
+from pdiff.stitch import STITCHED, stitched_engine
 from pdiff.targets import resolve_target
 
 CONTROLS = ("originals", "average", "clean-layers")
-STITCHED = ("stitch+generated", "stitch+clean-layers")
 METHODS = ("generated", *CONTROLS, *DEFENCES, *STITCHED)
 ONCE = (*CONTROLS, *DATA_FREE, "stitch+clean-layers")   # the same whatever the seed: measured with the first seed only
 METRICS = ("acc", "asr", "ra", "der")
@@ -116,7 +115,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
                                  epochs, device)
             extra[name]["details"].append(info)
             runs[name].append(engine.measure_state(state, name))
-    timings["sample"] = sum(extra["generated"]["seconds"]) if "generated" in methods else 0.0
+    timings["sample"] = sum(extra["generated"]["seconds"])  # also when only stitch+generated sampled
     images = len(next(iter(budgets.values())).labels) if trained else 0
     victim_info = {"name": engine.target.name, **engine.as_is(), "trigger": engine.trigger.to_dict(),
                    "trigger_source": engine.target.trigger_source}

@@ -18,11 +18,10 @@ from pdiff.data import Split
 from pdiff.evaluate import TargetEngine, measure
 from pdiff.params import own_vector
 from pdiff.sample import sample_finite
-from pdiff.stitch import stitched_engine
+from pdiff.stitch import STITCHED, stitched_engine
 from pdiff.targets import Target, check_architecture
 
 SOURCES = ("trunk_as_is", "generated", "own_checkpoints", "other_trunks_checkpoints")
-STITCHED = ("stitch+generated", "stitch+clean-layers")
 
 
 def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, n: int, seed: int, test: Split,

@@ -12,6 +12,7 @@ from pdiff import plots, text
 from pdiff.backdoor import CORNERS, trigger_from_fields, trigger_line
 from pdiff.bundle import Bundle, BundleError
 from pdiff.data import DataError, Split
+from pdiff.evaluate import BN_IMAGES
 from pdiff.report import EngineCache, run_report
 from pdiff.runtime import resolve_device
 from pdiff.sources import allowed_roots, app_source, shipped_bundles
@@ -21,7 +22,6 @@ from pdiff.transfer import TABLE_HEADERS, table_rows
 
 DEFAULT_N, MAX_N = 100, 500
 VALIDATION = 5000  # training images held out for the matched-noise baseline and for choosing a "best" model
-BN_IMAGES = 512    # clean training images BatchNorm statistics are re-estimated on, after a generated convolution
 # per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
 ENGINES = EngineCache(size=4)
 MAX_UPLOAD = "200mb"
@@ -65,7 +65,7 @@ def _held_out(dataset: str) -> tuple[Split | None, Split | None]:
     """From the training split: the last VALIDATION images (matched noise, selection) and the first BN_IMAGES
     (BatchNorm re-estimation); (None, None) where the training split is absent, as on a Space."""
     try:
-        train = Split.load(dataset, "train")
+        train = _train_split(dataset)  # one load and one copy in memory, shared with the defences
     except DataError:
         return None, None
     return train.last(VALIDATION), train.subset(BN_IMAGES)
@@ -192,7 +192,8 @@ def _status(report: dict) -> str:
         line += f" {report['generated']['nonfinite']} sets had non-finite values and were left out."
     if report["backdoor"] != "applicable":
         line += f" Backdoor metrics {report['backdoor']}."
-    return line + (f" The {trigger_line(t)}." if trigger_line(t) else "")
+    described = trigger_line(t)
+    return line + (f" The {described}." if described else "")
 
 
 def target_choices(bundle: Bundle) -> list[str]:
