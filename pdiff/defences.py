@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 
 import torch
 from torch import nn
@@ -210,3 +211,25 @@ def model_defence(name: str, task: Task, victim_state: dict[str, torch.Tensor], 
     else:
         raise ValueError(f"unknown model defence {name!r}; known: {', '.join(MODEL_DEFENCES)}")
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, info
+
+
+@dataclasses.dataclass
+class Defended:
+    """One defence's outcome. A layer defence: `vectors`, the (K, P) checkpoints along its run (the last is
+    the defence). A whole-model defence: the defended `state` and `details` of what it did. Its wall time."""
+    name: str
+    seconds: float
+    vectors: torch.Tensor | None = None
+    state: dict[str, torch.Tensor] | None = None
+    details: dict | None = None
+
+
+def run_defence(name: str, task: Task, layout: Layout, victim_state: dict[str, torch.Tensor], budget: Split | None,
+                generator: torch.Generator, k: int, epochs: int = EPOCHS, device="cpu") -> Defended:
+    """Any defence in DEFENCES on the victim, timed: the one entry point `report` and `transfer` share."""
+    t0 = time.perf_counter()
+    if name in LAYER_DEFENCES:
+        vectors = layer_defence(name, task, layout, victim_state, budget, generator, k, device)
+        return Defended(name, time.perf_counter() - t0, vectors=vectors)
+    state, details = model_defence(name, task, victim_state, budget, generator, epochs, device)
+    return Defended(name, time.perf_counter() - t0, state=state, details=details)

@@ -19,7 +19,7 @@ from pdiff.backdoor import trigger_line
 from pdiff.baselines import baseline_sets, gaussian_sweep, match_noise_sigma, noisy_originals
 from pdiff.bundle import Bundle
 from pdiff.data import Split
-from pdiff.defences import CLEAN_BUDGET, DATA_FREE, EPOCHS, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget, layer_defence, model_defence
+from pdiff.defences import CLEAN_BUDGET, DATA_FREE, DEFENCES, EPOCHS, LAYER_DEFENCES, clean_budget, run_defence
 from pdiff.evaluate import TargetEngine, measure, tsne_2d
 from pdiff.files import sha256
 from pdiff.params import comparison_space, own_vector, tensor_std
@@ -119,15 +119,14 @@ def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, tra
     g = torch.Generator().manual_seed(seed)
     budget = clean_budget(train, CLEAN_BUDGET, g, exclude_last=len(validation.labels) if validation is not None else 0)
     out = {}
-    for name in (*LAYER_DEFENCES, *MODEL_DEFENCES):
-        t0 = time.perf_counter()
-        if name in LAYER_DEFENCES:
-            sets[name] = layer_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g,
-                                       len(bundle.originals), device)[-1:]
-            out[name] = {"seconds": [time.perf_counter() - t0]}
+    for name in DEFENCES:
+        d = run_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g, len(bundle.originals),
+                        epochs, device)
+        if d.vectors is not None:
+            sets[name] = d.vectors[-1:]
+            out[name] = {"seconds": [d.seconds]}
         else:
-            state, info = model_defence(name, bundle.task, engine.target.state, budget, g, epochs, device)
-            out[name] = {"seconds": [time.perf_counter() - t0], **engine.measure_state(state, name), "details": info}
+            out[name] = {"seconds": [d.seconds], **engine.measure_state(d.state, name), "details": d.details}
         out[name]["clean_images"] = 0 if name in DATA_FREE else len(budget.labels)
     return out
 

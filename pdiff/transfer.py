@@ -23,8 +23,8 @@ from pdiff.backdoor import trigger_line
 from pdiff.baselines import average
 from pdiff.bundle import Bundle
 from pdiff.data import Split
-from pdiff.defences import (CLEAN_BUDGET, DATA_FREE, DEFENCES, EPOCHS, LAYER_DEFENCES, MODEL_DEFENCES, clean_budget,
-                            layer_defence, model_defence, settings)
+from pdiff.defences import (CLEAN_BUDGET, DATA_FREE, DEFENCES, EPOCHS, LAYER_DEFENCES, MODEL_DEFENCES, Defended,
+                            clean_budget, run_defence, settings)
 from pdiff.evaluate import TargetEngine, measure, summary
 from pdiff.params import own_vector
 from pdiff.sample import sample_finite
@@ -104,17 +104,17 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
             vectors, finite = _timed(extra["generated"], sample_finite, bundle, n, sampler, steps, g, device)
             sets["generated"], nonfinite = vectors[finite], nonfinite + int((~finite).sum())
         gd = gens[seed]
+        def defend(name: str) -> Defended:  # this seed's budget and generator
+            return _defended(extra[name], run_defence(name, bundle.task, bundle.layout, engine.target.state,
+                                                      budgets[seed], gd, k_defence or len(bundle.originals),
+                                                      epochs, device))
         for name in (m for m in LAYER_DEFENCES if m in methods):
-            sets[name] = _timed(extra[name], layer_defence, name, bundle.task, bundle.layout, engine.target.state,
-                                budgets[seed], gd, k_defence or len(bundle.originals), device)
+            sets[name] = defend(name).vectors
         t0 = time.perf_counter()
         _measure_sets(bundle, engine, stitched, sets, methods, seed == seeds[0], runs, extra)
         timings["evaluate"] += time.perf_counter() - t0
         for name in (m for m in MODEL_DEFENCES if m in methods and (m not in ONCE or seed == seeds[0])):
-            state, info = _timed(extra[name], model_defence, name, bundle.task, engine.target.state, budgets[seed], gd,
-                                 epochs, device)
-            extra[name]["details"].append(info)
-            runs[name].append(engine.measure_state(state, name))
+            runs[name].append(engine.measure_state(defend(name).state, name))
     timings["sample"] = sum(extra["generated"]["seconds"])  # also when only stitch+generated sampled
     images = len(next(iter(budgets.values())).labels) if trained else 0
     victim_info = {"name": engine.target.name, **engine.as_is(), "trigger": engine.trigger.to_dict(),
@@ -183,6 +183,14 @@ def _timed(extra: dict, fn, *args):
     out = fn(*args)
     extra["seconds"].append(time.perf_counter() - t0)
     return out
+
+
+def _defended(extra: dict, d: Defended) -> Defended:
+    """d, its wall time (and what it did, for a whole-model defence) recorded in `extra`."""
+    extra["seconds"].append(d.seconds)
+    if d.details is not None:
+        extra["details"].append(d.details)
+    return d
 
 
 def _pooled(per_seed: list[dict], extra: dict) -> dict:

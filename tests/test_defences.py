@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pdiff.defences import (BATCH, batchnorms_after, clean_budget, layer_defence, model_defence, reestimate_bn,
-                            reinit_)
+from pdiff.defences import (BATCH, batchnorms_after, clean_budget, layer_defence, model_defence, reestimate_bn, reinit_,
+                            run_defence)
 from pdiff.evaluate import predict
 from pdiff.params import own_vector, unflatten
 from pdiff.targets import check_architecture
@@ -113,3 +113,18 @@ def test_bad_defence_names_and_missing_budget(tiny_bundle):
         model_defence("nope", tiny_bundle.task, tiny_bundle.victim_state, None, torch.Generator())
     with pytest.raises(ValueError, match="the ft defence trains on clean data"):
         model_defence("ft", tiny_bundle.task, tiny_bundle.victim_state, None, torch.Generator())
+
+
+def test_run_defence_dispatches_and_times_every_defence(tiny_bundle, budget):
+    bundle = with_recipe(tiny_bundle, save_every=3)
+    seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    layer = run_defence("finetune", bundle.task, bundle.layout, bundle.victim_state, budget, seeded(), k=2)
+    assert layer.state is None and layer.details is None and layer.seconds > 0
+    assert torch.equal(layer.vectors, layer_defence("finetune", bundle.task, bundle.layout, bundle.victim_state,
+                                                     budget, seeded(), k=2))  # the same run, the same generator
+    whole = run_defence("clp", bundle.task, bundle.layout, bundle.victim_state, None, seeded(), k=2)
+    state, info = model_defence("clp", bundle.task, bundle.victim_state, None, seeded())
+    assert whole.vectors is None and whole.details == info and whole.state.keys() == state.keys()
+    assert all(torch.equal(whole.state[k], state[k]) for k in state)
+    with pytest.raises(ValueError, match="unknown model defence 'nope'"):
+        run_defence("nope", bundle.task, bundle.layout, bundle.victim_state, None, seeded(), k=2)
