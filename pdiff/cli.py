@@ -22,6 +22,8 @@ from pdiff.defences import CLEAN_BUDGET, EPOCHS
 from pdiff.transfer import METHODS
 from pdiff.victims import VICTIM_KINDS
 
+VALIDATION = 5000  # training images held out for the noise match and the 'best' selection
+
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
@@ -322,9 +324,11 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     p.add_argument("--save-params", type=Path, default=None, help="also write the generated vectors (.safetensors)")
     p.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding")
-    p.add_argument("--validation", type=int, default=5000,
+    p.add_argument("--validation", type=int, default=None,
                    help="hold out the last N training images: the noise baseline matched to the generated mean "
-                        "accuracy is found on them, and 'best' models are chosen on them (0: skip)")
+                        "accuracy is found on them, and 'best' models are chosen on them (0: skip; default: "
+                        f"{VALIDATION}, or half the training images where --train-subset leaves fewer than "
+                        f"{2 * VALIDATION})")
     p.add_argument("--bn-images", type=int, default=BN_IMAGES,
                    help="re-estimate BatchNorm statistics that follow a generated layer on the first N training "
                         "images, per generated model, instead of splicing constant copies (0: splice them)")
@@ -339,6 +343,13 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _validation(train: Split | None, n: int | None) -> Split | None:
+    """The last n training images (None: VALIDATION, at most half the split), or None for n = 0 or no split."""
+    if train is None or n == 0:
+        return None
+    return train.last(min(VALIDATION, len(train.labels) // 2) if n is None else n)
+
+
 def cmd_evaluate(args) -> int:
     from pdiff.report import familiar_lines, run_report
     from pdiff.sample import save_samples
@@ -350,7 +361,7 @@ def cmd_evaluate(args) -> int:
     test = _split(args, bundle.task, "test")
     bar = _bar("evaluate")
     train = _split(args, bundle.task, "train") if args.defences else None
-    if (args.validation or args.bn_images) and train is None:
+    if (args.validation != 0 or args.bn_images) and train is None:
         try:
             train = _split(args, bundle.task, "train")
         except DataError as e:  # the test split alone still makes a report; say what is missing
@@ -359,7 +370,7 @@ def cmd_evaluate(args) -> int:
     report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
                                  test, progress=lambda frac, desc: bar(int(100 * frac), 100),
                                  with_tsne=not args.no_tsne, defences_train=train if args.defences else None,
-                                 validation=train.last(args.validation) if args.validation and train else None,
+                                 validation=_validation(train, args.validation),
                                  curves=args.curves,
                                  bn_images=train.subset(args.bn_images) if args.bn_images and train else None,
                                  trigger=args.trigger)

@@ -65,6 +65,13 @@ def test_evaluate_writes_the_report(tmp_path):
     report = json.loads((tmp_path / "r.json").read_text())
     assert len(report["generated"]["der"]) == 4 and report["target"]["asr"] > 90  # the shipped victim's backdoor
     assert "average:" in out.stdout and "median:" in out.stdout
+    assert report["validation"]["size"] == 5000  # the default hold-out
+    # a small training subset: the default hold-out shrinks to half of it instead of failing
+    out = _run("evaluate", "--bundle", BUNDLE, "--target", "victim", "--n", "2", "--sampler", "ddim", "--steps", "3",
+               "--no-tsne", "--test-subset", "300", "--train-subset", "1000", "--json", str(tmp_path / "s.json"),
+               "--device", "cpu")
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "s.json").read_text())["validation"]["size"] == 500
 
 
 def test_transfer_and_trunk_options_refuse_bad_values_in_one_line(tmp_path):
