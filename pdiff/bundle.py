@@ -54,6 +54,9 @@ class Bundle:
     # meta: the scratch BadNets one under meta["victim"] (the first format's key), the others in meta["victims"]
     victims: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     path: Path | None = None
+    # the model's constructor arguments as bundle.json recorded them (None: derived from the task on save); kept
+    # so that a bundle of a task of your own, loaded without its model, saves again
+    arch_args: dict | None = None
 
     @property
     def diffusion(self) -> Diffusion:
@@ -108,7 +111,8 @@ class Bundle:
 
             meta = {
                 "format": FORMAT, "format_version": FORMAT_VERSION, "pdiff_version": __version__,
-                "task": self.task.to_dict(), "arch_args": arch_args(self.task),
+                "task": self.task.to_dict(),
+                "arch_args": self.arch_args if self.arch_args is not None else arch_args(self.task),
                 "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
                 "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.meta.items() if k not in _RESERVED},
                 "files": {name: sha256(tmp / name) for name in sorted(files)},
@@ -155,7 +159,7 @@ class Bundle:
             victims[name] = tensors[file]
         return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
                    stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"],
-                   tensors[BASE_FILE], extra, victims=victims, path=path)
+                   tensors[BASE_FILE], extra, victims=victims, path=path, arch_args=meta["arch_args"])
 
 
 def resolve(source: str | Path) -> Path:

@@ -63,7 +63,11 @@ def test_the_example_runs_end_to_end_and_saves_what_it_made(tmp_path, small_test
     assert saved["7.weight"].shape == (50, 10, 64) and saved["6.bias"].shape == (50, 64)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert report["summary"]["generated"]["mean"] == pytest.approx(summary["generated"]["mean"])
-    bundle = pdiff.load(tmp_path / "bundle", model=example_cnn)
+    # loaded without its model, it still saves again whole (bundle.json keeps the constructor arguments)
+    pdiff.load(tmp_path / "bundle").save(tmp_path / "bundle-again")
+    assert (json.loads((tmp_path / "bundle-again" / "bundle.json").read_text())["files"]
+            == json.loads((tmp_path / "bundle" / "bundle.json").read_text())["files"])
+    bundle = pdiff.load(tmp_path / "bundle-again", model=example_cnn)
     test = pdiff.Split(small_test.images[:300], small_test.labels[:300], **NORM)
     again = pdiff.evaluate(bundle, test, n=8, baselines=False)
     assert len(again["generated"]["acc"]) == 8 and again["summary"]["generated"]["mean"] > 50
