@@ -50,6 +50,13 @@ def first_stage(model: nn.Module, layers: list[str]) -> int | None:
     return min(model.stage_of(n) for n in layers) if isinstance(model, StagedNet) else None
 
 
+def stitch_point(model: nn.Module, layers: list[str]) -> int:
+    """first_stage, for a stitch (see stitch.py): it maps a trunk's output, so the model must be staged."""
+    if not isinstance(model, StagedNet):
+        raise ValueError(f"a stitch needs a staged model; {type(model).__name__} runs whole")
+    return first_stage(model, layers)
+
+
 def tail_input(model: nn.Module, images: torch.Tensor, start: int | None) -> torch.Tensor:
     """What the tail from `start` takes: the trunk's output for a staged model, the images themselves otherwise."""
     return images if start is None else predict(model, images, 0, start)
@@ -91,9 +98,7 @@ class BatchedEvaluator:
     def __init__(self, model: nn.Module, images: torch.Tensor, layers: list[str],
                  device: str | torch.device = "cpu", max_elements: int = 2**26, feature_map: Callable | None = None):
         self.model = model.to(device).eval()
-        self.start = first_stage(model, layers)
-        if feature_map is not None and self.start is None:
-            raise ValueError(f"a stitch needs a staged model; {type(model).__name__} runs whole")
+        self.start = first_stage(model, layers) if feature_map is None else stitch_point(model, layers)
         self.features = _mapped(tail_input(self.model, images.to(device), self.start), feature_map)  # the trunk, once
         # numbers per image and model in the vmapped part; a whole model's largest activation bounds it
         self.per_image = (self.features[0].numel() if self.start is not None

@@ -19,12 +19,11 @@ import torch.nn.functional as F
 from pdiff.archs import StagedNet
 from pdiff.config import Task
 from pdiff.data import Split
-from pdiff.evaluate import BN_IMAGES, TargetEngine, predict
+from pdiff.evaluate import BN_IMAGES, TargetEngine, predict, stitch_point
 from pdiff.params import Layout
 from pdiff.runtime import optimizer_step
 from pdiff.splice import select_layers
 from pdiff.targets import Target, check_architecture
-from pdiff.tasks import build_model
 
 STITCHED = ("stitch+generated", "stitch+clean-layers")  # the methods that run after a stitch
 RIDGE = 1e-5  # relative to each victim channel's variance: a dead channel gets weight 0, not NaN
@@ -88,10 +87,9 @@ def hybrid_state(model: StagedNet, trunk: dict[str, torch.Tensor], tail: dict[st
     return {k: (trunk if model.stage_of(k) < start else tail)[k] for k in tail}
 
 
-def splice_stage(task: Task, layout: Layout, layers: list[str] | None = None) -> int:
-    """The first stage that holds a spliced layer: where the stitch goes."""
-    model = build_model(task)
-    return min(model.stage_of(n) for n in select_layers(layout, layers))
+def splice_stage(model: StagedNet, layout: Layout, layers: list[str] | None = None) -> int:
+    """The first stage of `model` that holds a spliced layer: where the stitch goes."""
+    return stitch_point(model, select_layers(layout, layers))
 
 
 def fit_for(task: Task, trunk_state: dict, base_state: dict, budget: Split, start: int, device="cpu",
@@ -121,9 +119,9 @@ def stitched_engine(task: Task, layout: Layout, target: Target, base_state: dict
     metrics DER is measured against (the target as-is, unstitched). BatchNorm statistics in the layout after
     the splice point are re-estimated per set on the budget's first `bn_images` images, through the stitch
     (0: spliced as they are). Returns (engine, the stitch's info)."""
-    start = splice_stage(task, layout, layers)
-    stitch, info = fit_for(task, target.state, base_state, budget, start, device, tune_epochs, generator)
     model = check_architecture(task, base_state)
+    start = splice_stage(model, layout, layers)
+    stitch, info = fit_for(task, target.state, base_state, budget, start, device, tune_epochs, generator)
     hybrid = Target(f"{target.name} stitched", hybrid_state(model, target.state, base_state, start), target.trigger)
     engine = TargetEngine(task, layout, hybrid, test, layers, device, budget.subset(bn_images) if bn_images else None,
                           feature_map=stitch, reference=reference)

@@ -15,8 +15,8 @@ from pdiff.transfer import STITCHED, run_transfer
 
 
 def _features(bundle, state, images):
-    start = splice_stage(bundle.task, bundle.layout)
-    return predict(check_architecture(bundle.task, state), images.normalized(), 0, start)
+    model = check_architecture(bundle.task, state)
+    return predict(model, images.normalized(), 0, splice_stage(model, bundle.layout))
 
 
 def test_a_trunk_stitched_to_itself_is_the_identity(tiny_bundle, small_train, small_test):
@@ -106,3 +106,13 @@ def test_the_cli_refuses_a_clean_budget_under_one_batch_in_one_line(tmp_path):
     assert out.returncode == 2 and out.stderr.strip() == ("error: clean budget 0.001 is 20 images, under one batch "
                                                           "(128); raise it")
     assert not (tmp_path / "t.json").exists()
+
+
+def test_a_stitch_on_a_model_that_runs_whole_is_refused_by_name(tiny_bundle):
+    from torch import nn
+
+    whole = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with pytest.raises(ValueError, match="a stitch needs a staged model; Sequential runs whole"):
+        splice_stage(whole, [("1.weight", (10, 784))])
+    model = check_architecture(tiny_bundle.task, tiny_bundle.base_state)
+    assert splice_stage(model, tiny_bundle.layout) == model.stage_of(tiny_bundle.names[0])
