@@ -17,6 +17,7 @@ from pdiff.diffusion import SAMPLERS
 from pdiff.evaluate import BN_IMAGES
 from pdiff.runtime import resolve_device as _device
 from pdiff.splice import ALL_LAYERS
+from pdiff.stitch import SHRINK_GRID, SHRINK_MAX_DROP
 from pdiff.tasks import DEFAULT_TASK, TASKS
 from pdiff.defences import CLEAN_BUDGET, EPOCHS
 from pdiff.transfer import METHODS
@@ -343,6 +344,19 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _shrink(text: str) -> float | str:
+    """--stitch-shrink: 'auto' or a number at least 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def _validation(train: Split | None, n: int | None) -> Split | None:
     """The last n training images (None: VALIDATION, at most half the split), or None for n = 0 or no split."""
     if train is None or n == 0:
@@ -416,6 +430,11 @@ def _add_transfer(sub) -> None:
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
     p.add_argument("--stitch-epochs", type=int, default=0,
                    help="cross-entropy epochs through the base's frozen tail after the least-squares stitch")
+    p.add_argument("--stitch-shrink", type=_shrink, default=0.0,
+                   help="an extra ridge penalty on the stitch, the same for every channel (times their mean "
+                        "variance): channels nearly dormant on clean data get small weights. 'auto': the largest of "
+                        f"{', '.join(map(str, SHRINK_GRID))} that keeps the clean budget's accuracy within "
+                        f"{SHRINK_MAX_DROP:g} point of 0's")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
     _add_common(p)
@@ -433,7 +452,8 @@ def cmd_transfer(args) -> int:
     train = _split(args, bundle.task, "train") if trained else None
     report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
                           _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods,
-                          args.clean_budget, args.defence_epochs, trigger=args.trigger, stitch_epochs=args.stitch_epochs)
+                          args.clean_budget, args.defence_epochs, trigger=args.trigger, stitch_epochs=args.stitch_epochs,
+                          stitch_shrink=args.stitch_shrink)
     _write_report(args.json, report, table(report))
     return 0
 

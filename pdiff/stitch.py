@@ -27,6 +27,11 @@ from pdiff.targets import Target, check_architecture
 
 STITCHED = ("stitch+generated", "stitch+clean-layers")  # the methods that run after a stitch
 RIDGE = 1e-5  # relative to each victim channel's variance: a dead channel gets weight 0, not NaN
+# `shrink`: a second penalty, the same for every channel (times their mean variance), so channels nearly dormant
+# on clean data get small weights, as fine-pruning would prune them. "auto" takes the largest on SHRINK_GRID
+# whose clean-budget accuracy (the stitched base, its own layers) is within SHRINK_MAX_DROP points of shrink 0's
+SHRINK_GRID = (0.0, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+SHRINK_MAX_DROP = 1.0
 
 
 @dataclass
@@ -45,9 +50,10 @@ def _pixels(x: torch.Tensor) -> torch.Tensor:
     return x.movedim(1, -1).reshape(-1, x.shape[1])
 
 
-def fit_stitch(source: torch.Tensor, target: torch.Tensor, ridge: float = RIDGE) -> Stitch:
+def fit_stitch(source: torch.Tensor, target: torch.Tensor, ridge: float = RIDGE, shrink: float = 0.0) -> Stitch:
     """The affine map over channels that best takes `source` features to `target` features (ridge least
-    squares in float64, bias unpenalised); both (N, C, *spatial) of the same images and spatial size."""
+    squares in float64, bias unpenalised); both (N, C, *spatial) of the same images and spatial size.
+    `shrink`: an extra penalty, shrink times the mean channel variance, on every channel alike."""
     if source.shape[:1] + source.shape[2:] != target.shape[:1] + target.shape[2:] or source.dim() < 2:
         raise ValueError(f"cannot stitch features of shape {tuple(source.shape)} to {tuple(target.shape)}: "
                          "a 1x1 stitch needs the same images and the same spatial size on both sides")
@@ -56,7 +62,9 @@ def fit_stitch(source: torch.Tensor, target: torch.Tensor, ridge: float = RIDGE)
     xc = x - mx
     gram = xc.T @ xc
     # each channel's penalty in proportion to its own variance: the fit does not depend on channel scales
-    w = torch.linalg.solve(gram + ridge * torch.diag(gram.diagonal().clamp(min=1e-12)), xc.T @ (y - my)).T
+    penalty = ridge * torch.diag(gram.diagonal().clamp(min=1e-12))
+    penalty += shrink * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    w = torch.linalg.solve(gram + penalty, xc.T @ (y - my)).T
     return Stitch(w.float(), (my - w @ mx).float())
 
 
@@ -64,6 +72,21 @@ def explained(stitch: Stitch, source: torch.Tensor, target: torch.Tensor) -> flo
     """R^2 of the stitch's output against the target features (1: a perfect map)."""
     y, pred = _pixels(target).double(), _pixels(stitch(source)).double()
     return 1.0 - ((y - pred) ** 2).sum().item() / ((y - y.mean(0)) ** 2).sum().clamp(min=1e-12).item()
+
+
+@torch.no_grad()
+def choose_shrink(source: torch.Tensor, target: torch.Tensor, base: StagedNet, start: int, labels: torch.Tensor,
+                  grid: tuple[float, ...] = SHRINK_GRID, max_drop: float = SHRINK_MAX_DROP) -> tuple[float, dict]:
+    """The largest shrink on `grid` whose stitch keeps the clean images' accuracy (through the base's own tail,
+    from `start`) within `max_drop` points of the plain least-squares stitch's; clean data only. Returns (shrink,
+    {shrink: accuracy} for every value tried)."""
+    base.eval()
+    labels = labels.to(source.device)
+    accs = {}
+    for shrink in sorted(set(grid) | {0.0}):
+        pred = base(fit_stitch(source, target, shrink=shrink)(source), start).argmax(-1)
+        accs[shrink] = 100.0 * (pred == labels).double().mean().item()
+    return max(s for s, a in accs.items() if a >= accs[0.0] - max_drop), accs
 
 
 def tune_stitch(stitch: Stitch, tail: StagedNet, start: int, source: torch.Tensor, labels: torch.Tensor,
@@ -93,16 +116,22 @@ def splice_stage(model: StagedNet, layout: Layout, layers: list[str] | None = No
 
 
 def fit_for(task: Task, trunk_state: dict, base_state: dict, budget: Split, start: int, device="cpu",
-            tune_epochs: int = 0, generator: torch.Generator | None = None) -> tuple[Stitch, dict]:
-    """The stitch from a trunk's features to the base's at stage `start`, fitted on the budget's images;
-    with `tune_epochs`, refined by cross-entropy through the base's tail. Returns (stitch, info)."""
+            tune_epochs: int = 0, generator: torch.Generator | None = None,
+            shrink: float | str = 0.0) -> tuple[Stitch, dict]:
+    """The stitch from a trunk's features to the base's at stage `start`, fitted on the budget's images
+    (`shrink`: a value, or "auto": choose_shrink on the budget); with `tune_epochs`, refined by
+    cross-entropy through the base's tail. Returns (stitch, info)."""
     t0 = time.perf_counter()
     base = check_architecture(task, base_state).to(device)
     images = budget.normalized(device)
     source = predict(check_architecture(task, trunk_state).to(device), images, 0, start)
     target = predict(base, images, 0, start)
-    stitch = fit_stitch(source, target)
-    info = {"images": len(budget.labels), "stage": start, "r2": explained(stitch, source, target), "tune_epochs": 0}
+    info = {"images": len(budget.labels), "stage": start}
+    if shrink == "auto":
+        shrink, tried = choose_shrink(source, target, base, start, budget.labels)
+        info["shrink_budget_acc"] = {str(k): v for k, v in tried.items()}
+    stitch = fit_stitch(source, target, shrink=float(shrink))
+    info.update(shrink=float(shrink), r2=explained(stitch, source, target), tune_epochs=0)
     if tune_epochs:
         stitch = tune_stitch(stitch, base, start, source, budget.labels, generator or torch.Generator().manual_seed(0),
                              tune_epochs)
@@ -114,14 +143,14 @@ def fit_for(task: Task, trunk_state: dict, base_state: dict, budget: Split, star
 def stitched_engine(task: Task, layout: Layout, target: Target, base_state: dict, test: Split, budget: Split,
                     layers: list[str] | None = None, device="cpu", reference: dict | None = None,
                     tune_epochs: int = 0, generator: torch.Generator | None = None,
-                    bn_images: int = BN_IMAGES) -> tuple[TargetEngine, dict]:
+                    bn_images: int = BN_IMAGES, shrink: float | str = 0.0) -> tuple[TargetEngine, dict]:
     """An engine on the stitched target (the target's trunk, the stitch, the base's tail); `reference`: the
     metrics DER is measured against (the target as-is, unstitched). BatchNorm statistics in the layout after
     the splice point are re-estimated per set on the budget's first `bn_images` images, through the stitch
-    (0: spliced as they are). Returns (engine, the stitch's info)."""
+    (0: spliced as they are). `shrink`: see fit_for. Returns (engine, the stitch's info)."""
     model = check_architecture(task, base_state)
     start = splice_stage(model, layout, layers)
-    stitch, info = fit_for(task, target.state, base_state, budget, start, device, tune_epochs, generator)
+    stitch, info = fit_for(task, target.state, base_state, budget, start, device, tune_epochs, generator, shrink)
     hybrid = Target(f"{target.name} stitched", hybrid_state(model, target.state, base_state, start), target.trigger)
     engine = TargetEngine(task, layout, hybrid, test, layers, device, budget.subset(bn_images) if bn_images else None,
                           feature_map=stitch, reference=reference)

@@ -70,7 +70,7 @@ def trained_methods(methods) -> list[str]:
 def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], train: Split | None, test: Split,
                  sampler: str = "ddim", steps: int | None = 50, k_defence: int | None = None, device="cpu",
                  methods: tuple[str, ...] = METHODS, budget: float = CLEAN_BUDGET, epochs: int = EPOCHS,
-                 trigger=None, stitch_epochs: int = 0) -> dict:
+                 trigger=None, stitch_epochs: int = 0, stitch_shrink: float | str = 0.0) -> dict:
     """Every method's ACC / ASR / RA / DER lists on the victim, with a summary of each.
 
     With several seeds, each seed samples, draws its clean budget and trains the defences afresh; the lists
@@ -80,7 +80,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     `epochs` the fine-tuning epochs of ft and fp; `k_defence` the checkpoints along a finetune / reinit run
     (the bundle's K: the collection's step budget). `trigger` (a Trigger, preset name or spec file)
     overrides the victim's own; see resolve_target. `stitch_epochs`: cross-entropy epochs after the stitch's
-    least squares.
+    least squares; `stitch_shrink`: its uniform penalty, a value or "auto" (stitch.fit_for).
     """
     seeds = [seeds] if isinstance(seeds, int) else list(seeds)
     if not seeds:
@@ -96,7 +96,8 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     runs = {m: [] for m in methods}      # per method, one metrics dict per seed
     extra = {m: {"seconds": [], "run_mean": [], "details": []} for m in ("generated", *methods)}
     timings, nonfinite = {"sample": 0.0, "evaluate": 0.0}, 0
-    stitched, stitch_info = _stitched(bundle, engine, budgets[seeds[0]], stitch_epochs, device, methods, extra)
+    stitched, stitch_info = _stitched(bundle, engine, budgets[seeds[0]], stitch_epochs, stitch_shrink, device,
+                                      methods, extra)
     for seed in seeds:
         g = torch.Generator().manual_seed(seed)
         sets = control_sets(bundle, methods) if seed == seeds[0] else {}
@@ -154,15 +155,15 @@ def _measure_sets(bundle: Bundle, engine: TargetEngine, stitched: TargetEngine |
         runs[name].append(metrics)
 
 
-def _stitched(bundle: Bundle, engine: TargetEngine, budget: Split | None, epochs: int, device, methods,
-              extra: dict) -> tuple[TargetEngine | None, dict | None]:
+def _stitched(bundle: Bundle, engine: TargetEngine, budget: Split | None, epochs: int, shrink: float | str, device,
+              methods, extra: dict) -> tuple[TargetEngine | None, dict | None]:
     """Where a stitch method is asked for: the victim stitched onto the clean base's tail, the stitch fitted on
     `budget` (its seconds counted to both stitch methods); else (None, None)."""
     if not set(STITCHED) & set(methods):
         return None, None
     t0 = time.perf_counter()
     stitched, info = stitched_engine(bundle.task, bundle.layout, engine.target, bundle.base_state, engine.test, budget,
-                                     device=device, reference=engine.as_is(), tune_epochs=epochs)
+                                     device=device, reference=engine.as_is(), tune_epochs=epochs, shrink=shrink)
     for name in STITCHED:
         extra[name]["seconds"].append(time.perf_counter() - t0)
     return stitched, {**info, "clean_images": len(budget.labels)}
@@ -262,4 +263,8 @@ def table(report: dict) -> str:
                                                                                      (".3f", ".3f", ".3f", ".1f"))]
         lines.append(f"{name:<19} {row[1]:<33} {row[2]:>5} " + " ".join(f"{c:>13}" for c in cells) + " "
                      + " ".join(tail))
+    if "stitch" in report:
+        st = report["stitch"]
+        lines.append(f"stitch: fitted on {st['images']} clean images at stage {st['stage']}, R^2 {st['r2']:.3f}, "
+                     f"shrink {st.get('shrink', 0.0):g}, {st['tune_epochs']} cross-entropy epochs")
     return "\n".join(lines)

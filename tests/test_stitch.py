@@ -116,3 +116,41 @@ def test_a_stitch_on_a_model_that_runs_whole_is_refused_by_name(tiny_bundle):
         splice_stage(whole, [("1.weight", (10, 784))])
     model = check_architecture(tiny_bundle.task, tiny_bundle.base_state)
     assert splice_stage(model, tiny_bundle.layout) == model.stage_of(tiny_bundle.names[0])
+
+
+def test_shrink_quiets_a_channel_that_is_nearly_dormant_on_clean_data():
+    g = torch.Generator().manual_seed(0)
+    source = torch.randn(2000, 3, generator=g)
+    source[:, 1] *= 1e-2  # nearly dormant on clean data, yet the target leans on it
+    target = (source @ torch.tensor([[1.0, 100.0, 0.5], [0.5, 0.0, 1.0]]).T)
+    plain, shrunk = fit_stitch(source, target), fit_stitch(source, target, shrink=1.0)
+    assert plain.weight[0, 1] == pytest.approx(100.0, rel=1e-3)  # least squares follows it
+    assert shrunk.weight[0, 1].abs() < 1.0  # the same penalty on every channel all but silences it
+    assert shrunk.weight[1, 2] > 0.5  # a channel with the usual variance keeps most of its weight
+
+
+def test_auto_shrink_is_the_largest_within_the_accuracy_drop(tiny_bundle, small_train):
+    from pdiff.stitch import SHRINK_GRID, choose_shrink
+
+    victim = resolve_target(tiny_bundle, "scratch")
+    source, target = _features(tiny_bundle, victim.state, small_train), _features(tiny_bundle, tiny_bundle.base_state,
+                                                                                  small_train)
+    base = check_architecture(tiny_bundle.task, tiny_bundle.base_state)
+    start = splice_stage(base, tiny_bundle.layout)
+    chosen, accs = choose_shrink(source, target, base, start, small_train.labels)
+    assert set(accs) == set(SHRINK_GRID) and chosen in accs
+    assert accs[chosen] >= accs[0.0] - 1.0
+    assert all(accs[s] < accs[0.0] - 1.0 for s in accs if s > chosen)
+    strict, _ = choose_shrink(source, target, base, start, small_train.labels, max_drop=1000.0)
+    assert strict == max(SHRINK_GRID)  # any drop allowed: the largest value
+    r = run_transfer(tiny_bundle, "scratch", n=2, seeds=[0], train=small_train, test=small_train, sampler="ddim",
+                     steps=3, methods=STITCHED, budget=0.25, stitch_shrink="auto")
+    assert r["stitch"]["shrink"] in SHRINK_GRID and set(r["stitch"]["shrink_budget_acc"]) == set(map(str, SHRINK_GRID))
+
+
+def test_the_cli_refuses_a_negative_shrink_in_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pdiff", "transfer", "--bundle", "checkpoints/fmnist-convnet/bundle",
+                          "--methods", "stitch+generated", "--stitch-shrink", "-1", "--json", str(tmp_path / "t.json")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "--stitch-shrink: must be at least 0, got -1" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "t.json").exists()
