@@ -8,10 +8,24 @@ for v in finetuned-badnets finetuned-blended scratch-badnets scratch-blended; do
   python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim $v --n 200 --seeds 0 1 2 $T \
     --json results/transfer-v3/shallow-$v.json
 done
-for v in finetuned-badnets scratch-badnets; do  # the deep task is slow on this CPU: one seed, N = 50
-  python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim $v --n 50 --seeds 0 $T \
+for v in finetuned-badnets finetuned-blended scratch-badnets scratch-blended; do  # about 40 min each on one core
+  python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim $v --n 200 --seeds 0 1 2 $T \
     --json results/transfer-v3/deep-$v.json
 done
+# the stitch with its uniform shrink chosen on the clean budget (--stitch-shrink auto); the stitch methods only
+S="--methods stitch+generated,stitch+clean-layers --stitch-shrink auto --n 200 --seeds 0 1 2 --sampler ddpm"
+for v in finetuned-badnets finetuned-blended scratch-badnets scratch-blended; do
+  python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim $v $S --json results/transfer-v3/shrink-shallow-$v.json
+done
+for v in scratch-badnets scratch-blended; do
+  python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim $v $S --json results/transfer-v3/shrink-deep-$v.json
+done
+# tried and dropped: the stitch refined by 5 epochs of cross-entropy (scratch blended: DER 0.806 against 0.863 without)
+python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim scratch-blended --methods stitch+generated,stitch+clean-layers \
+  --stitch-epochs 5 --n 50 --seeds 0 --sampler ddpm --json results/transfer-v3/try-stitch-ce5-scratch-blended.json
+# ft and fp at BackdoorBench's 100 epochs (one seed)
+python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim scratch-badnets --methods ft,fp --defence-epochs 100 \
+  --seeds 0 --json results/transfer-v3/epochs100-shallow-scratch-badnets.json
 # poisoning-rate sweep (1 % and 5 %; the 10 % victims are the shipped ones): one seed, N = 50
 d=$(mktemp -d); cp checkpoints/fmnist-convnet/{base.safetensors,manifest.json} "$d"
 for r in 1 5; do

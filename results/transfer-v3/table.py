@@ -1,6 +1,6 @@
 """The README's transfer tables from the reports in this folder: one row per method and victim.
 
-python results/transfer-v3/table.py [shallow|deep|sweep]   (default: every report here, in name order)
+python results/transfer-v3/table.py [shallow|deep|shrink|sweep]   (default: every report here, in name order)
 Cells: mean ± std over seeds of the per-seed means (one seed: the mean); "models" is the std over models within a
 seed (averaged over seeds); time is the method's wall time per seed on this CPU (beside other jobs: see the note).
 """
@@ -17,14 +17,15 @@ def cell(m, key, digits):
 def rows(path):
     r = json.loads(Path(path).read_text())
     v = r["victim"]
+    shrink = r.get("stitch", {}).get("shrink_budget_acc") and f"; stitch shrink {r['stitch']['shrink']:g}, chosen on the budget"
     yield (f"| **{Path(path).stem}** (as-is {v['acc']:.2f} / {v['asr']:.2f}; seeds {' '.join(map(str, r['seeds']))}, "
-           f"N {r['n']}) | | | | | | |")
+           f"N {r['n']}{shrink or ''}) | | | | | | | |")
     for name, m in r["methods"].items():
         if not m["acc"]:
             continue
         sec = m.get("seconds") or []
         std = m.get("model_std", {}).get("der")
-        yield (f"| {name} | {m['clean_data']} | {cell(m, 'acc', 2)} | {cell(m, 'asr', 2)} | {cell(m, 'der', 3)} | "
+        yield (f"| {name} | {m['clean_data']} | {cell(m, 'acc', 2)} | {cell(m, 'asr', 2)} | {cell(m, 'ra', 2)} | {cell(m, 'der', 3)} | "
                f"{'-' if std is None else f'{std:.3f}'} | {f'{sum(sec) / len(sec):.0f}' if sec else '-'} |")
 
 
@@ -56,8 +57,8 @@ if __name__ == "__main__":
         sweep()
         sys.exit()
     paths = sorted(str(p) for p in Path(__file__).parent.glob(f"{which}*.json") if "sweep" not in p.name or which)
-    print("| method | clean data | ACC | ASR | DER | DER std (models) | time s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| method | clean data | ACC | ASR | RA | DER | DER std (models) | time s |")
+    print("|---|---|---|---|---|---|---|---|")
     for p in paths:
         for line in rows(p):
             print(line)
