@@ -88,7 +88,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     trained = trained_methods(methods)
     if trained and train is None:
         raise ValueError(f"the {', '.join(trained)} defences train on clean data; give the training split")
-    engine = _victim_engine(bundle, victim, trigger, test, device)
+    engine, k = _victim_engine(bundle, victim, trigger, test, device), k_defence or len(bundle.originals)
     # the defences draw from their own generator per seed (budget first): the same whatever n is. Budgets are
     # drawn before anything runs: a bad one fails at once
     gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
@@ -107,8 +107,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
         gd = gens[seed]
         def defend(name: str) -> Defended:  # this seed's budget and generator
             return _defended(extra[name], run_defence(name, bundle.task, bundle.layout, engine.target.state,
-                                                      budgets[seed], gd, k_defence or len(bundle.originals),
-                                                      epochs, device))
+                                                      budgets[seed], gd, k, epochs, device))
         for name in (m for m in LAYER_DEFENCES if m in methods):
             sets[name] = defend(name).vectors
         t0 = time.perf_counter()
@@ -123,7 +122,7 @@ def run_transfer(bundle: Bundle, victim: str, n: int, seeds: int | list[int], tr
     return {"task": bundle.task.name, "victim": victim_info,
             "n": n, "seeds": seeds, "sampler": sampler, "layers": bundle.names,
             "clean_budget": {"fraction": budget, "images": images, "drawn": "at random from the training split, per seed"},
-            "defence_settings": {**settings(epochs), "k": k_defence or len(bundle.originals)},
+            "defence_settings": {**settings(epochs), "k": k},
             "methods": {name: {**_pooled(runs[name], extra[name]), "clean_data": clean_data(name, images),
                                "clean_images": images if name in trained else 0} for name in methods},
             "nonfinite": nonfinite, "device": str(device), **({"stitch": stitch_info} if stitch_info else {}),
