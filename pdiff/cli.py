@@ -15,6 +15,7 @@ from pdiff.collect import TRUNK_MODES
 from pdiff.data import DataError, Split
 from pdiff.diffusion import SAMPLERS
 from pdiff.evaluate import BN_IMAGES
+from pdiff.report import VALIDATION
 from pdiff.runtime import resolve_device as _device
 from pdiff.splice import ALL_LAYERS
 from pdiff.stitch import SHRINK_GRID, SHRINK_MAX_DROP
@@ -22,8 +23,6 @@ from pdiff.tasks import DEFAULT_TASK, TASKS
 from pdiff.defences import CLEAN_BUDGET, EPOCHS
 from pdiff.transfer import METHODS
 from pdiff.victims import VICTIM_KINDS
-
-VALIDATION = 5000  # training images held out for the noise match and the 'best' selection
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
@@ -357,15 +356,8 @@ def _shrink(text: str) -> float | str:
     return value
 
 
-def _validation(train: Split | None, n: int | None) -> Split | None:
-    """The last n training images (None: VALIDATION, at most half the split), or None for n = 0 or no split."""
-    if train is None or n == 0:
-        return None
-    return train.last(min(VALIDATION, len(train.labels) // 2) if n is None else n)
-
-
 def cmd_evaluate(args) -> int:
-    from pdiff.report import familiar_lines, run_report
+    from pdiff.report import familiar_lines, run_report, validation_split
     from pdiff.sample import save_samples
 
     if args.n < 1:
@@ -384,7 +376,7 @@ def cmd_evaluate(args) -> int:
     report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
                                  test, progress=lambda frac, desc: bar(int(100 * frac), 100),
                                  with_tsne=not args.no_tsne, defences_train=train if args.defences else None,
-                                 validation=_validation(train, args.validation),
+                                 validation=validation_split(train, args.validation),
                                  curves=args.curves,
                                  bn_images=train.subset(args.bn_images) if args.bn_images and train else None,
                                  trigger=args.trigger)

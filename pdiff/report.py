@@ -31,6 +31,17 @@ Progress = Callable[[float, str], None]
 NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
 
 
+VALIDATION = 5000  # training images held out for the matched-noise baseline and for choosing a "best" model
+
+
+def validation_split(train: Split | None, n: int | None = None) -> Split | None:
+    """The last n training images held out for validation (None: VALIDATION, at most half the split, so a small
+    training subset still leaves images to train the defences on); None for n = 0 or no training split."""
+    if train is None or n == 0:
+        return None
+    return train.last(min(VALIDATION, len(train.labels) // 2) if n is None else n)
+
+
 def run_report(bundle: Bundle, target: str | Target | nn.Module | dict = "clean", n: int = 100, seed: int = 0,
                sampler: str = "ddim", steps: int | None = 50, layers: list[str] | None = None, device="cpu",
                test: Split | None = None, progress: Progress | None = None, with_baselines: bool = True,

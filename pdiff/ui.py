@@ -13,7 +13,7 @@ from pdiff.backdoor import CORNERS, trigger_from_fields, trigger_line
 from pdiff.bundle import Bundle, BundleError
 from pdiff.data import DataError, Split
 from pdiff.evaluate import BN_IMAGES
-from pdiff.report import EngineCache, run_report
+from pdiff.report import EngineCache, run_report, validation_split
 from pdiff.runtime import resolve_device
 from pdiff.sources import allowed_roots, app_source, shipped_bundles
 from pdiff.splice import ALL_LAYERS
@@ -21,7 +21,6 @@ from pdiff.targets import TargetError, target_names
 from pdiff.transfer import TABLE_HEADERS, table_rows
 
 DEFAULT_N, MAX_N = 100, 500
-VALIDATION = 5000  # training images held out for the matched-noise baseline and for choosing a "best" model
 # per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
 ENGINES = EngineCache(size=4)
 MAX_UPLOAD = "200mb"
@@ -62,13 +61,13 @@ def _train_split(dataset: str) -> Split:
 
 @lru_cache(maxsize=2)
 def _held_out(dataset: str) -> tuple[Split | None, Split | None]:
-    """From the training split: the last VALIDATION images (matched noise, selection) and the first BN_IMAGES
-    (BatchNorm re-estimation); (None, None) where the training split is absent, as on a Space."""
+    """From the training split: the validation images (report.validation_split: matched noise, selection) and
+    the first BN_IMAGES (BatchNorm re-estimation); (None, None) where the training split is absent, as on a Space."""
     try:
         train = _train_split(dataset)  # one load and one copy in memory, shared with the defences
     except DataError:
         return None, None
-    return train.last(VALIDATION), train.subset(BN_IMAGES)
+    return validation_split(train), train.subset(BN_IMAGES)
 
 
 @_gpu
