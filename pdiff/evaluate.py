@@ -190,7 +190,7 @@ class TargetEngine:
                  feature_map: Callable | None = None, reference: dict | None = None):
         self.layout, self.layers, self.labels = layout, select_layers(layout, layers), test.labels
         self.target, self.trigger = target, target.trigger
-        self.task, self.test, self.device = task, test, device
+        self.task, self.test, self.device, self.feature_map = task, test, device, feature_map
         model = check_architecture(task, target.state)
         self.clean = BatchedEvaluator(model, test.normalized(device), self.layers, device, feature_map=feature_map)
         stats = [n for n in self.layers if n.rsplit(".", 1)[-1] in BN_STATISTICS]

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from pdiff.archs import StagedNet
 from pdiff.config import Task
 from pdiff.data import Split
-from pdiff.evaluate import BN_IMAGES, TargetEngine, predict, stitch_point
+from pdiff.evaluate import BN_IMAGES, TargetEngine, accuracy, predict, stitch_point
 from pdiff.params import Layout
 from pdiff.runtime import optimizer_step
 from pdiff.splice import select_layers
@@ -82,10 +82,8 @@ def choose_shrink(source: torch.Tensor, target: torch.Tensor, base: StagedNet, s
     {shrink: accuracy} for every value tried)."""
     base.eval()
     labels = labels.to(source.device)
-    accs = {}
-    for shrink in sorted(set(grid) | {0.0}):
-        pred = base(fit_stitch(source, target, shrink=shrink)(source), start).argmax(-1)
-        accs[shrink] = 100.0 * (pred == labels).double().mean().item()
+    accs = {shrink: accuracy(base(fit_stitch(source, target, shrink=shrink)(source), start), labels)
+            for shrink in sorted(set(grid) | {0.0})}
     return max(s for s, a in accs.items() if a >= accs[0.0] - max_drop), accs
 
 
@@ -115,14 +113,14 @@ def splice_stage(model: StagedNet, layout: Layout, layers: list[str] | None = No
     return stitch_point(model, select_layers(layout, layers))
 
 
-def fit_for(task: Task, trunk_state: dict, base_state: dict, budget: Split, start: int, device="cpu",
+def fit_for(task: Task, trunk_state: dict, base: StagedNet, budget: Split, start: int, device="cpu",
             tune_epochs: int = 0, generator: torch.Generator | None = None,
             shrink: float | str = 0.0) -> tuple[Stitch, dict]:
-    """The stitch from a trunk's features to the base's at stage `start`, fitted on the budget's images
+    """The stitch from a trunk's features to the `base` model's at stage `start`, fitted on the budget's images
     (`shrink`: a value, or "auto": choose_shrink on the budget); with `tune_epochs`, refined by
     cross-entropy through the base's tail. Returns (stitch, info)."""
     t0 = time.perf_counter()
-    base = check_architecture(task, base_state).to(device)
+    base = base.to(device)
     images = budget.normalized(device)
     source = predict(check_architecture(task, trunk_state).to(device), images, 0, start)
     target = predict(base, images, 0, start)
@@ -150,9 +148,8 @@ def stitched_engine(task: Task, layout: Layout, target: Target, base_state: dict
     (0: spliced as they are). `shrink`: see fit_for. Returns (engine, the stitch's info)."""
     model = check_architecture(task, base_state)
     start = splice_stage(model, layout, layers)
-    stitch, info = fit_for(task, target.state, base_state, budget, start, device, tune_epochs, generator, shrink)
+    stitch, info = fit_for(task, target.state, model, budget, start, device, tune_epochs, generator, shrink)
     hybrid = Target(f"{target.name} stitched", hybrid_state(model, target.state, base_state, start), target.trigger)
     engine = TargetEngine(task, layout, hybrid, test, layers, device, budget.subset(bn_images) if bn_images else None,
                           feature_map=stitch, reference=reference)
-    engine.stitch = stitch
     return engine, {**info, "bn_images": len(engine.bn.features) if engine.bn else 0}

@@ -64,8 +64,8 @@ def test_the_stitched_engine_equals_a_plain_forward_of_the_stitched_model(tiny_b
     start, vectors = info["stage"], tiny_bundle.originals[[0, 5]]
     out = engine.run(vectors)
     trunk = check_architecture(tiny_bundle.task, victim.state)
-    conv = nn.Conv2d(*engine.stitch.weight.shape[::-1], 1)
-    conv.weight.data, conv.bias.data = engine.stitch.weight[:, :, None, None], engine.stitch.bias
+    conv = nn.Conv2d(*engine.feature_map.weight.shape[::-1], 1)
+    conv.weight.data, conv.bias.data = engine.feature_map.weight[:, :, None, None], engine.feature_map.bias
     images, _ = triggered_test_set(small_test.images, small_test.labels, victim.trigger)
     for i, vector in enumerate(vectors):
         tail = check_architecture(tiny_bundle.task, splice(tiny_bundle.base_state, vector, tiny_bundle.layout))
@@ -82,7 +82,7 @@ def test_batchnorm_reestimation_sees_the_stitched_features(tiny_bundle, small_tr
     engine, info = stitched_engine(tiny_bundle.task, tiny_bundle.layout, victim, tiny_bundle.base_state,
                                    small_train.subset(200), small_train)
     model = check_architecture(tiny_bundle.task, victim.state)
-    bn = BatchNormEstimator(model, small_train.subset(200).normalized(), info["stage"], [], "cpu", engine.stitch)
+    bn = BatchNormEstimator(model, small_train.subset(200).normalized(), info["stage"], [], "cpu", engine.feature_map)
     assert torch.equal(bn.features, engine.clean.features)
 
 
