@@ -3,7 +3,7 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-from pdiff.ui import build_demo, launch  # noqa: E402
+from pdiff.app.ui import build_demo, launch  # noqa: E402
 
 if __name__ == "__main__":
     launch(build_demo())

@@ -43,7 +43,7 @@ def _click_to_plots(url: str) -> float | None:
 
 
 def main() -> None:
-    from pdiff.ui import free_port
+    from pdiff.app.ui import free_port
 
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",

@@ -15,9 +15,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pdiff.bundle import Bundle  # noqa: E402
-from pdiff.data import Split  # noqa: E402
-from pdiff.report import EngineCache, run_report  # noqa: E402
+from pdiff.app.request import APP_SAMPLING  # noqa: E402
+from pdiff.core.settings import EvalSettings  # noqa: E402
+from pdiff.data.datasets import DataError, Split  # noqa: E402
+from pdiff.data.plan import RunData  # noqa: E402
+from pdiff.generator.locate import load_bundle  # noqa: E402
+from pdiff.measure.engine import EngineCache  # noqa: E402
+from pdiff.measure.targets import resolve_target  # noqa: E402
+from pdiff.studies.report import run_report  # noqa: E402
 
 
 def main() -> None:
@@ -27,18 +32,19 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=10)
     ap.add_argument("--steps", type=int, default=20, help="DDIM steps, as the load bench uses")
     args = ap.parse_args()
-    bundle = Bundle.load(args.bundle)
-    test = Split.load(bundle.task.dataset, "test")
+    bundle = load_bundle(args.bundle)
     try:  # the app's setting: validation and BatchNorm images from the training split where it exists
         train = Split.load(bundle.task.dataset, "train")
-        extra = {"validation": train.last(5000), "bn_images": train.subset(512)}
-    except Exception:
-        extra = {}
+    except DataError:
+        train = None
+    data = RunData(Split.load(bundle.task.dataset, "test"), train)
     engines = EngineCache(size=4)
+    target = resolve_target(bundle, args.target)
     times = []
     for seed in (0, 1, 2):
         t0 = time.perf_counter()
-        run_report(bundle, args.target, args.n, seed, "ddim", args.steps, test=test, engines=engines, **extra)
+        sampling = APP_SAMPLING.changed(n=args.n, steps=args.steps, seed=seed)
+        run_report(bundle, target, data, sampling, EvalSettings(), engines)
         times.append(time.perf_counter() - t0)
     print(json.dumps({"name": "cache", "task": bundle.task.name, "target": args.target, "n": args.n,
                       "threads": torch.get_num_threads(), "first_s": round(times[0], 3),

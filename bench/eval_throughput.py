@@ -15,13 +15,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pdiff.bundle import Bundle  # noqa: E402
-from pdiff.runtime import resolve_device  # noqa: E402
-from pdiff.data import load_split, normalize  # noqa: E402
-from pdiff.evaluate import BatchedEvaluator  # noqa: E402
-from pdiff.sample import sample  # noqa: E402
-from pdiff.splice import splice, stacked_params  # noqa: E402
-from pdiff.tasks import build_model  # noqa: E402
+from pdiff.generator.locate import load_bundle  # noqa: E402
+from pdiff.core.runtime import resolve_device  # noqa: E402
+from pdiff.data.datasets import load_split, normalize  # noqa: E402
+from pdiff.models.staged import BatchedEvaluator  # noqa: E402
+from pdiff.generator.sampling import sample  # noqa: E402
+from pdiff.core.splice import splice, stacked_params  # noqa: E402
+from pdiff.models.tasks import build_model  # noqa: E402
 
 
 def _sync(device):
@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--ref-n", type=int, default=None, help="models the reference loop runs (default: all n)")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    bundle = Bundle.load(args.bundle)
+    bundle = load_bundle(args.bundle)
     images, labels = load_split(bundle.task.dataset, "test")
     x = normalize(images, bundle.task.dataset)
     vectors = sample(bundle, args.n, "ddim", 20, torch.Generator().manual_seed(0))

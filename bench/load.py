@@ -43,7 +43,7 @@ def main() -> None:
     from gradio_client import Client
 
     sys.path.insert(0, str(ROOT))
-    from pdiff.ui import free_port
+    from pdiff.app.ui import free_port
 
     port, tmp = free_port(), tempfile.TemporaryDirectory(prefix="pdiff-load-")
     log = Path(tmp.name) / "server.log"

@@ -17,11 +17,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pdiff.bundle import Bundle  # noqa: E402
-from pdiff.config import DDPMConfig  # noqa: E402
-from pdiff.nets import Denoiser  # noqa: E402
-from pdiff.runtime import resolve_device  # noqa: E402
-from pdiff.sample import sample  # noqa: E402
+from pdiff.generator.bundle import Bundle  # noqa: E402
+from pdiff.generator.locate import load_bundle  # noqa: E402
+from pdiff.core.config import DDPMConfig  # noqa: E402
+from pdiff.generator.nets import Denoiser  # noqa: E402
+from pdiff.core.runtime import resolve_device  # noqa: E402
+from pdiff.generator.sampling import sample  # noqa: E402
 
 
 def _time(bundle: Bundle, n: int, sampler: str, steps: int | None, device: str, repeats: int) -> float:
@@ -45,7 +46,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     args = ap.parse_args()
     device = resolve_device(args.device)
-    bundle = Bundle.load(args.bundle, device)
+    bundle = load_bundle(args.bundle, device)
     reference = copy.copy(bundle)  # the same bundle with the first bundles' denoiser size (timing only)
     reference.denoiser = Denoiser(bundle.autoencoder.latent_shape, DDPMConfig(channels=128, blocks=4)).to(device)
     out = {"name": "sample", "task": bundle.task.name, "device": device, "n": args.n, "threads": torch.get_num_threads(),

@@ -24,13 +24,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pdiff.bundle import Bundle  # noqa: E402
-from pdiff.data import Split  # noqa: E402
-from pdiff.evaluate import BatchedEvaluator  # noqa: E402
-from pdiff.runtime import resolve_device  # noqa: E402
-from pdiff.sample import sample  # noqa: E402
-from pdiff.splice import stacked_params  # noqa: E402
-from pdiff.tasks import build_model, get_task  # noqa: E402
+from pdiff.generator.locate import load_bundle  # noqa: E402
+from pdiff.data.datasets import Split  # noqa: E402
+from pdiff.models.staged import BatchedEvaluator  # noqa: E402
+from pdiff.core.runtime import resolve_device  # noqa: E402
+from pdiff.generator.sampling import sample  # noqa: E402
+from pdiff.core.splice import stacked_params  # noqa: E402
+from pdiff.models.tasks import build_model, get_task  # noqa: E402
 
 
 def _sync(device):
@@ -52,7 +52,7 @@ def plain(model: nn.Module) -> nn.Sequential:
 
 
 def staged_vs_whole(bundle_path: str, n: int, device) -> dict:
-    bundle = Bundle.load(bundle_path)
+    bundle = load_bundle(bundle_path)
     images = Split.load(bundle.task.dataset, "test").normalized(device)
     vectors = sample(bundle, n, "ddim", 20, torch.Generator().manual_seed(0))
     stacked = stacked_params(vectors, bundle.layout, bundle.base_state)

@@ -5,36 +5,37 @@
     coll = pdiff.collect(task, train, test)        # a Collection   (coll.save(folder))
     bundle = pdiff.train(coll, train)               # a Bundle       (bundle.save(folder))
     samples = pdiff.sample(bundle, 100)             # Samples        (samples.save(folder))
-    report = pdiff.evaluate(samples, test)          # a Report       (report.save(folder)); print(report.text())
+    report = pdiff.evaluate(samples, test, train=train)  # a Report (report.save(folder)); print(report.text())
 
-Each step is a thin layer over the functions the CLI runs (`collect.run_collect`, `train.train_bundle`,
-`sample.sample`, `report.run_report`). A model that is not a StagedNet is evaluated whole (functional_call
+Each step is a thin layer over the functions the CLI runs (`collection.collect.run_collect`,
+`generator.training.train_bundle`, `generator.sampling.draw`, `studies.report.run_report`), with the CLI's
+defaults (core.settings). A model that is not a StagedNet is evaluated whole (functional_call
 under vmap) and its named layers are collected on the whole forward pass, everything else frozen.
 """
 from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
-from pdiff.bundle import Bundle
-from pdiff.collect import Augment, run_collect
-from pdiff.collection import MANIFEST_FILE, Collection
-from pdiff.config import AEConfig, DDPMConfig, Recipe, Task
-from pdiff.data import DATASETS, Split, random_flip
-from pdiff.files import write_json
-from pdiff.params import unflatten
-from pdiff.report import familiar_lines, run_report
-from pdiff.sample import sample as sample_vectors
-from pdiff.sample import save_samples
-from pdiff.tasks import build_model
-from pdiff.train import train_bundle
+from pdiff.collection.collect import run_collect
+from pdiff.collection.folder import MANIFEST_FILE, Collection
+from pdiff.core.config import AEConfig, DDPMConfig, Recipe, Task
+from pdiff.core.files import write_json
+from pdiff.core.settings import CollectSpec, DataSpec, EvalSettings, SamplingSpec
+from pdiff.data.datasets import DATASETS, DataError, Split, random_flip
+from pdiff.data.plan import RunData
+from pdiff.generator.bundle import Bundle
+from pdiff.generator.locate import load_bundle
+from pdiff.generator.sampling import Samples, draw
+from pdiff.generator.training import train_bundle
+from pdiff.measure.targets import resolve_target
+from pdiff.models.fit import Augment
+from pdiff.models.tasks import build_model
+from pdiff.studies.report import familiar_lines, run_report
 
-SAMPLES_FILE = "samples.safetensors"
 REPORT_FILE = "report.json"
 
 
@@ -67,7 +68,7 @@ def collect(task: Task, train: Split, test: Split, seed: int = 0, k: int | None 
     """Train a base model from the task's factory (or take `base`, a trained module or state dict), then
     collect K checkpoints of the task's layers with the rest frozen; in memory (`Collection.save(folder)`)."""
     state = base.state_dict() if isinstance(base, nn.Module) else base
-    return run_collect(task, None, train, test, seed, k, device, base=state, augment=augment)
+    return run_collect(task, RunData(test, train), seed, CollectSpec(k=k), state, augment, device)
 
 
 def train(collection: Collection, data: Split | None = None, autoencoder: dict | None = None,
@@ -83,31 +84,11 @@ def train(collection: Collection, data: Split | None = None, autoencoder: dict |
     return train_bundle(collection, ae_cfg, ddpm_cfg, seed, device, data)
 
 
-@dataclass
-class Samples:
-    """n generated parameter vectors (n, P) in the bundle's layout, and how they were drawn."""
-    vectors: torch.Tensor
-    bundle: Bundle
-    sampler: str
-    steps: int | None
-    seed: int
-
-    def params(self) -> dict[str, torch.Tensor]:
-        """{name: (n, *shape)}: what goes into a model's state dict."""
-        return unflatten(self.vectors, self.bundle.layout)
-
-    def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / SAMPLES_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_samples(path, self.vectors, self.bundle, self.sampler, self.steps, self.seed)
-        return path
-
-
-def sample(bundle: Bundle, n: int = 100, sampler: str = "ddim", steps: int | None = 50, seed: int = 0,
-           device: str = "cpu") -> Samples:
-    """n new parameter sets from the bundle (DDIM with `steps` steps, or the full DDPM chain)."""
-    vectors = sample_vectors(bundle, n, sampler, steps, torch.Generator().manual_seed(seed), device)
-    return Samples(vectors, bundle, sampler, steps, seed)
+def sample(bundle: Bundle, n: int = SamplingSpec.n, sampler: str = SamplingSpec.sampler,
+           steps: int = SamplingSpec.steps, seed: int = SamplingSpec.seed, device: str = "cpu") -> Samples:
+    """n new parameter sets from the bundle (the full DDPM chain, or DDIM with `steps` steps): the same defaults
+    as the CLI's `sample` (core.settings.SamplingSpec)."""
+    return draw(bundle, SamplingSpec(n, sampler, steps, seed), device)
 
 
 class Report(dict):
@@ -118,30 +99,46 @@ class Report(dict):
 
     def save(self, folder: str | Path) -> Path:
         path = Path(folder) / REPORT_FILE
-        path.parent.mkdir(parents=True, exist_ok=True)
         write_json(path, dict(self))
         return path
 
 
-def evaluate(samples: Samples | Bundle, test: Split, target=None, n: int = 100, seed: int = 0,
-             baselines: bool = True, tsne: bool = False, device: str = "cpu") -> Report:
-    """Generated sets (`samples`, or n new ones from a bundle) beside the originals and the memorisation
-    baselines, spliced into `target` (None: the bundle's base model; else a module, a state dict, 'victim'
-    or a model file) and measured on `test`."""
-    bundle, given, sampler, steps = samples, None, "ddim", 50
-    if isinstance(samples, Samples):
-        bundle, given, sampler, steps, seed = (samples.bundle, samples.vectors, samples.sampler, samples.steps,
-                                               samples.seed)
-    report, _ = run_report(bundle, "clean" if target is None else target, n, seed, sampler, steps, device=device,
-                           test=test, with_baselines=baselines, with_tsne=tsne, vectors=given)
+def _named_split(bundle: Bundle, split: str, required: bool) -> Split | None:
+    """The bundle's dataset split, as the CLI loads it: None for a dataset of your own, or a missing optional one."""
+    if bundle.task.dataset not in DATASETS:
+        if required:
+            raise ValueError(f"dataset {bundle.task.dataset!r} is not a named one: give the {split} Split")
+        return None
+    try:
+        return Split.load(bundle.task.dataset, split)
+    except DataError:
+        if required:
+            raise
+        return None
+
+
+def evaluate(samples: Samples | Bundle, test: Split | None = None, target=None, train: Split | None = None,
+             settings: EvalSettings = EvalSettings(), data: DataSpec = DataSpec(), device: str = "cpu") -> Report:
+    """Generated sets (`samples`, or SamplingSpec's default draw from a bundle) beside the originals and the
+    memorisation baselines, spliced into `target` (None: the bundle's clean model; else a module, a state dict,
+    'victim' or a model file) and measured on `test`. The same request as `python -m pdiff evaluate` gives the
+    same report: `test` and `train` default to the bundle dataset's splits as the CLI loads them (the training
+    split, where available, gives the validation split and the BatchNorm images)."""
+    bundle = samples.bundle if isinstance(samples, Samples) else samples
+    sampling = samples if isinstance(samples, Samples) else SamplingSpec()
+    test = test if test is not None else _named_split(bundle, "test", required=True)
+    train = train if train is not None else _named_split(bundle, "train", required=settings.defences)
+    target = resolve_target(bundle, "clean" if target is None else target)
+    report, _ = run_report(bundle, target, RunData(test, train, data), sampling, settings, device=device)
     return Report(report)
 
 
 def load(source: str | Path, model=None, device: str = "cpu") -> Bundle | Collection:
-    """A saved collection (a folder with manifest.json) or bundle (a folder or a Hub id); `model`, the factory
-    or module a task of your own was made from, gives it back its model (bundles record only its name)."""
+    """A saved collection (a folder with manifest.json) or bundle (a shipped name, a folder or a Hub id); `model`,
+    the factory or module a task of your own was made from, gives it back its model (bundles record only its
+    name)."""
     is_collection = (Path(source) / MANIFEST_FILE).is_file()
-    loaded = Collection.load(source) if is_collection else Bundle.load(source, device)
+    loaded = Collection.load(source) if is_collection else load_bundle(source, device)
     if model is not None:
         loaded.task.factory = _factory(model)
         build_model(loaded.task)

@@ -8,28 +8,23 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from pdiff.backdoor import TRIGGERS
-from pdiff.collect import TRUNK_MODES
-from pdiff.data import DataError, Split
-from pdiff.diffusion import SAMPLERS
-from pdiff.evaluate import BN_IMAGES
-from pdiff.report import VALIDATION
-from pdiff.runtime import resolve_device as _device
-from pdiff.splice import ALL_LAYERS
-from pdiff.stitch import SHRINK_GRID, SHRINK_MAX_DROP
-from pdiff.tasks import DEFAULT_TASK, TASKS
-from pdiff.defences import CLEAN_BUDGET, EPOCHS
-from pdiff.transfer import METHODS
-from pdiff.victims import VICTIM_KINDS
+from pdiff.collection.collect import TRUNK_MODES
+from pdiff.collection.victims import VICTIM_KINDS
+from pdiff.core.settings import (SAMPLERS, VALIDATION, CollectSpec, DataSpec,
+                                 DefenceSettings, EvalSettings, SamplingSpec, StitchSettings, TransferSettings)
+from pdiff.core.splice import ALL_LAYERS
+from pdiff.data.datasets import DataError, Split
+from pdiff.data.triggers import TRIGGERS
+from pdiff.measure.stitch import SHRINK_GRID, SHRINK_MAX_DROP
+from pdiff.models.tasks import DEFAULT_TASK, TASKS
+from pdiff.studies.transfer import METHODS
 
 _FMT = argparse.ArgumentDefaultsHelpFormatter
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random choice")
+    p.add_argument("--seed", type=int, default=SamplingSpec.seed, help="seed for every random choice")
 
 
 def _add_data(p: argparse.ArgumentParser) -> None:
@@ -42,10 +37,12 @@ def _add_data(p: argparse.ArgumentParser) -> None:
 
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bundle", required=True, help="bundle folder or Hugging Face Hub repo id")
-    p.add_argument("--n", type=int, default=200, help="how many parameter sets to generate")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
-    p.add_argument("--steps", type=int, default=50, help="DDIM steps (DDPM always runs all T steps)")
+    p.add_argument("--bundle", required=True,
+                   help="a shipped bundle's name (fmnist-convnet), its folder, any bundle folder, or a Hugging Face "
+                        "Hub repo id (owner/name)")
+    p.add_argument("--n", type=int, default=SamplingSpec.n, help="how many parameter sets to generate")
+    p.add_argument("--sampler", choices=SAMPLERS, default=SamplingSpec.sampler)
+    p.add_argument("--steps", type=int, default=SamplingSpec.steps, help="DDIM steps (DDPM always runs all T steps)")
 
 
 def _add_trigger(p: argparse.ArgumentParser) -> None:
@@ -55,18 +52,47 @@ def _add_trigger(p: argparse.ArgumentParser) -> None:
                         "victim-*.json beside a model file), else the bundle's BadNets trigger, said in the report")
 
 
+def _sampling(args) -> SamplingSpec:
+    return SamplingSpec(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
+
+
 def _split(args, task, split: str):
     """One split of the task's dataset, cut to --train-subset / --test-subset."""
     data = Split.load(task.dataset, split, args.data_dir, args.download)
     return data.subset(getattr(args, f"{split}_subset", None))
 
 
+def _data(args, task, spec: DataSpec, train: bool | None):
+    """The run's data: the test split and, when `train` is True, the training split (None: where it is
+    available; a missing one is said on stderr, since the report can do without it)."""
+    from pdiff.data.plan import RunData
+
+    training = None
+    if train:
+        training = _split(args, task, "train")
+    elif train is None:
+        try:
+            training = _split(args, task, "train")
+        except DataError as e:  # the test split alone still makes a report; say what is missing
+            print(f"note: no training split, so no validation (matched noise, selection) and no BatchNorm "
+                  f"re-estimation ({e})", file=sys.stderr)
+    return RunData(_split(args, task, "test"), training, spec)
+
+
 def _bundle(args):
     """The --bundle, loaded onto the --device: (bundle, device)."""
-    from pdiff.bundle import Bundle
+    from pdiff.core.runtime import resolve_device
+    from pdiff.generator.locate import load_bundle
 
-    device = _device(args.device)
-    return Bundle.load(args.bundle, device), device
+    device = resolve_device(args.device)
+    return load_bundle(args.bundle, device), device
+
+
+def _target(bundle, name, trigger):
+    """The user's target (a name or file) and trigger choice, typed once: a measure.targets.Target."""
+    from pdiff.measure.targets import resolve_target
+
+    return resolve_target(bundle, name, trigger)
 
 
 def _print_json(obj) -> None:
@@ -75,7 +101,7 @@ def _print_json(obj) -> None:
 
 def _write_report(path: Path, report: dict, text: str) -> None:
     """Write a command's JSON report (atomically) and print its human summary."""
-    from pdiff.files import write_json
+    from pdiff.core.files import write_json
 
     write_json(path, report)
     print(text)
@@ -96,10 +122,10 @@ def _add_collect(sub) -> None:
     p.add_argument("--save-every", type=int, default=None, help="training steps between saved checkpoints")
     p.add_argument("--train-layer", default=None,
                    help="comma-separated parameter names to collect, in order (task default)")
-    p.add_argument("--trunks", type=int, default=1,
+    p.add_argument("--trunks", type=int, default=CollectSpec.trunks,
                    help="collect on M trunks: the base and M-1 copies of it fine-tuned briefly on clean data "
                         "(recipe trunk_epochs), about K/M checkpoints each; the manifest records each one's trunk")
-    p.add_argument("--trunk-mode", choices=TRUNK_MODES, default="finetune",
+    p.add_argument("--trunk-mode", choices=TRUNK_MODES, default=CollectSpec.trunk_mode,
                    help="how trunks 1.. differ from the base: finetune (fine-tuned briefly at a quarter of the rate), "
                         "reinit (first half of the trunk re-initialised, whole model retrained for trunk_epochs), "
                         "scratch (trained from another initialisation; reach it with `loto --stitch`)")
@@ -122,9 +148,11 @@ def _add_collect(sub) -> None:
 
 
 def cmd_collect(args) -> int:
-    from pdiff.collect import run_collect
-    from pdiff.tasks import build_model, get_task
-    from pdiff.victims import run_victim
+    from pdiff.collection.collect import run_collect
+    from pdiff.collection.victims import run_victim
+    from pdiff.core.runtime import resolve_device
+    from pdiff.data.plan import RunData
+    from pdiff.models.tasks import build_model, get_task
 
     task = get_task(args.task)
     if args.train_layer:
@@ -135,8 +163,9 @@ def cmd_collect(args) -> int:
                 raise ValueError(f"--{field_name.replace('_', '-')} must be at least 1, got {value}")
             setattr(task.recipe, field_name, value)
     build_model(task)  # checks train_layer names before any training
+    spec = CollectSpec(trunks=args.trunks, trunk_mode=args.trunk_mode)  # bad values fail before any data loads
     train, test = _split(args, task, "train"), _split(args, task, "test")
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.trigger:
         trigger = _victim_trigger(args).check(task.dataset)
         report = run_victim(task, trigger, args.out, train, test, args.seed, device, kind=args.victim_kind)
@@ -144,12 +173,11 @@ def cmd_collect(args) -> int:
         return 0
     base = None
     if args.from_base is not None:
-        from pdiff.targets import load_target
+        from pdiff.models.loading import load_target
 
         base = load_target(task, args.from_base).state_dict()
     t0 = time.perf_counter()
-    manifest = run_collect(task, args.out, train, test, args.seed, device=device, trunks=args.trunks,
-                           base=base, trunk_mode=args.trunk_mode).manifest()
+    manifest = run_collect(task, RunData(test, train), args.seed, spec, base, device=device, out=args.out).manifest()
     accs = manifest["accs"]
     _print_json({"base_acc": manifest["base_acc"], "k": manifest["k"], "acc_min": min(accs), "acc_max": max(accs),
                  "acc_mean": sum(accs) / len(accs), "diversity": manifest["diversity"],
@@ -162,7 +190,7 @@ def _victim_trigger(args):
     """--trigger with --target-label, --poison-rate and --blend-alpha applied where given."""
     from dataclasses import replace
 
-    from pdiff.backdoor import NO_TRIGGER, load_trigger
+    from pdiff.data.triggers import NO_TRIGGER, load_trigger
 
     trigger = load_trigger(args.trigger)
     if trigger == NO_TRIGGER:
@@ -212,7 +240,7 @@ def _add_train(sub) -> None:
 
 
 def _replace_victims(folder: Path, collection) -> int:
-    from pdiff.bundle import Bundle
+    from pdiff.generator.bundle import Bundle
 
     bundle = Bundle.load(folder)
     if bundle.task.to_dict() != collection.task.to_dict():
@@ -226,9 +254,9 @@ def _replace_victims(folder: Path, collection) -> int:
 
 
 def cmd_train(args) -> int:
-    from pdiff.collection import Collection
-    from pdiff.config import AEConfig, DDPMConfig
-    from pdiff.train import reconstruction_report, train_bundle
+    from pdiff.collection.folder import Collection
+    from pdiff.core.config import AEConfig, DDPMConfig
+    from pdiff.generator.training import reconstruction_report, train_bundle
 
     ae_cfg, ddpm_cfg = AEConfig(), DDPMConfig()
     for cfg, field, value, flag in ((ae_cfg, "steps", args.ae_steps, "--ae-steps"),
@@ -252,7 +280,9 @@ def cmd_train(args) -> int:
     collection = Collection.load(args.collection, args.hold_out_trunk, trunks=False)
     if args.victims_only:
         return _replace_victims(args.out, collection)
-    device = _device(args.device)
+    from pdiff.core.runtime import resolve_device
+
+    device = resolve_device(args.device)
     train = _split(args, collection.task, "train") if ae_cfg.behaviour_weight > 0 else None
     bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device, train)
     if not args.no_recon_eval:
@@ -274,21 +304,21 @@ def _add_sample(sub) -> None:
                        description="Run N latents in one batch through the reverse chain (DDPM, or DDIM with "
                                    "--steps), decode and de-normalise; write {name: (N, *shape)} as safetensors.")
     _add_sampling(p)
-    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    p.add_argument("--out", type=Path, required=True, help="output .safetensors file (or a folder: samples.safetensors in it)")
     _add_common(p)
     p.set_defaults(func=cmd_sample)
 
 
 def cmd_sample(args) -> int:
-    from pdiff.sample import sample_finite, save_samples
+    from pdiff.generator.sampling import draw
 
+    spec = _sampling(args)
     bundle, device = _bundle(args)
     t0 = time.perf_counter()
-    vectors, finite = sample_finite(bundle, args.n, args.sampler, args.steps, torch.Generator().manual_seed(args.seed),
-                                    device, progress=_bar(f"sample ({args.sampler})"))
+    samples = draw(bundle, spec, device, progress=_bar(f"sample ({spec.sampler})"))
     seconds = time.perf_counter() - t0
-    save_samples(args.out, vectors, bundle, args.sampler, args.steps, args.seed)
-    _print_json({"out": str(args.out), "n": args.n, "nonfinite": int((~finite).sum()), "seconds": seconds})
+    samples.save(args.out)
+    _print_json({"out": str(args.out), "n": spec.n, "nonfinite": int((~samples.finite).sum()), "seconds": seconds})
     return 0
 
 
@@ -329,7 +359,7 @@ def _add_evaluate(sub) -> None:
                         "accuracy is found on them, and 'best' models are chosen on them (0: skip; default: "
                         f"{VALIDATION}, or half the training images where --train-subset leaves fewer than "
                         f"{2 * VALIDATION})")
-    p.add_argument("--bn-images", type=int, default=BN_IMAGES,
+    p.add_argument("--bn-images", type=int, default=DataSpec.bn_images,
                    help="re-estimate BatchNorm statistics that follow a generated layer on the first N training "
                         "images, per generated model, instead of splicing constant copies (0: splice them)")
     p.add_argument("--curves", action="store_true",
@@ -357,31 +387,24 @@ def _shrink(text: str) -> float | str:
 
 
 def cmd_evaluate(args) -> int:
-    from pdiff.report import familiar_lines, run_report, validation_split
-    from pdiff.sample import save_samples
+    from pdiff.studies.report import familiar_lines, run_report
 
-    if args.n < 1:
-        raise ValueError(f"--n must be at least 1, got {args.n}")
+    sampling = _sampling(args)  # bad settings fail before anything loads
+    settings = EvalSettings(layers=tuple(s.strip() for s in args.layers.split(",") if s.strip()), curves=args.curves,
+                            tsne=not args.no_tsne, defences=args.defences)
+    spec = DataSpec(validation=args.validation, bn_images=args.bn_images)
     bundle, device = _bundle(args)
-    layers = [s.strip() for s in args.layers.split(",") if s.strip()]
-    test = _split(args, bundle.task, "test")
+    target = _target(bundle, args.target, args.trigger)
+    # the training split: needed by the defences, used where available for validation and BatchNorm statistics
+    data = _data(args, bundle.task, spec, True if args.defences else (None if args.validation != 0 or args.bn_images
+                                                                       else False))
     bar = _bar("evaluate")
-    train = _split(args, bundle.task, "train") if args.defences else None
-    if (args.validation != 0 or args.bn_images) and train is None:
-        try:
-            train = _split(args, bundle.task, "train")
-        except DataError as e:  # the test split alone still makes a report; say what is missing
-            print(f"note: no training split, so no validation (matched noise, selection) and no BatchNorm "
-                  f"re-estimation ({e})", file=sys.stderr)
-    report, vectors = run_report(bundle, args.target, args.n, args.seed, args.sampler, args.steps, layers, device,
-                                 test, progress=lambda frac, desc: bar(int(100 * frac), 100),
-                                 with_tsne=not args.no_tsne, defences_train=train if args.defences else None,
-                                 validation=validation_split(train, args.validation),
-                                 curves=args.curves,
-                                 bn_images=train.subset(args.bn_images) if args.bn_images and train else None,
-                                 trigger=args.trigger)
+    report, vectors = run_report(bundle, target, data, sampling, settings, device=device,
+                                 progress=lambda frac, desc: bar(int(100 * frac), 100))
     if args.save_params:
-        save_samples(args.save_params, vectors, bundle, args.sampler, args.steps, args.seed)
+        from pdiff.generator.sampling import Samples
+
+        Samples(vectors, sampling, bundle).save(args.save_params)
     _write_report(args.json, report, familiar_lines(report))
     return 0
 
@@ -409,10 +432,10 @@ def _add_transfer(sub) -> None:
                         "bundle victim's name (finetuned-blended), or a victim model file; a victim-*.json beside "
                         "the file names its trigger")
     _add_trigger(p)
-    p.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+    p.add_argument("--clean-budget", type=float, default=DataSpec.budget,
                    help="share of the training split the defences (and the stitch: the first seed's budget) may "
                         "train on (BackdoorBench: 0.05); at least one batch of 128 images")
-    p.add_argument("--defence-epochs", type=int, default=EPOCHS,
+    p.add_argument("--defence-epochs", type=int, default=DefenceSettings.epochs,
                    help="epochs ft and fp fine-tune for on the clean budget (BackdoorBench: 100; fewer on a CPU)")
     p.add_argument("--k-defence", type=int, default=None,
                    help="checkpoints along each finetune / reinit run (the bundle's K; steps = K x save_every): the "
@@ -420,9 +443,9 @@ def _add_transfer(sub) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
-    p.add_argument("--stitch-epochs", type=int, default=0,
+    p.add_argument("--stitch-epochs", type=int, default=StitchSettings.epochs,
                    help="cross-entropy epochs through the base's frozen tail after the least-squares stitch")
-    p.add_argument("--stitch-shrink", type=_shrink, default=0.0,
+    p.add_argument("--stitch-shrink", type=_shrink, default=StitchSettings.shrink,
                    help="an extra ridge penalty on the stitch, the same for every channel (times their mean "
                         "variance): channels nearly dormant on clean data get small weights. 'auto': the largest of "
                         f"{', '.join(map(str, SHRINK_GRID))} that keeps the clean budget's accuracy within "
@@ -434,18 +457,19 @@ def _add_transfer(sub) -> None:
 
 
 def cmd_transfer(args) -> int:
-    from pdiff.transfer import run_transfer, table, trained_methods
+    from pdiff.studies.transfer import run_transfer, table, trained_methods
 
-    if args.defence_epochs < 1:
-        raise ValueError(f"--defence-epochs must be at least 1, got {args.defence_epochs}")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     trained = trained_methods(methods)  # unknown names refused before anything loads
+    settings = TransferSettings(methods, tuple(args.seeds or [args.seed]),
+                                DefenceSettings(epochs=args.defence_epochs, k=args.k_defence),
+                                StitchSettings(shrink=args.stitch_shrink, epochs=args.stitch_epochs))
+    sampling = _sampling(args)
+    # the budget is drawn from the whole training split: transfer holds no validation split out
+    spec = DataSpec(validation=0, budget=args.clean_budget)
     bundle, device = _bundle(args)
-    train = _split(args, bundle.task, "train") if trained else None
-    report = run_transfer(bundle, args.victim, args.n, args.seeds or [args.seed], train,
-                          _split(args, bundle.task, "test"), args.sampler, args.steps, args.k_defence, device, methods,
-                          args.clean_budget, args.defence_epochs, trigger=args.trigger, stitch_epochs=args.stitch_epochs,
-                          stitch_shrink=args.stitch_shrink)
+    victim = _target(bundle, args.victim, args.trigger)
+    report = run_transfer(bundle, victim, _data(args, bundle.task, spec, bool(trained)), sampling, settings, device)
     _write_report(args.json, report, table(report))
     return 0
 
@@ -463,7 +487,7 @@ def _add_loto(sub) -> None:
     p.add_argument("--stitch", action="store_true",
                    help="also reach the held-out trunk through a stitch onto the first training trunk (for trunks "
                         "that share no features: `collect --trunk-mode scratch`), fitted on the clean budget")
-    p.add_argument("--clean-budget", type=float, default=CLEAN_BUDGET,
+    p.add_argument("--clean-budget", type=float, default=DataSpec.budget,
                    help="share of the training set the stitch is fitted on (drawn with --seed)")
     p.add_argument("--json", type=Path, required=True, help="where to write the report")
     _add_data(p)
@@ -472,14 +496,13 @@ def _add_loto(sub) -> None:
 
 
 def cmd_loto(args) -> int:
-    from pdiff.defences import clean_budget
-    from pdiff.trunks import leave_one_trunk_out, loto_lines
+    from pdiff.studies.loto import leave_one_trunk_out, loto_lines
 
+    sampling = _sampling(args)
+    spec = DataSpec(validation=0, budget=args.clean_budget)  # the stitch's budget: from the whole training split
     bundle, device = _bundle(args)
-    budget = (clean_budget(_split(args, bundle.task, "train"), args.clean_budget, torch.Generator().manual_seed(args.seed))
-              if args.stitch else None)
-    report = leave_one_trunk_out(bundle, args.collection, args.n, args.seed, _split(args, bundle.task, "test"),
-                                 args.sampler, args.steps, device, budget)
+    data = _data(args, bundle.task, spec, args.stitch)
+    report = leave_one_trunk_out(bundle, args.collection, data, sampling, args.stitch, device)
     _write_report(args.json, report, loto_lines(report))
     return 0
 
@@ -496,7 +519,7 @@ def _add_push(sub) -> None:
 
 
 def cmd_push(args) -> int:
-    from pdiff.hub import push
+    from pdiff.generator.hub import push
 
     print(push(args.bundle, args.repo_id, private=args.private))
     return 0
@@ -515,7 +538,7 @@ def _add_pull(sub) -> None:
 
 
 def cmd_pull(args) -> int:
-    from pdiff.hub import MB, pull
+    from pdiff.generator.hub import MB, pull
 
     print(pull(args.repo_id, args.out, None if args.max_mb is None else int(args.max_mb * MB)))
     return 0

@@ -8,9 +8,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from pdiff.data import Split, load_split  # noqa: E402
+from pdiff.data.datasets import Split, load_split  # noqa: E402
 
 torch.set_num_threads(2)
+SLOW_KINDS = ("server", "browser", "install")
+
+
+def pytest_collection_modifyitems(items):
+    """A test that starts a server, a browser or an install is slow too: the fast tier (-m "not slow") skips it."""
+    for item in items:
+        if any(item.get_closest_marker(kind) for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
 
 
 class _Payload:
@@ -56,15 +64,16 @@ def small_train() -> Split:
 @pytest.fixture(scope="session")
 def tiny_collection(tmp_path_factory, small_train, small_test):
     """A real collection (K = 8), a BadNets victim and a fine-tuned blended one, on 1024 training images."""
-    from pdiff.backdoor import Trigger
-    from pdiff.collect import run_collect
-    from pdiff.tasks import get_task
-    from pdiff.victims import run_victim
+    from pdiff.data.triggers import Trigger
+    from pdiff.collection.collect import run_collect
+    from pdiff.data.plan import RunData
+    from pdiff.models.tasks import get_task
+    from pdiff.collection.victims import run_victim
 
     task = get_task("fmnist-convnet")
     task.recipe.epochs, task.recipe.k, task.recipe.save_every = 1, 8, 4
     out = tmp_path_factory.mktemp("collection")
-    run_collect(task, out, small_train, small_test, seed=0)
+    run_collect(task, RunData(small_test, small_train), seed=0, out=out)
     run_victim(task, Trigger(), out, small_train, small_test, seed=1)
     task.recipe.finetune_epochs = 1
     run_victim(task, Trigger(kind="blended"), out, small_train, small_test, seed=2, kind="finetuned")
@@ -74,12 +83,20 @@ def tiny_collection(tmp_path_factory, small_train, small_test):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_collection):
     """A bundle trained for a few steps with small networks, saved and loaded back."""
-    from pdiff.bundle import Bundle
-    from pdiff.config import AEConfig, DDPMConfig
-    from pdiff.collection import Collection
-    from pdiff.train import train_bundle
+    from pdiff.generator.bundle import Bundle
+    from pdiff.core.config import AEConfig, DDPMConfig
+    from pdiff.collection.folder import Collection
+    from pdiff.generator.training import train_bundle
 
     bundle = train_bundle(Collection.load(tiny_collection), AEConfig(channels=[16, 32], steps=60),
                           DDPMConfig(channels=32, blocks=2, steps=60), seed=0)
     path = bundle.save(tmp_path_factory.mktemp("bundles") / "tiny")
     return Bundle.load(path)
+
+
+@pytest.fixture(scope="session")
+def victim_report(tiny_bundle, small_test):
+    """The evaluate report of 7 generated sets on the tiny bundle's BadNets victim (the plots and the report read it)."""
+    from helpers import report
+
+    return report(tiny_bundle, "victim", small_test, n=7, seed=0, sampler="ddim", steps=5)[0]

@@ -4,7 +4,7 @@ import copy
 import torch.nn.functional as F
 from torch import nn
 
-from pdiff.config import Task
+from pdiff.core.config import Task
 
 
 def with_recipe(bundle, **changes):
@@ -78,3 +78,48 @@ class BBPreActResNet18(nn.Module):
     def forward(self, x):
         x = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
         return self.linear(self.avgpool(x).flatten(1))
+
+
+def report(bundle, target="clean", test=None, *, n=3, seed=0, sampler="ddim", steps=3, train=None, data=None,
+           engines=None, trigger=None, **settings):
+    """studies.report.run_report with the objects built from plain values, as the CLI builds them: the target typed
+    once (measure.targets.resolve_target), the sampling spec, the data (`test` and `train`, or a RunData) and the
+    evaluation settings (EvalSettings's fields as keywords). Returns (report, vectors)."""
+    from pdiff.core.settings import EvalSettings, SamplingSpec
+    from pdiff.data.plan import RunData
+    from pdiff.measure.targets import resolve_target
+    from pdiff.studies.report import run_report
+
+    data = data if data is not None else RunData(test, train)
+    return run_report(bundle, resolve_target(bundle, target, trigger), data, SamplingSpec(n, sampler, steps, seed),
+                      EvalSettings(**settings), engines)
+
+
+def sources(report: dict) -> dict:
+    """Every source block of an evaluate report: generated, originals, the baselines and the defences."""
+    return {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
+            **report.get("defences", {})}
+
+
+def transfer(bundle, victim, train, test, *, n=3, seeds=(0,), steps=3, methods=(), budget=0.05, shrink=0.0,
+             stitch_epochs=0, epochs=10, k=None, trigger=None):
+    """studies.transfer.run_transfer with its objects built as the CLI builds them (no validation split held out)."""
+    from pdiff.core.settings import DataSpec, DefenceSettings, SamplingSpec, StitchSettings, TransferSettings
+    from pdiff.data.plan import RunData
+    from pdiff.measure.targets import resolve_target
+    from pdiff.studies.transfer import run_transfer
+
+    settings = TransferSettings(tuple(methods), tuple(seeds), DefenceSettings(epochs, k),
+                                StitchSettings(shrink, stitch_epochs))
+    data = RunData(test, train, DataSpec(validation=0, budget=budget))
+    return run_transfer(bundle, resolve_target(bundle, victim, trigger), data, SamplingSpec(n, "ddim", steps), settings)
+
+
+def stitched(bundle, target, test, budget, shrink=0.0):
+    """measure.stitch.stitched_engine on `target` (a Target) from a plain engine on `test`: (engine, info)."""
+    from pdiff.core.settings import StitchSettings
+    from pdiff.measure.engine import TargetEngine
+    from pdiff.measure.stitch import stitched_engine
+
+    engine = TargetEngine(bundle.task, bundle.layout, target, test)
+    return stitched_engine(engine, bundle.base_state, budget, StitchSettings(shrink))

@@ -12,10 +12,10 @@ import torch
 from torch import nn
 
 import pdiff
-from pdiff.archs import ResNet18
-from pdiff.collect import collect_checkpoints
-from pdiff.evaluate import BatchedEvaluator
-from pdiff.params import unflatten
+from pdiff.models.archs import ResNet18
+from pdiff.collection.collect import collect_checkpoints
+from pdiff.models.staged import BatchedEvaluator
+from pdiff.core.params import unflatten
 
 ROOT = Path(__file__).resolve().parent.parent
 NORM = {"mean": (0.286,), "std": (0.353,)}
@@ -42,9 +42,12 @@ def perturbed(model: nn.Module, names: list[str], n: int, seed: int) -> dict[str
     return {k: state[k][None] + 0.3 * state[k].std() * torch.randn((n, *state[k].shape), generator=g) for k in names}
 
 
+@pytest.mark.slow  # the example end to end, in a subprocess: half a minute
 def test_the_example_runs_end_to_end_and_saves_what_it_made(tmp_path, small_test):
-    # one thread: on this shared 2-core machine two OpenMP threads wait on busy cores (40x slower per step)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    # one thread: on this shared 2-core machine two OpenMP threads wait on busy cores (40x slower per step). No
+    # PYTHONPATH: the example runs from the checkout as a newcomer runs it
+    env = {**os.environ, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)
     out = subprocess.run([sys.executable, str(ROOT / "examples" / "own_model.py"), str(tmp_path)], env=env,
                          capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -69,12 +72,12 @@ def test_the_example_runs_end_to_end_and_saves_what_it_made(tmp_path, small_test
             == json.loads((tmp_path / "bundle" / "bundle.json").read_text())["files"])
     bundle = pdiff.load(tmp_path / "bundle-again", model=example_cnn)
     test = pdiff.Split(small_test.images[:300], small_test.labels[:300], **NORM)
-    again = pdiff.evaluate(bundle, test, n=8, baselines=False)
+    again = pdiff.evaluate(pdiff.sample(bundle, 8, "ddim", 10), test, settings=pdiff.EvalSettings(baselines=False))
     assert len(again["generated"]["acc"]) == 8 and again["summary"]["generated"]["mean"] > 50
 
 
 def test_whole_model_evaluation_equals_the_staged_one(small_test):
-    from pdiff.tasks import build_model, get_task
+    from pdiff.models.tasks import build_model, get_task
 
     bundle = pdiff.load(ROOT / "checkpoints" / "fmnist-convnet" / "bundle")
     model = build_model(get_task("fmnist-convnet"))
@@ -146,7 +149,8 @@ def test_a_module_in_memory_is_a_target(small_train, small_test):
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in collection.base.items())
     bundle = pdiff.train(collection, train, autoencoder={"steps": 20, "channels": [8, 16]},
                          ddpm={"steps": 20, "channels": 16}, seed=0)
-    report = pdiff.evaluate(pdiff.sample(bundle, 4, steps=5), test, target=base, baselines=False)
+    report = pdiff.evaluate(pdiff.sample(bundle, 4, "ddim", 5), test, target=base,
+                            settings=pdiff.EvalSettings(baselines=False))
     assert report["target"]["name"] == "Sequential" and len(report["generated"]["acc"]) == 4
     with pytest.raises(ValueError, match="not a named one"):
         pdiff.train(collection)

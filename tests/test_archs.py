@@ -9,11 +9,13 @@ import torchvision
 from helpers import BBPreActResNet18
 from torch import nn
 
-from pdiff import archs, data, tasks
+from pdiff.models import archs
+from pdiff.data import datasets as data
+from pdiff.models import tasks
 from pdiff.cli import main
-from pdiff.config import Task
-from pdiff.targets import TargetError, check_architecture, load_target
-from pdiff.tasks import build_model, get_task
+from pdiff.core.config import Task
+from pdiff.models.loading import TargetError, check_architecture, load_target
+from pdiff.models.tasks import build_model, get_task
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pdiff.backdoor import Trigger, apply_trigger, asr_ra, der, poison, triggered_test_set
+from pdiff.data.triggers import Trigger, apply_trigger, asr_ra, der, poison, triggered_test_set
 
 
 def test_trigger_stamps_bottom_right_square_only(fmnist_test):
@@ -46,7 +46,7 @@ def test_der_hand_computed():
 
 
 def test_blended_trigger_equals_the_formula(fmnist_test):
-    from pdiff.backdoor import blend_pattern
+    from pdiff.data.triggers import blend_pattern
 
     img = fmnist_test.images[:2]
     trig = Trigger(kind="blend", opacity=0.2, seed=7)

@@ -2,9 +2,9 @@ import torch
 
 import pytest
 
-from pdiff.baselines import (average, baseline_sets, gaussian, interpolations, match_noise_sigma, noisy_originals,
+from pdiff.measure.baselines import (average, baseline_sets, gaussian, interpolations, match_noise_sigma, noisy_originals, 
                              subset_averages)
-from pdiff.params import tensor_std
+from pdiff.core.params import tensor_std
 
 LAYOUT = [("w", (3, 4)), ("b", (3,))]
 

@@ -1,16 +1,19 @@
 import dataclasses
 import json
+import math
 import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from pdiff.bundle import BUNDLE_JSON, DENOISER_FILE, Bundle, BundleError
-from pdiff.config import AEConfig, DDPMConfig
-from pdiff.sample import sample
-from pdiff.collection import Collection
-from pdiff.train import train_bundle
+from pdiff.generator.bundle import BUNDLE_JSON, DENOISER_FILE, Bundle, BundleError
+from pdiff.core.config import AEConfig, DDPMConfig
+from pdiff.generator.sampling import sample
+from pdiff.collection.folder import Collection
+from pdiff.generator.training import ema_decay, train_bundle
+
+import helpers
 
 
 def test_roundtrip_gives_identical_samples(tiny_bundle, tmp_path):
@@ -37,15 +40,28 @@ def test_bundle_json_records_what_the_design_asks(tiny_bundle):
 
 
 def test_ema_weights_are_saved_and_used(tiny_collection, tmp_path):
-    # decay 1.0: the EMA never leaves its initialisation, whose output layer is zero,
-    # while the trained network moves away from it; the bundle must hold the EMA
-    bundle = train_bundle(Collection.load(tiny_collection), AEConfig(channels=[16, 32], steps=5),
-                          DDPMConfig(channels=32, blocks=2, steps=20, ema_decay=1.0), seed=0)
-    saved = load_file(bundle.save(tmp_path / "b") / DENOISER_FILE)
-    assert torch.count_nonzero(saved["out.2.weight"]) == 0
+    # decay 0: the "EMA" is the trained network's last weights; at 0.999 (warmed up) it is an average that differs
+    # from them. The bundle holds, saves and samples from the EMA
+    def trained(decay):
+        return train_bundle(Collection.load(tiny_collection), AEConfig(channels=[16, 32], steps=5),
+                            DDPMConfig(channels=32, blocks=2, steps=30, ema_decay=decay), seed=0)
+
+    raw, averaged = trained(0.0), trained(0.999)
+    saved = load_file(averaged.save(tmp_path / "b") / DENOISER_FILE)
+    assert all(torch.equal(saved[k], v) for k, v in averaged.denoiser.state_dict().items())
+    assert not torch.equal(saved["out.2.weight"], raw.denoiser.state_dict()["out.2.weight"])
     loaded = Bundle.load(tmp_path / "b")
-    z = torch.randn(4, *loaded.autoencoder.latent_shape)
-    assert torch.count_nonzero(loaded.denoiser(z, torch.tensor([10, 200, 500, 999]))) == 0
+    z, t = torch.randn(4, *loaded.autoencoder.latent_shape), torch.tensor([10, 200, 500, 999])
+    assert torch.equal(loaded.denoiser(z, t), averaged.denoiser(z, t))
+
+
+def test_the_ema_is_warmed_up_so_a_short_run_forgets_its_zero_start():
+    assert ema_decay(0, 0.999) == pytest.approx(0.1) and ema_decay(8990, 0.999) == 0.999
+    assert all(ema_decay(t, 0.999) <= ema_decay(t + 1, 0.999) for t in range(10_000))
+    # the share of the initial (zero-output) weights left after the API example's 600 steps: 55 % at a fixed
+    # 0.999, next to nothing with the warm-up
+    assert 0.999 ** 600 == pytest.approx(0.549, abs=1e-3)
+    assert math.prod(ema_decay(t, 0.999) for t in range(600)) < 1e-6
 
 
 def _corrupt(bundle_path, tmp_path, how):
@@ -89,7 +105,7 @@ def test_bundle_json_cannot_name_files_outside_its_folder(tiny_bundle, tmp_path,
 
 
 def test_failed_save_leaves_no_half_bundle(tiny_bundle, tmp_path, monkeypatch):
-    import pdiff.bundle as bundle_mod
+    import pdiff.generator.bundle as bundle_mod
 
     calls = {"n": 0}
     real = bundle_mod.write_safetensors
@@ -130,7 +146,7 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_bundle(tiny_bundle, tmp_
 
 
 def test_named_victims_travel_with_the_bundle(tiny_bundle, tiny_collection):
-    from pdiff.targets import resolve_target
+    from pdiff.measure.targets import resolve_target
 
     assert list(tiny_bundle.victims) == ["scratch-badnets", "finetuned-blended"]
     assert tiny_bundle.meta["victims"]["finetuned-blended"]["trigger"]["name"] == "blended"
@@ -145,7 +161,7 @@ def test_named_victims_travel_with_the_bundle(tiny_bundle, tiny_collection):
 
 
 def test_fold_is_chosen_from_the_vector_length_and_recorded(tiny_bundle):
-    from pdiff.config import auto_fold
+    from pdiff.core.config import auto_fold
 
     assert auto_fold(1546) == 16 and auto_fold(75530) == 512  # the two ConvNet tasks
     assert all(-(-p // auto_fold(p)) <= 256 for p in (10, 4096, 4097, 10**6))
@@ -154,14 +170,12 @@ def test_fold_is_chosen_from_the_vector_length_and_recorded(tiny_bundle):
 
 
 def test_the_shipped_deep_bundle_generates_working_last_blocks(small_test):
-    from pdiff.report import run_report
-
     bundle = Bundle.load("checkpoints/fmnist-convnet-deep/bundle")
     assert bundle.names[0] == "conv3.weight" and bundle.originals.shape == (40, 75530)
     assert load_file(bundle.path / "originals.safetensors")["vectors"].dtype == torch.float16
     assert set(bundle.victims) == {"scratch-badnets", "scratch-blended", "finetuned-badnets", "finetuned-blended"}
-    report, _ = run_report(bundle, "finetuned-badnets", n=4, sampler="ddim", steps=10, test=small_test,
-                           with_baselines=False, with_tsne=False)
+    report, _ = helpers.report(bundle, "finetuned-badnets", n=4, sampler="ddim", steps=10, test=small_test,
+                                   baselines=False, tsne=False)
     assert min(report["generated"]["acc"]) > 85  # on 500 test images; the victim's backdoor is gone
     assert max(report["generated"]["asr"]) < 10 < report["target"]["asr"]
 
@@ -198,8 +212,8 @@ def test_latents_are_standardised_per_latent_number(tiny_bundle, tmp_path):
 
 
 def test_behaviour_loss_scores_function_not_parameters(tiny_collection):
-    from pdiff.params import norm_stats, normalize
-    from pdiff.train import BehaviourLoss
+    from pdiff.core.params import norm_stats, normalize
+    from pdiff.generator.training import BehaviourLoss
 
     coll = Collection.load(tiny_collection)
     mean, std = norm_stats(coll.params, coll.layout)
@@ -220,7 +234,7 @@ def test_victims_only_replaces_the_victims_and_keeps_the_generator(tiny_bundle, 
 
 
     from pdiff import cli
-    from pdiff.collection import victim_files
+    from pdiff.collection.folder import victim_files
 
     coll, bundle_dir = tmp_path / "coll", tmp_path / "bundle"
     shutil.copytree(tiny_collection, coll)

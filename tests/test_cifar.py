@@ -6,8 +6,8 @@ import pytest
 import torch
 from helpers import write_cifar
 
-from pdiff.cifar import CifarError, read_batch
-from pdiff.data import Split, load_split
+from pdiff.data.cifar import CifarError, read_batch
+from pdiff.data.datasets import Split, load_split
 
 
 @pytest.mark.parametrize("name, train_n", [("cifar10", 5 * 24), ("cifar100", 5 * 24)])

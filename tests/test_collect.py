@@ -2,17 +2,21 @@ import json
 
 import pytest
 import torch
+
+from pdiff.core.settings import CollectSpec
+from pdiff.data.plan import RunData
 from safetensors.torch import load_file
 
-from pdiff.backdoor import Trigger
-from pdiff.collect import collect_checkpoints, init_model, run_collect
-from pdiff.collection import BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, Collection, victim_files
-from pdiff.evaluate import BatchedEvaluator, accuracies
-from pdiff.params import flatten
-from pdiff.splice import stacked_params
-from pdiff.targets import check_architecture
-from pdiff.tasks import get_task
-from pdiff.victims import run_victim
+from pdiff.data.triggers import Trigger
+from pdiff.collection.collect import collect_checkpoints, run_collect
+from pdiff.models.fit import init_model
+from pdiff.collection.folder import BASE_FILE, CHECKPOINTS_FILE, MANIFEST_FILE, Collection, victim_files
+from pdiff.models.staged import BatchedEvaluator, accuracies
+from pdiff.core.params import flatten
+from pdiff.core.splice import stacked_params
+from pdiff.models.loading import check_architecture
+from pdiff.models.tasks import get_task
+from pdiff.collection.victims import run_victim
 
 
 @pytest.fixture()
@@ -23,7 +27,7 @@ def tiny_task():
 
 
 def test_collection_writes_k_distinct_vectors_that_load_back(tmp_path, tiny_task, small_train, small_test):
-    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0).manifest()
+    manifest = run_collect(tiny_task, RunData(small_test, small_train), 0, out=tmp_path).manifest()
     assert json.loads((tmp_path / MANIFEST_FILE).read_text()) == manifest
     params = load_file(tmp_path / CHECKPOINTS_FILE)
     layout = [(n, tuple(s)) for n, s in manifest["layout"]]
@@ -43,7 +47,7 @@ def test_collection_writes_k_distinct_vectors_that_load_back(tmp_path, tiny_task
 
 
 def test_collection_round_trips_through_its_one_writer_and_reader(tmp_path, tiny_task, small_train, small_test):
-    coll = run_collect(tiny_task, None, small_train, small_test, seed=0, k=4)  # in memory: nothing written
+    coll = run_collect(tiny_task, RunData(small_test, small_train), 0, CollectSpec(k=4))  # in memory: nothing written
     assert not any(tmp_path.iterdir())
     coll.save(tmp_path)
     back = Collection.load(tmp_path)
@@ -72,7 +76,7 @@ def test_collection_freezes_trunk_and_batchnorm_stats(tiny_task, small_train, sm
 
 
 def test_victim_reports_backdoor_metrics(tmp_path, tiny_task, small_train, small_test):
-    from pdiff.victims import backdoor_metrics
+    from pdiff.collection.victims import backdoor_metrics
 
     report = run_victim(tiny_task, Trigger(target=0), tmp_path, small_train, small_test, seed=0)
     weights, meta = victim_files("scratch-badnets")
@@ -86,7 +90,7 @@ def test_victim_reports_backdoor_metrics(tmp_path, tiny_task, small_train, small
 
 
 def test_finetuned_victim_starts_from_the_clean_base(tmp_path, tiny_task, small_train, small_test):
-    run_collect(tiny_task, tmp_path, small_train, small_test, seed=0)
+    run_collect(tiny_task, RunData(small_test, small_train), 0, out=tmp_path)
     base = load_file(tmp_path / BASE_FILE)
     tiny_task.recipe.finetune_epochs = 0  # no training at all: the victim must be the base itself
     report = run_victim(tiny_task, Trigger(kind="blended"), tmp_path, small_train, small_test, seed=1, kind="finetuned")
@@ -110,7 +114,7 @@ def test_finetuned_victim_needs_a_base(tmp_path, tiny_task, small_train, small_t
 def test_multi_trunk_manifest_records_trunks_and_checkpoints_fit_their_own_trunk(tmp_path, tiny_task, small_train,
                                                                                  small_test):
     tiny_task.recipe.trunk_epochs = 1
-    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=7, trunks=3).manifest()
+    manifest = run_collect(tiny_task, RunData(small_test, small_train), 0, CollectSpec(k=7, trunks=3), out=tmp_path).manifest()
     assert [t["id"] for t in manifest["trunks"]] == [0, 1, 2]
     assert manifest["trunk_of"] == [0, 0, 0, 1, 1, 2, 2]  # K split as evenly as it goes, in trunk order
     assert manifest["trunks"][0]["file"] == BASE_FILE
@@ -128,7 +132,7 @@ def test_multi_trunk_manifest_records_trunks_and_checkpoints_fit_their_own_trunk
 
 def test_leave_one_trunk_out_never_trains_on_the_held_out_trunk(tmp_path, tiny_task, small_train, small_test):
     tiny_task.recipe.trunk_epochs = 1
-    manifest = run_collect(tiny_task, tmp_path, small_train, small_test, seed=0, k=6, trunks=3).manifest()
+    manifest = run_collect(tiny_task, RunData(small_test, small_train), 0, CollectSpec(k=6, trunks=3), out=tmp_path).manifest()
     layout = [(n, tuple(s)) for n, s in manifest["layout"]]
     every = flatten(load_file(tmp_path / CHECKPOINTS_FILE), layout)
     coll = Collection.load(tmp_path, hold_out_trunk=1)
@@ -144,7 +148,7 @@ def test_leave_one_trunk_out_never_trains_on_the_held_out_trunk(tmp_path, tiny_t
 def test_deep_collection_keeps_bn_statistics_and_stores_float16(tmp_path, small_train, small_test):
     task = get_task("fmnist-convnet-deep")
     task.recipe.epochs, task.recipe.save_every = 1, 3
-    manifest = run_collect(task, tmp_path, small_train, small_test, seed=0, k=4).manifest()
+    manifest = run_collect(task, RunData(small_test, small_train), 0, CollectSpec(k=4), out=tmp_path).manifest()
     params, base = load_file(tmp_path / CHECKPOINTS_FILE), load_file(tmp_path / BASE_FILE)
     assert all(v.dtype == torch.float16 for v in params.values())
     for stat in ("bn3.running_mean", "bn3.running_var"):  # saved with every checkpoint, never trained
@@ -158,7 +162,7 @@ def test_deep_collection_keeps_bn_statistics_and_stores_float16(tmp_path, small_
 
 
 def test_train_layer_of_buffers_only_is_refused():
-    from pdiff.tasks import build_model
+    from pdiff.models.tasks import build_model
 
     task = get_task("fmnist-convnet")
     task.train_layer = ["bn3.running_mean"]

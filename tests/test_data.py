@@ -3,8 +3,8 @@ import gzip
 import pytest
 import torch
 
-from pdiff import data
-from pdiff.data import DataError, load_split, normalize, read_idx
+from pdiff.data import datasets as data
+from pdiff.data.datasets import DataError, load_split, normalize, read_idx
 
 
 def test_shipped_test_split_loads(fmnist_test):

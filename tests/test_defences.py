@@ -2,37 +2,24 @@
 import pytest
 import torch
 
-from pdiff.defences import (BATCH, batchnorms_after, clean_budget, layer_defence, model_defence, reestimate_bn, reinit_,
-                            run_defence)
-from pdiff.evaluate import predict
-from pdiff.params import own_vector, unflatten
-from pdiff.targets import check_architecture
+from pdiff.core.settings import DefenceSettings
+from pdiff.data.plan import draw_budget
+from pdiff.measure.defences import (batchnorms_after, layer_defence, model_defence, reestimate_bn, reinit_,
+                                    run_defence)
+from pdiff.models.staged import predict
+from pdiff.core.params import own_vector, unflatten
+from pdiff.models.loading import check_architecture
 
 from helpers import with_recipe
 
 
 @pytest.fixture(scope="module")
 def budget(small_train):
-    return clean_budget(small_train, 0.25, torch.Generator().manual_seed(0))
+    return draw_budget(small_train, 0.25, torch.Generator().manual_seed(0))
 
 
 def _changed(before: dict, after: dict) -> set[str]:
     return {k for k, v in before.items() if not torch.equal(v, after[k])}
-
-
-def test_clean_budget_is_a_seeded_share_of_the_training_split(small_train, budget):
-    assert len(budget.labels) == 256 and budget.dataset == small_train.dataset
-    again = clean_budget(small_train, 0.25, torch.Generator().manual_seed(0))
-    assert torch.equal(again.images, budget.images)
-    # every budget image is a training image; none from the held-out tail
-    held = clean_budget(small_train, 0.25, torch.Generator().manual_seed(1), exclude_last=512)
-    flat = small_train.images.flatten(1)
-    rows = [(flat == img.flatten()).all(1).nonzero().flatten().tolist() for img in held.images[:20]]
-    assert all(r and min(r) < 512 for r in rows)
-    with pytest.raises(ValueError, match=r"clean budget 2.0 \(2048 images\).*at most the 1024 training images"):
-        clean_budget(small_train, 2.0, torch.Generator())
-    with pytest.raises(ValueError, match=rf"clean budget 0.05 is 51 images, under one batch \({BATCH}\)"):
-        clean_budget(small_train, 0.05, torch.Generator())
 
 
 def test_reinit_touches_only_the_named_parameters(tiny_bundle):
@@ -118,13 +105,13 @@ def test_bad_defence_names_and_missing_budget(tiny_bundle):
 def test_run_defence_dispatches_and_times_every_defence(tiny_bundle, budget):
     bundle = with_recipe(tiny_bundle, save_every=3)
     seeded = lambda: torch.Generator().manual_seed(0)  # noqa: E731
-    layer = run_defence("finetune", bundle.task, bundle.layout, bundle.victim_state, budget, seeded(), k=2)
+    layer = run_defence("finetune", bundle.task, bundle.layout, bundle.victim_state, budget, seeded(), DefenceSettings(k=2))
     assert layer.state is None and layer.details is None and layer.seconds > 0
     assert torch.equal(layer.vectors, layer_defence("finetune", bundle.task, bundle.layout, bundle.victim_state,
                                                      budget, seeded(), k=2))  # the same run, the same generator
-    whole = run_defence("clp", bundle.task, bundle.layout, bundle.victim_state, None, seeded(), k=2)
+    whole = run_defence("clp", bundle.task, bundle.layout, bundle.victim_state, None, seeded(), DefenceSettings(k=2))
     state, info = model_defence("clp", bundle.task, bundle.victim_state, None, seeded())
     assert whole.vectors is None and whole.details == info and whole.state.keys() == state.keys()
     assert all(torch.equal(whole.state[k], state[k]) for k in state)
     with pytest.raises(ValueError, match="unknown model defence 'nope'"):
-        run_defence("nope", bundle.task, bundle.layout, bundle.victim_state, None, seeded(), k=2)
+        run_defence("nope", bundle.task, bundle.layout, bundle.victim_state, None, seeded(), DefenceSettings(k=2))

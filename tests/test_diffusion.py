@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pdiff.config import DDPMConfig
-from pdiff.diffusion import Diffusion
-from pdiff.train import train_denoiser
+from pdiff.core.config import DDPMConfig
+from pdiff.generator.diffusion import Diffusion
+from pdiff.generator.training import train_denoiser
 
 
 def test_schedule_sanity():

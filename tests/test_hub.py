@@ -9,8 +9,9 @@ import shutil
 import huggingface_hub.constants as hf_constants
 import pytest
 
-from pdiff.bundle import Bundle, BundleError
-from pdiff.hub import MB, fetch_bundle, model_card, plan_bundle_download, pull, trim_cache
+from pdiff.generator.bundle import Bundle, BundleError
+from pdiff.generator.locate import load_bundle
+from pdiff.generator.hub import MB, fetch_bundle, model_card, plan_bundle_download, pull, trim_cache
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -27,7 +28,7 @@ def hub_cache(tmp_path, monkeypatch, tiny_bundle):
 
 
 def test_bundle_loads_by_repo_id_from_the_cache(hub_cache, tiny_bundle):
-    bundle = Bundle.load("me/tiny-bundle")
+    bundle = load_bundle("me/tiny-bundle")
     assert bundle.path == hub_cache / "snapshots" / COMMIT
     assert bundle.layout == tiny_bundle.layout
 
@@ -39,7 +40,7 @@ def test_pull_copies_into_a_folder(hub_cache, tmp_path):
 
 def test_unreachable_hub_and_no_cached_copy_is_one_line(hub_cache):
     with pytest.raises(BundleError, match=r"^could not reach the Hugging Face Hub for 'me/absent': [^\n]*$"):
-        Bundle.load("me/absent")
+        load_bundle("me/absent")
 
 
 def test_a_partial_download_is_not_used_offline(hub_cache, tmp_path):
@@ -86,7 +87,7 @@ def test_plan_checks_the_total_size_against_the_limit():
 
 
 def test_default_limit_is_200_mb_and_configurable(monkeypatch):
-    from pdiff.hub import default_max_bytes
+    from pdiff.generator.hub import default_max_bytes
 
     monkeypatch.delenv("PDIFF_HUB_MAX_MB", raising=False)
     assert default_max_bytes() == 200 * MB
@@ -172,7 +173,7 @@ def test_fetch_downloads_the_bundle_files_then_serves_them_offline(fake_hub, tin
     files, served = fake_hub
     files.update({p.name: p.read_bytes() for p in tiny_bundle.path.iterdir()})
     files.update({"README.md": b"# card", "pytorch_model.bin": b"a pickle", "extra.safetensors": b"unlisted"})
-    assert Bundle.load("me/repo").layout == tiny_bundle.layout
+    assert load_bundle("me/repo").layout == tiny_bundle.layout
     assert served[0] == "bundle.json"
     assert sorted(served) == sorted([p.name for p in tiny_bundle.path.iterdir()] + ["README.md"])
     hf_constants.HF_HUB_OFFLINE = True  # monkeypatched by the fixture: restored after the test

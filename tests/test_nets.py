@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pdiff.config import AEConfig, DDPMConfig
-from pdiff.nets import Denoiser, ParamAutoencoder, timestep_embedding
+from pdiff.core.config import AEConfig, DDPMConfig
+from pdiff.generator.nets import Denoiser, ParamAutoencoder, timestep_embedding
 
 
 @pytest.mark.parametrize("num_params", [10, 1546, 4097])

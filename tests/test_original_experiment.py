@@ -11,6 +11,8 @@ from torch import nn
 
 from pdiff.cli import main
 
+pytestmark = pytest.mark.slow
+
 # a few hundred images exist; the commands use 64 training and 32 test images (ResNet-18 on this CPU is slow)
 SMALL = ["--device", "cpu", "--train-subset", "64", "--test-subset", "32"]
 SAMPLING = ["--n", "3", "--sampler", "ddim", "--steps", "3"]

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pdiff.ui import build_demo, free_port, launch
+from pdiff.app.ui import build_demo, free_port, launch
+
+pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -1,6 +1,6 @@
 import torch
 
-from pdiff.params import denormalize, flatten, layout_of, norm_stats, normalize, numel, unflatten
+from pdiff.core.params import denormalize, flatten, layout_of, norm_stats, normalize, numel, unflatten
 
 
 def _stacked(k=5):

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
-from pdiff.params import flatten, layout_of
-from pdiff.splice import check_target, select_layers, splice, stacked_params
-from pdiff.tasks import build_model, get_task
+from pdiff.core.params import flatten, layout_of
+from pdiff.core.splice import check_target, select_layers, splice, stacked_params
+from pdiff.models.tasks import build_model, get_task
 
 
 def _model(seed):

@@ -5,13 +5,17 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff.backdoor import triggered_test_set
-from pdiff.data import normalize
-from pdiff.evaluate import BatchNormEstimator, TargetEngine, predict
-from pdiff.splice import splice
-from pdiff.stitch import fit_stitch, splice_stage, stitched_engine
-from pdiff.targets import Target, check_architecture, resolve_target
-from pdiff.transfer import STITCHED, run_transfer
+from pdiff.data.triggers import triggered_test_set
+from pdiff.data.datasets import normalize
+from pdiff.measure.engine import BatchNormEstimator, TargetEngine
+from pdiff.models.staged import predict
+from pdiff.core.splice import splice
+from pdiff.measure.stitch import fit_stitch, splice_stage, stitched_engine
+from pdiff.measure.targets import Target, resolve_target
+from pdiff.models.loading import check_architecture
+from pdiff.studies.transfer import STITCHED
+
+from helpers import stitched, transfer
 
 
 def _features(bundle, state, images):
@@ -25,8 +29,7 @@ def test_a_trunk_stitched_to_itself_is_the_identity(tiny_bundle, small_train, sm
     stitch = fit_stitch(feats, feats)
     assert torch.allclose(stitch.weight, torch.eye(len(stitch.weight)), atol=2e-3)
     assert stitch.bias.abs().max() < 2e-3 * feats.abs().max()
-    engine, info = stitched_engine(tiny_bundle.task, tiny_bundle.layout, base, tiny_bundle.base_state, small_test,
-                                   small_train)
+    engine, info = stitched(tiny_bundle, base, small_test, small_train)
     plain = TargetEngine(tiny_bundle.task, tiny_bundle.layout, base, small_test)
     assert info["r2"] > 0.9999 and info["images"] == len(small_train.labels)
     assert torch.equal(engine.run(tiny_bundle.originals[:3])["wrong"], plain.run(tiny_bundle.originals[:3])["wrong"])
@@ -44,8 +47,7 @@ def test_a_stitch_undoes_a_channel_permutation_and_scale(tiny_bundle, small_trai
     expected[perm, torch.arange(128)] = 1 / scale
     assert torch.allclose(stitch.weight, expected, atol=2e-3)
     target = Target("permuted", victim, None)
-    engine, _ = stitched_engine(tiny_bundle.task, tiny_bundle.layout, target, tiny_bundle.base_state, small_test,
-                                small_train)
+    engine, _ = stitched(tiny_bundle, target, small_test, small_train)
     plain = TargetEngine(tiny_bundle.task, tiny_bundle.layout, Target("clean", tiny_bundle.base_state, None), small_test)
     assert torch.equal(engine.run(tiny_bundle.originals[:3])["wrong"], plain.run(tiny_bundle.originals[:3])["wrong"])
 
@@ -57,15 +59,15 @@ def test_features_of_another_spatial_size_cannot_be_stitched():
 
 def test_the_stitched_engine_equals_a_plain_forward_of_the_stitched_model(tiny_bundle, small_train, small_test):
     victim = resolve_target(tiny_bundle, "victim")
-    ref = {"acc": 50.0, "asr": 100.0, "ra": 0.0}
-    engine, info = stitched_engine(tiny_bundle.task, tiny_bundle.layout, victim, tiny_bundle.base_state, small_test,
-                                   small_train, reference=ref)
-    assert engine.as_is() == ref  # DER is measured against the victim as it is, not the stitched one
+    plain = TargetEngine(tiny_bundle.task, tiny_bundle.layout, victim, small_test)
+    engine, info = stitched_engine(plain, tiny_bundle.base_state, small_train)
+    assert engine.as_is() == plain.as_is()  # DER is measured against the victim as it is, not the stitched one
     start, vectors = info["stage"], tiny_bundle.originals[[0, 5]]
     out = engine.run(vectors)
     trunk = check_architecture(tiny_bundle.task, victim.state)
-    conv = nn.Conv2d(*engine.feature_map.weight.shape[::-1], 1)
-    conv.weight.data, conv.bias.data = engine.feature_map.weight[:, :, None, None], engine.feature_map.bias
+    stitch = engine.feature_map.fn
+    conv = nn.Conv2d(*stitch.weight.shape[::-1], 1)
+    conv.weight.data, conv.bias.data = stitch.weight[:, :, None, None], stitch.bias
     images, _ = triggered_test_set(small_test.images, small_test.labels, victim.trigger)
     for i, vector in enumerate(vectors):
         tail = check_architecture(tiny_bundle.task, splice(tiny_bundle.base_state, vector, tiny_bundle.layout))
@@ -79,16 +81,15 @@ def test_the_stitched_engine_equals_a_plain_forward_of_the_stitched_model(tiny_b
 
 def test_batchnorm_reestimation_sees_the_stitched_features(tiny_bundle, small_train):
     victim = resolve_target(tiny_bundle, "victim")
-    engine, info = stitched_engine(tiny_bundle.task, tiny_bundle.layout, victim, tiny_bundle.base_state,
-                                   small_train.subset(200), small_train)
+    engine, info = stitched(tiny_bundle, victim, small_train.subset(200), small_train)
     model = check_architecture(tiny_bundle.task, victim.state)
-    bn = BatchNormEstimator(model, small_train.subset(200).normalized(), info["stage"], [], "cpu", engine.feature_map)
+    bn = BatchNormEstimator(model, small_train.subset(200).normalized(), info["stage"], [], "cpu", engine.feature_map.fn)
     assert torch.equal(bn.features, engine.clean.features)
 
 
 def test_transfer_reports_the_stitch_methods(tiny_bundle, small_train, small_test):
-    r = run_transfer(tiny_bundle, "scratch", n=3, seeds=[0, 1], train=small_train, test=small_test, sampler="ddim",
-                     steps=3, methods=("generated", *STITCHED), budget=0.25)
+    r = transfer(tiny_bundle, "scratch", small_train, small_test, seeds=[0, 1], methods=("generated", *STITCHED),
+                 budget=0.25)
     assert r["stitch"]["images"] == 256 and r["stitch"]["clean_images"] == 256
     assert r["timings_s"]["per_method"]["stitch+generated"] > 0
     assert len(r["methods"]["stitch+generated"]["acc"]) == 6 and len(r["methods"]["stitch+clean-layers"]["acc"]) == 1
@@ -130,7 +131,7 @@ def test_shrink_quiets_a_channel_that_is_nearly_dormant_on_clean_data():
 
 
 def test_auto_shrink_is_the_largest_within_the_accuracy_drop(tiny_bundle, small_train):
-    from pdiff.stitch import SHRINK_GRID, choose_shrink
+    from pdiff.measure.stitch import SHRINK_GRID, choose_shrink
 
     victim = resolve_target(tiny_bundle, "scratch")
     source, target = _features(tiny_bundle, victim.state, small_train), _features(tiny_bundle, tiny_bundle.base_state,
@@ -143,8 +144,7 @@ def test_auto_shrink_is_the_largest_within_the_accuracy_drop(tiny_bundle, small_
     assert all(accs[s] < accs[0.0] - 1.0 for s in accs if s > chosen)
     strict, _ = choose_shrink(source, target, base, start, small_train.labels, max_drop=1000.0)
     assert strict == max(SHRINK_GRID)  # any drop allowed: the largest value
-    r = run_transfer(tiny_bundle, "scratch", n=2, seeds=[0], train=small_train, test=small_train, sampler="ddim",
-                     steps=3, methods=STITCHED, budget=0.25, stitch_shrink="auto")
+    r = transfer(tiny_bundle, "scratch", small_train, small_train, n=2, methods=STITCHED, budget=0.25, shrink="auto")
     assert r["stitch"]["shrink"] in SHRINK_GRID and set(r["stitch"]["shrink_budget_acc"]) == set(map(str, SHRINK_GRID))
 
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pdiff.targets import TargetError, load_state_file, load_target
-from pdiff.tasks import build_model, get_task
+from pdiff.models.loading import TargetError, load_state_file, load_target
+from pdiff.models.tasks import build_model, get_task
 
 BUNDLE = Path(__file__).resolve().parent.parent / "checkpoints" / "fmnist-convnet" / "bundle"
 

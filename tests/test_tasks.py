@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pdiff.tasks import TASKS, build_model, get_task
+from pdiff.models.tasks import TASKS, build_model, get_task
 
 
 def test_parameter_names_are_the_stable_contract():

@@ -1,17 +1,17 @@
 import pytest
 import torch
 
-from pdiff.backdoor import der
-from pdiff.params import unflatten
-from pdiff.transfer import METHODS, STITCHED, TABLE_HEADERS, control_sets, run_transfer, table, table_rows
+from pdiff.data.triggers import der
+from pdiff.core.params import unflatten
+from pdiff.studies.transfer import METHODS, STITCHED, TABLE_HEADERS, control_sets, table, table_rows
 
-from helpers import with_recipe
+from helpers import transfer, with_recipe
 
 
 @pytest.fixture(scope="module")
 def transfer_report(tiny_bundle, small_train, small_test):
-    return run_transfer(with_recipe(tiny_bundle, save_every=3), "scratch", n=4, seeds=0, train=small_train,
-                        test=small_test, sampler="ddim", steps=3, k_defence=5, budget=0.25, epochs=1)
+    return transfer(with_recipe(tiny_bundle, save_every=3), "scratch", small_train, small_test, n=4, k=5, budget=0.25,
+                    epochs=1)
 
 
 def test_every_method_returns_the_report_keys(transfer_report):
@@ -72,20 +72,17 @@ def test_the_table_rows_carry_clean_data_spread_and_time(transfer_report):
 
 def test_bad_budget_and_methods_are_named(tiny_bundle, small_train, small_test):
     with pytest.raises(ValueError, match=r"clean budget 0.05 is 51 images, under one batch"):
-        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=small_train, test=small_test,
-                     methods=("generated", "ft"), budget=0.05)
-    with pytest.raises(ValueError, match=r"clean budget 1.5 \(1536 images\)"):
-        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=small_train, test=small_test,
-                     methods=("fp",), budget=1.5)
-    with pytest.raises(ValueError, match="the ft, fp defences train on clean data"):
-        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=None, test=small_test, methods=("ft", "fp"))
+        transfer(tiny_bundle, "scratch", small_train, small_test, n=1, seeds=[0], methods=("generated", "ft"), budget=0.05)
+    with pytest.raises(ValueError, match=r"data.budget must be a share of the training split between 0 and 1, got 1.5"):
+        transfer(tiny_bundle, "scratch", small_train, small_test, n=1, seeds=[0], methods=("fp",), budget=1.5)
+    with pytest.raises(ValueError, match="the ft, fp methods train on clean data"):
+        transfer(tiny_bundle, "scratch", None, small_test, n=1, seeds=[0], methods=("ft", "fp"))
     with pytest.raises(ValueError, match=r"unknown methods \['nope', 'FT'\]"):
-        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=None, test=small_test, methods=("nope", "FT"))
+        transfer(tiny_bundle, "scratch", None, small_test, n=1, seeds=[0], methods=("nope", "FT"))
 
 
 def test_several_seeds_report_a_spread_and_the_originals_once(tiny_bundle, small_test):
-    r = run_transfer(tiny_bundle, "finetuned", n=3, seeds=[0, 1], train=None, test=small_test, sampler="ddim",
-                     steps=3, methods=("generated", "originals", "average", "clp"))
+    r = transfer(tiny_bundle, "finetuned", None, small_test, n=3, seeds=[0, 1], methods=("generated", "originals", "average", "clp"))
     assert r["victim"]["name"] == "finetuned-blended" and r["seeds"] == [0, 1]
     gen, orig = r["methods"]["generated"], r["methods"]["originals"]
     assert len(gen["acc"]) == 6 and len(gen["per_seed"]["acc"]) == 2
@@ -101,4 +98,4 @@ def test_several_seeds_report_a_spread_and_the_originals_once(tiny_bundle, small
     assert gen["per_seed"]["acc"][0] == pytest.approx(sum(gen["acc"][:3]) / 3)
     assert "±" in table(r)
     with pytest.raises(ValueError, match="unknown methods"):
-        run_transfer(tiny_bundle, "scratch", n=1, seeds=[0], train=None, test=small_test, methods=("nope",))
+        transfer(tiny_bundle, "scratch", None, small_test, n=1, seeds=[0], methods=("nope",))

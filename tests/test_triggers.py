@@ -7,12 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pdiff.backdoor import (PRESETS, Trigger, apply_trigger, load_trigger, poison, preset,
+from pdiff.data.triggers import (PRESETS, Trigger, apply_trigger, load_trigger, poison, preset, 
                             trigger_from_fields)
-from pdiff.collection import load_victims, victim_name
-from pdiff.data import DATASETS
-from pdiff.report import familiar_lines, run_report
-from pdiff.targets import ASSUMED, GIVEN
+from pdiff.collection.folder import load_victims, victim_name
+from pdiff.data.datasets import DATASETS
+from pdiff.studies.report import familiar_lines
+from pdiff.measure.targets import ASSUMED, GIVEN
+
+import helpers
 
 
 def old_apply_trigger(images, kind="badnets", size=3, alpha=0.1, pattern_seed=0):
@@ -148,9 +150,9 @@ def _images_seen(model, dataset: str) -> list[torch.Tensor]:
 
 
 def test_the_trigger_is_stamped_after_the_flip_where_it_says(small_train):
-    from pdiff.collect import fit, init_model
-    from pdiff.tasks import get_task
-    from pdiff.victims import poisoned_training
+    from pdiff.models.fit import Schedule, fit, init_model
+    from pdiff.models.tasks import get_task
+    from pdiff.collection.victims import poisoned_training
 
     task = get_task("fmnist-convnet")
     train = small_train.subset(512)
@@ -166,7 +168,7 @@ def test_the_trigger_is_stamped_after_the_flip_where_it_says(small_train):
     poisoned, stamp = poisoned_training(train, trigger, g)
     model = init_model(task, g)
     seen = _images_seen(model, train.dataset)
-    fit(model, poisoned, task.recipe, g, epochs=1, batch_hook=stamp)
+    fit(model, poisoned, Schedule.of(task.recipe, epochs=1), g, batch_hook=stamp)
     assert corners(seen) == (128, 0)  # every poisoned image, flipped or not, has it bottom-right; none mirrored
     assert (poisoned.labels != train.labels).sum() > 100 and torch.equal(poisoned.images, train.images)
 
@@ -175,7 +177,7 @@ def test_the_trigger_is_stamped_after_the_flip_where_it_says(small_train):
     images, labels, _ = poison(train.images, train.labels, trigger, g)
     model = init_model(task, g)
     seen = _images_seen(model, train.dataset)
-    fit(model, type(train)(images, labels, train.dataset), task.recipe, g, epochs=1)
+    fit(model, type(train)(images, labels, train.dataset), Schedule.of(task.recipe, epochs=1), g)
     br, bl = corners(seen)
     assert br + bl == 128 and 40 < bl < 88
 
@@ -183,20 +185,20 @@ def test_the_trigger_is_stamped_after_the_flip_where_it_says(small_train):
 def test_an_uploaded_target_names_its_trigger(tiny_bundle, small_test, tmp_path):
     path = tmp_path / "upload.pth"
     torch.save(tiny_bundle.victim_state, path)
-    kwargs = dict(n=2, sampler="ddim", steps=2, test=small_test, with_tsne=False, with_baselines=False)
-    report, _ = run_report(tiny_bundle, str(path), **kwargs)
+    kwargs = dict(n=2, sampler="ddim", steps=2, test=small_test, tsne=False, baselines=False)
+    report, _ = helpers.report(tiny_bundle, str(path), **kwargs)
     t = report["target"]
     assert t["trigger_source"] == ASSUMED == "assumed (no victim report beside the file)"
     assert t["trigger"]["name"] == "badnets" and "asr" in t
     assert "trigger badnets: 3x3 square of 255 at bottom-right, target class 0, 10% poisoned (assumed (no victim " \
            "report beside the file))" in familiar_lines(report)
-    given, _ = run_report(tiny_bundle, str(path), trigger=preset("blended", target=3), **kwargs)
+    given, _ = helpers.report(tiny_bundle, str(path), trigger=preset("blended", target=3), **kwargs)
     assert given["target"]["trigger_source"] == GIVEN and given["target"]["trigger"]["target"] == 3
     assert given["target"]["asr"] != t["asr"]
-    none, _ = run_report(tiny_bundle, str(path), trigger="none", **kwargs)
+    none, _ = helpers.report(tiny_bundle, str(path), trigger="none", **kwargs)
     assert "asr" not in none["target"] and none["backdoor"] == "not applicable: no trigger (given by the user)"
     with pytest.raises(ValueError, match=r"trigger\.target 12 is out of range"):
-        run_report(tiny_bundle, str(path), trigger=preset("badnets", target=12), **kwargs)
+        helpers.report(tiny_bundle, str(path), trigger=preset("badnets", target=12), **kwargs)
 
 
 def test_old_victim_reports_still_load(tiny_collection, tmp_path):

@@ -9,8 +9,10 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
-from pdiff.tasks import build_model, get_task
-from pdiff.ui import build_demo, free_port, launch, runs_folder, shipped_bundles
+from pdiff.models.tasks import build_model, get_task
+from pdiff.app.ui import build_demo, free_port, launch, runs_folder, shipped_bundles
+
+pytestmark = pytest.mark.server
 
 
 
@@ -43,7 +45,7 @@ def test_generate_on_default_bundle(client):
 
 
 def test_uploaded_victim_state_dict(client, tmp_path):
-    from pdiff.ui import load_bundle
+    from pdiff.app.ui import load_bundle
 
     victim = load_bundle("fmnist-convnet").victim_state
     path = tmp_path / "victim.pth"
@@ -62,7 +64,7 @@ def test_uploaded_victim_state_dict(client, tmp_path):
 
 
 def test_the_trigger_chosen_beside_the_upload_reaches_the_report(client, tmp_path):
-    from pdiff.ui import load_bundle
+    from pdiff.app.ui import load_bundle
 
     path = tmp_path / "mine.pth"
     torch.save(load_bundle("fmnist-convnet").victim_state, path)
@@ -158,7 +160,7 @@ def test_bundle_box_with_the_hub_unreachable(client, tmp_path, monkeypatch):
 
 
 def test_uploaded_nonfinite_or_text_file_refused_by_name(client, tmp_path):
-    from pdiff.ui import load_bundle
+    from pdiff.app.ui import load_bundle
 
     state = {k: v.clone() for k, v in load_bundle("fmnist-convnet").base_state.items()}
     state["conv3.weight"].fill_(float("nan"))

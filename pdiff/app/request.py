@@ -1,0 +1,79 @@
+"""The Run form, typed once: what one press of Run (or one API call to /generate) asks for.
+
+The form's fields are the API's parameters (`FORM`, in order, with their defaults); `RunRequest.from_form` turns
+them into the objects everything below takes: a Target with its trigger, a SamplingSpec, EvalSettings. The app's
+sampling differs from the CLI's on purpose (`APP_SAMPLING`); every report records the settings it ran with.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pdiff.core.settings import EvalSettings, SamplingSpec
+from pdiff.core.splice import ALL_LAYERS
+from pdiff.data.triggers import trigger_from_fields
+from pdiff.generator.bundle import Bundle
+from pdiff.measure.targets import Target, resolve_target, target_names
+
+# a browser waits for the answer: DDIM-50 and 100 sets, where the CLI draws 200 with the full DDPM chain
+APP_SAMPLING = SamplingSpec(n=100, sampler="ddim", steps=50)
+MAX_N = 500
+UPLOAD = "upload"
+# the form's fields in the API's parameter order, and their defaults (victim_file: the uploaded file, if any)
+FORM = {"bundle": "", "target": "clean", "victim_file": None, "trigger_kind": "assumed", "trigger_target": 0,
+        "patch_size": 3, "patch_corner": "bottom-right", "blend_opacity": 0.1, "blend_seed": 0,
+        "layers": [ALL_LAYERS], "n": APP_SAMPLING.n, "sampler": APP_SAMPLING.sampler, "steps": APP_SAMPLING.steps,
+        "seed": APP_SAMPLING.seed, "defences": False}
+TRIGGER_FIELDS = ("trigger_kind", "trigger_target", "patch_size", "patch_corner", "blend_opacity", "blend_seed")
+
+
+def target_choices(bundle: Bundle) -> list[str]:
+    """clean, the bundle's victims (the scratch BadNets one is `victim`), upload."""
+    return ["clean", *target_names(bundle), UPLOAD]
+
+
+def _whole(form: dict, name: str) -> int:
+    try:
+        value = float(form[name])
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a whole number, got {form[name]!r}") from None
+    if value != int(value):
+        raise ValueError(f"{name} must be a whole number, got {form[name]!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    bundle: Bundle
+    target: Target
+    sampling: SamplingSpec
+    settings: EvalSettings
+
+    @classmethod
+    def from_form(cls, form: dict, bundle: Bundle) -> "RunRequest":
+        """The form's values (any left out take FORM's defaults) for `bundle`, already loaded from form["bundle"];
+        bad values raise ValueError naming the field."""
+        form = {**FORM, **{k: v for k, v in form.items() if k in FORM}}
+        n = _whole(form, "n")
+        if not 1 <= n <= MAX_N:
+            raise ValueError(f"N must be between 1 and {MAX_N}, got {n}")
+        sampling = SamplingSpec(n=n, sampler=form["sampler"], steps=_whole(form, "steps"), seed=_whole(form, "seed"))
+        layers = form["layers"]
+        if layers is not None and len(layers) == 0:
+            raise ValueError("choose at least one layer to splice")
+        settings = EvalSettings(layers=tuple(layers or ()), defences=bool(form["defences"]))
+        return cls(bundle, _target(form, bundle), sampling, settings)
+
+
+def _target(form: dict, bundle: Bundle) -> Target:
+    """An upload's file with the trigger of its fields, or a named target of the bundle with its own trigger."""
+    choice = form["target"]
+    if choice == UPLOAD:
+        upload = form["victim_file"]
+        if not upload:
+            raise ValueError("target is 'upload' but no model file was uploaded")
+        path = upload if isinstance(upload, str) else upload.name
+        return resolve_target(bundle, path, trigger_from_fields(*(form[k] for k in TRIGGER_FIELDS)))
+    choices = target_choices(bundle)
+    if choice not in choices:
+        raise ValueError(f"unknown target {choice!r}; this bundle offers {', '.join(choices)}")
+    return resolve_target(bundle, choice)

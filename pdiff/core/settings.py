@@ -1,0 +1,149 @@
+"""Run settings as small frozen dataclasses, as nanoGPT's GPTConfig: what one sampling, evaluation, defence or
+stitch was asked to do. The CLI takes its defaults from these fields, the app states where it differs, and every
+report records them (`settings_dict`), so the three entry points cannot drift apart silently.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+from pdiff.core.splice import ALL_LAYERS
+
+SAMPLERS = ("ddpm", "ddim")
+VALIDATION = 5000       # the last training images, held out: selection, matched noise, every choice
+BN_IMAGES = 512         # clean training images BatchNorm statistics after a generated layer are re-estimated on
+CLEAN_BUDGET = 0.05     # share of the training split the defences and the stitch may use (BackdoorBench's ratio)
+DEFENCE_EPOCHS = 10     # ft and fp fine-tuning epochs on the budget (BackdoorBench: 100; see measure.defences)
+
+
+class _Settings:
+    def to_dict(self) -> dict:
+        """The fields as JSON writes them (tuples as lists): a report in memory equals one read back from disk."""
+        return json.loads(json.dumps(asdict(self)))
+
+    def changed(self, **changes):
+        """A copy with `changes` (None values ignored: an option the user left out)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _whole(owner: str, name: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{owner}.{name} must be a whole number of at least {low}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingSpec(_Settings):
+    """How to draw parameter sets from a bundle: n of them, DDPM (all T steps) or DDIM with `steps`, from `seed`."""
+    n: int = 200
+    sampler: str = "ddpm"
+    steps: int = 50         # DDIM steps; DDPM always runs the bundle's T
+    seed: int = 0
+
+    def __post_init__(self):
+        _whole("sampling", "n", self.n, 1)
+        _whole("sampling", "steps", self.steps, 1)
+        _whole("sampling", "seed", self.seed, 0)
+        if self.sampler not in SAMPLERS:
+            raise ValueError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+
+    def generator(self) -> torch.Generator:
+        """The generator every draw of this sampling comes from (library functions take it, never a seed)."""
+        return torch.Generator().manual_seed(self.seed)
+
+    def chain_steps(self, timesteps: int) -> int:
+        """How many denoiser calls the reverse chain makes: DDIM's steps, or the bundle's T for DDPM."""
+        return self.steps if self.sampler == "ddim" else timesteps
+
+
+@dataclass(frozen=True)
+class CollectSpec(_Settings):
+    """How many checkpoints to collect, on how many trunks (collection.collect)."""
+    k: int | None = None            # checkpoints in all; None: the task recipe's k
+    trunks: int = 1                 # trunk 0 is the base; the others are derived from it (trunk_mode)
+    trunk_mode: str = "finetune"    # finetune, reinit or scratch (collection.collect.TRUNK_MODES)
+
+    def __post_init__(self):
+        _whole("collect", "trunks", self.trunks, 1)
+        if self.k is not None:
+            _whole("collect", "k", self.k, 1)
+            if self.k < self.trunks:
+                raise ValueError(f"{self.k} checkpoints cannot be spread over {self.trunks} trunks")
+
+
+@dataclass(frozen=True)
+class DataSpec(_Settings):
+    """Which parts of the training split a run uses besides the test split (data.plan.RunData derives them)."""
+    validation: int | None = None   # the last N training images; None: VALIDATION, or half a smaller split; 0: none
+    bn_images: int = BN_IMAGES      # re-estimate BatchNorm statistics after a generated layer on these (0: splice)
+    budget: float = CLEAN_BUDGET    # the clean budget, a share of the training split, drawn from the rest of it
+
+    def __post_init__(self):
+        if self.validation is not None:
+            _whole("data", "validation", self.validation, 0)
+        _whole("data", "bn_images", self.bn_images, 0)
+        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 < self.budget < 1:
+            raise ValueError(f"data.budget must be a share of the training split between 0 and 1, got {self.budget!r}")
+
+
+@dataclass(frozen=True)
+class EvalSettings(_Settings):
+    """What an evaluate report measures besides the generated sets and the originals."""
+    layers: tuple[str, ...] = ()    # the bundle's layers to splice; empty (or "all"): all of them
+    baselines: bool = True          # the memorisation baselines (average, Gaussian, noise, interpolation)
+    curves: bool = False            # the Gaussian baseline at every temperature (its accuracy-novelty curve)
+    tsne: bool = True
+    defences: bool = False          # for a backdoored target: the defences on the clean budget
+
+    def __post_init__(self):
+        # one spelling of "every layer", whichever entry point wrote it
+        object.__setattr__(self, "layers", () if ALL_LAYERS in self.layers else tuple(self.layers))
+
+
+@dataclass(frozen=True)
+class DefenceSettings(_Settings):
+    """The defences' training lengths; their other hyper-parameters are measure.defences' constants."""
+    epochs: int = DEFENCE_EPOCHS    # ft and fp fine-tuning epochs on the clean budget
+    k: int | None = None            # checkpoints along a finetune / reinit run (None: the bundle's K)
+
+    def __post_init__(self):
+        _whole("defence", "epochs", self.epochs, 1)
+        if self.k is not None:
+            _whole("defence", "k", self.k, 1)
+
+
+@dataclass(frozen=True)
+class StitchSettings(_Settings):
+    """The 1x1 stitch from a victim's features to the clean model's (measure.stitch)."""
+    shrink: float | str = 0.0       # a uniform ridge penalty, or "auto": chosen on the clean budget
+    epochs: int = 0                 # cross-entropy epochs through the clean tail after the least squares
+
+    def __post_init__(self):
+        if self.shrink != "auto" and (isinstance(self.shrink, bool) or not isinstance(self.shrink, (int, float))
+                                      or not self.shrink >= 0):
+            raise ValueError(f"stitch.shrink must be 'auto' or a number of at least 0, got {self.shrink!r}")
+        _whole("stitch", "epochs", self.epochs, 0)
+
+
+@dataclass(frozen=True)
+class TransferSettings(_Settings):
+    """A transfer run: which methods, over which seeds, with which defence and stitch settings."""
+    methods: tuple[str, ...] = ()   # empty: every method (studies.transfer.METHODS)
+    seeds: tuple[int, ...] = (0,)
+    defence: DefenceSettings = field(default_factory=DefenceSettings)
+    stitch: StitchSettings = field(default_factory=StitchSettings)
+
+    def __post_init__(self):
+        if not self.seeds:
+            raise ValueError("transfer.seeds: give at least one seed")
+        for seed in self.seeds:
+            _whole("transfer", "seeds", seed, 0)
+
+
+def settings_dict(*objects: _Settings) -> dict:
+    """{"sampling": ..., "data": ..., ...}: the settings a report records, by their class."""
+    names = {CollectSpec: "collect", SamplingSpec: "sampling", DataSpec: "data", EvalSettings: "evaluation", DefenceSettings: "defence",
+             StitchSettings: "stitch", TransferSettings: "transfer"}
+    return {names[type(o)]: o.to_dict() for o in objects}
+

@@ -1,0 +1,206 @@
+"""A bundle: everything needed to sample and evaluate, as safetensors files plus bundle.json.
+
+Written atomically (a temporary sibling folder renamed into place) and loaded from a folder, every file checked
+against its SHA-256. Names (shipped, Hub ids) are generator.locate's; downloads generator.hub's.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from pdiff.collection.folder import BASE_FILE, PLAIN_VICTIM, victim_files
+from pdiff.core.config import AEConfig, DDPMConfig, Task
+from pdiff.generator.diffusion import Diffusion
+from pdiff.core.files import sha256, write_json, write_safetensors
+from pdiff.generator.nets import Denoiser, ParamAutoencoder
+from pdiff.core.params import Layout, layout_from_json, layout_to_json
+from pdiff.core.version import __version__
+from pdiff.models.tasks import arch_args as default_arch_args
+
+FORMAT = "pdiff-bundle"
+FORMAT_VERSION = 2  # 2: bundle.json records the pdiff version and the architecture's constructor arguments
+_RESERVED = ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files", "pdiff_version", "arch_args")
+BUNDLE_JSON = "bundle.json"
+AE_FILE = "autoencoder.safetensors"
+DENOISER_FILE = "denoiser_ema.safetensors"
+ORIGINALS_FILE = "originals.safetensors"
+STATS_FILE = "stats.safetensors"
+
+
+class BundleError(ValueError):
+    """A bundle is missing, damaged, or of a format this version cannot read."""
+
+
+@dataclass
+class Bundle:
+    task: Task
+    layout: Layout
+    ae_cfg: AEConfig
+    ddpm_cfg: DDPMConfig
+    autoencoder: ParamAutoencoder
+    denoiser: Denoiser              # the EMA weights: the ones sampling uses
+    originals: torch.Tensor         # (K, P) raw train_layer vectors, layout order
+    norm_mean: torch.Tensor         # (P,) each number's mean over the K originals ((T,) in older bundles)
+    norm_std: torch.Tensor          # (T,) one scale per tensor of the layout
+    latent_mean: torch.Tensor       # latent standardisation: (C, L) per latent number; a 0-d scalar in older bundles
+    latent_std: torch.Tensor
+    base_state: dict[str, torch.Tensor]
+    meta: dict = field(default_factory=dict)   # accuracies, victim reports, training log
+    # victims by name (collection.victim_name), e.g. scratch-badnets, finetuned-blended; each has a report in
+    # meta: the scratch BadNets one under meta["victim"] (the first format's key), the others in meta["victims"]
+    victims: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    path: Path | None = None
+    # the model's constructor arguments as bundle.json recorded them (None: derived from the task on save); kept
+    # so that a bundle of a task of your own, loaded without its model, saves again
+    arch_args: dict | None = None
+    # SHA-256 of bundle.json, which lists every file's checksum: the bundle's identity (None until saved or loaded)
+    digest: str | None = None
+
+    @property
+    def diffusion(self) -> Diffusion:
+        c = self.ddpm_cfg
+        return Diffusion(c.timesteps, c.beta_start, c.beta_end)
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.layout]
+
+    @property
+    def victim_state(self) -> dict[str, torch.Tensor] | None:
+        """The scratch BadNets victim, the target called `victim`."""
+        return self.victims.get(PLAIN_VICTIM)
+
+    def victim_report(self, name: str) -> dict:
+        return self.meta["victim"] if name == PLAIN_VICTIM else self.meta["victims"][name]
+
+    def set_victims(self, victims: dict) -> None:
+        """Hold these victims ({name: collection.Victim}) with their reports, in place of any before."""
+        self.victims = {name: v.state for name, v in victims.items()}
+        self.meta["victim"] = victims[PLAIN_VICTIM].report if PLAIN_VICTIM in victims else None
+        self.meta["victims"] = {name: v.report for name, v in victims.items() if name != PLAIN_VICTIM}
+
+    def save(self, path: str | Path) -> Path:
+        """Write the bundle folder atomically; an existing bundle at `path` is replaced whole."""
+        path = Path(path)
+        if path.exists() and not (path / BUNDLE_JSON).is_file():
+            raise BundleError(f"{path} exists and is not a bundle; choose a new folder (nothing was written)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        try:
+            files = {
+                AE_FILE: self.autoencoder.state_dict(),
+                DENOISER_FILE: self.denoiser.state_dict(),
+                ORIGINALS_FILE: {"vectors": self.originals.to(getattr(torch, self.task.recipe.storage_dtype))},
+                STATS_FILE: {"norm_mean": self.norm_mean, "norm_std": self.norm_std,
+                             "latent_mean": torch.as_tensor(self.latent_mean, dtype=torch.float32),
+                              "latent_std": torch.as_tensor(self.latent_std, dtype=torch.float32)},
+                BASE_FILE: self.base_state,
+            }
+            reported = set(self.meta.get("victims") or {}) | ({PLAIN_VICTIM} if self.meta.get("victim") else set())
+            unknown = sorted(set(self.victims) - reported)
+            if unknown:
+                raise BundleError(f"victims without a report in meta: {', '.join(unknown)}")
+            for name, state in self.victims.items():
+                files[victim_files(name)[0]] = state
+            for name, tensors in files.items():
+                write_safetensors(tmp / name, tensors)
+            meta = {
+                "format": FORMAT, "format_version": FORMAT_VERSION, "pdiff_version": __version__,
+                "task": self.task.to_dict(),
+                "arch_args": self.arch_args if self.arch_args is not None else default_arch_args(self.task),
+                "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
+                "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.meta.items() if k not in _RESERVED},
+                "files": {name: sha256(tmp / name) for name in sorted(files)},
+            }
+            write_json(tmp / BUNDLE_JSON, meta)
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                tmp.rename(path)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        self.path, self.digest = path, sha256(path / BUNDLE_JSON)
+        return path
+
+    @classmethod
+    def load(cls, source: str | Path, device: str | torch.device = "cpu") -> "Bundle":
+        """Load a bundle folder (a shipped name or a Hub id: generator.locate.load_bundle, or pdiff.load)."""
+        path = Path(source)
+        if not path.is_dir():
+            raise BundleError(f"no bundle folder at {source} (pdiff.load and --bundle also take shipped names "
+                              "and Hub repo ids)")
+        meta = _read_meta(path)
+        task = Task.from_dict(meta["task"])
+        layout = layout_from_json(meta["layout"])
+        ae_cfg, ddpm_cfg = AEConfig.from_dict(meta["autoencoder"]), DDPMConfig.from_dict(meta["ddpm"])
+        tensors = {name: load_file(path / name) for name in meta["files"]}
+        stats, originals = tensors[STATS_FILE], tensors[ORIGINALS_FILE]["vectors"].float()
+        ae = ParamAutoencoder(originals.shape[1], ae_cfg)
+        denoiser = Denoiser(ae.latent_shape, ddpm_cfg)
+        for module, name in ((ae, AE_FILE), (denoiser, DENOISER_FILE)):
+            try:
+                module.load_state_dict(tensors[name])
+            except RuntimeError as e:
+                raise BundleError(f"{path / name} does not match bundle.json's settings: {e}") from None
+        extra = {k: v for k, v in meta.items() if k not in _RESERVED}
+        victims = {}
+        named = [*([PLAIN_VICTIM] if extra.get("victim") else []), *(extra.get("victims") or {})]
+        for name in named:
+            file = victim_files(name)[0]
+            if file not in tensors:
+                raise BundleError(f"{path / BUNDLE_JSON} names victim {name!r} but lists no {file}")
+            victims[name] = tensors[file]
+        return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
+                   stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"],
+                   tensors[BASE_FILE], extra, victims=victims, path=path, arch_args=meta["arch_args"],
+                   digest=sha256(path / BUNDLE_JSON))
+
+
+def upgrade(meta: dict) -> dict:
+    """bundle.json of an older format version, brought to FORMAT_VERSION in memory (the files stay as they are).
+    1 -> 2: the architecture's constructor arguments, which format 1 implied by the task's dataset."""
+    meta = dict(meta)
+    if meta["format_version"] == 1:
+        meta.update(format_version=2, pdiff_version=meta.get("pdiff_version", "before 0.2 (format 1)"),
+                    arch_args=default_arch_args(Task.from_dict(meta["task"])))
+    return meta
+
+
+def _read_meta(path: Path) -> dict:
+    meta_path = path / BUNDLE_JSON
+    if not meta_path.is_file():
+        raise BundleError(f"{path} is not a bundle: {BUNDLE_JSON} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{meta_path} is not valid JSON: {e}") from None
+    if meta.get("format") != FORMAT:
+        raise BundleError(f"{meta_path} is not a pdiff bundle (format {meta.get('format')!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise BundleError(f"{meta_path} has format_version {version!r}; this pdiff reads versions 1 to {FORMAT_VERSION}"
+                          + ("; upgrade pdiff" if isinstance(version, int) and version > FORMAT_VERSION else ""))
+    meta = upgrade(meta)
+    for required in (AE_FILE, DENOISER_FILE, ORIGINALS_FILE, STATS_FILE, BASE_FILE):
+        if required not in meta.get("files", {}):
+            raise BundleError(f"{meta_path} lists no {required}")
+    for name, digest in meta["files"].items():
+        if name != Path(name).name or name in ("", ".", ".."):  # a bundle.json from the Hub must not name other paths
+            raise BundleError(f"{meta_path} lists {name!r}, which is not a file name in the bundle folder")
+        file = path / name
+        if not file.is_file():
+            raise BundleError(f"bundle file missing: {file}")
+        if sha256(file) != digest:
+            raise BundleError(f"checksum mismatch for {file}: the file changed after the bundle was written")
+    return meta

@@ -1,0 +1,129 @@
+"""The staged forward: a StagedNet's trunk run once, its tail run for many parameter sets at once.
+
+A StagedNet (models.archs) is a flat list of stages, so the stages before the first generated layer
+(the frozen trunk) can be computed once and cached; only the tail runs per parameter set, under vmap.
+Any other module runs whole (torch.func.functional_call over the whole model).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.func import functional_call, vmap
+
+from pdiff.models.archs import StagedNet
+
+
+@torch.no_grad()
+def predict(model: nn.Module, images: torch.Tensor, start: int = 0, stop: int | None = None,
+            batch_size: int = 2000) -> torch.Tensor:
+    """Run stages [start, stop) of a StagedNet, or any module whole, (eval mode) over `images` in batches."""
+    staged = isinstance(model, StagedNet)
+    if not staged and (start, stop) != (0, None):
+        raise ValueError(f"{type(model).__name__} is not a StagedNet: it runs whole, not stages {start} to {stop}")
+    was_training = model.training
+    model.eval()
+    outs = [model(images[i:i + batch_size], start, stop) if staged else model(images[i:i + batch_size])
+            for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(outs)
+
+
+def accuracy(logits_or_pred: torch.Tensor, labels: torch.Tensor) -> float:
+    pred = logits_or_pred.argmax(-1) if logits_or_pred.is_floating_point() else logits_or_pred
+    return 100.0 * (pred == labels).double().mean().item()
+
+
+def first_stage(model: nn.Module, layers: list[str]) -> int | None:
+    """Where a StagedNet splits into the frozen trunk and the tail holding `layers`: the first stage any of them
+    touches. None for any other module: it runs whole (under vmap the layers before the first generated one
+    still run once per chunk of models, not once per model, since their inputs are not batched)."""
+    return min(model.stage_of(n) for n in layers) if isinstance(model, StagedNet) else None
+
+
+def stitch_point(model: nn.Module, layers: list[str]) -> int:
+    """first_stage, for a stitch (see stitch.py): it maps a trunk's output, so the model must be staged."""
+    if not isinstance(model, StagedNet):
+        raise ValueError(f"a stitch needs a staged model; {type(model).__name__} runs whole")
+    return first_stage(model, layers)
+
+
+def tail_input(model: nn.Module, images: torch.Tensor, start: int | None) -> torch.Tensor:
+    """What the tail from `start` takes: the trunk's output for a staged model, the images themselves otherwise."""
+    return images if start is None else predict(model, images, 0, start)
+
+
+def tail_kwargs(start: int | None) -> dict:
+    """forward() arguments that run only the tail (functional_call takes them as its kwargs)."""
+    return {} if start is None else {"start": start}
+
+
+@torch.no_grad()
+def largest_activation(model: nn.Module, x: torch.Tensor) -> int:
+    """The most numbers any leaf module outputs for the one-example batch `x`: what bounds a whole model's memory."""
+    sizes = [x.numel()]
+
+    def hook(_module, _inputs, out):
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel())
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if not any(True for _ in m.children())]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return max(sizes)
+
+
+class BatchedEvaluator:
+    """Predictions of many parameter sets on one image set.
+
+    For a StagedNet, the stages before the first generated layer are the same for every parameter set, so
+    their output is computed once and cached (on `device`); only the tail runs per model. Any other module
+    runs whole (`torch.func.functional_call` over the whole model). Either way under `vmap` over the stacked
+    parameters; chunks over models and images bound memory. `feature_map` (a stitch) is applied to the
+    cached trunk output once, so it costs nothing per parameter set (staged models only).
+    """
+
+    def __init__(self, model: nn.Module, images: torch.Tensor, layers: list[str],
+                 device: str | torch.device = "cpu", max_elements: int = 2**26, feature_map: Callable | None = None):
+        self.model = model.to(device).eval()
+        self.start = first_stage(model, layers) if feature_map is None else stitch_point(model, layers)
+        self.features = _mapped(tail_input(self.model, images.to(device), self.start), feature_map)  # the trunk, once
+        # numbers per image and model in the vmapped part; a whole model's largest activation bounds it
+        self.per_image = (self.features[0].numel() if self.start is not None
+                          else largest_activation(self.model, self.features[:1]))
+        self.max_elements = max_elements
+        kwargs = tail_kwargs(self.start)
+
+        def tail(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.model, params, (x,), kwargs).argmax(-1)
+
+        self._tail = vmap(tail, in_dims=(0, None))
+
+    @torch.no_grad()
+    def predict_many(self, stacked: dict[str, torch.Tensor], models_per_chunk: int = 64) -> torch.Tensor:
+        """{name: (N, *shape)} -> predicted classes (N, n_images), int64, on the CPU."""
+        n = len(next(iter(stacked.values())))
+        device = self.features.device
+        out = []
+        for m0 in range(0, n, models_per_chunk):
+            chunk = {k: v[m0:m0 + models_per_chunk].to(device) for k, v in stacked.items()}
+            m = len(next(iter(chunk.values())))
+            images_per_chunk = max(1, self.max_elements // (m * self.per_image))
+            preds = [self._tail(chunk, self.features[i:i + images_per_chunk])
+                     for i in range(0, len(self.features), images_per_chunk)]
+            out.append(torch.cat(preds, dim=1).cpu())
+        return torch.cat(out)
+
+
+def _mapped(features: torch.Tensor, feature_map: Callable | None) -> torch.Tensor:
+    with torch.no_grad():
+        return features if feature_map is None else feature_map(features)
+
+
+def accuracies(pred: torch.Tensor, labels: torch.Tensor) -> list[float]:
+    """(N, n_images) predictions -> N accuracies in percent."""
+    return (100.0 * (pred == labels[None]).double().mean(1)).tolist()

@@ -1,0 +1,289 @@
+"""The evaluate report: generated sets beside the originals and baselines on one target, as one dict.
+
+Shared by `python -m pdiff evaluate`, the API's `pdiff.evaluate` and the app's Run button; a composition of
+`measure.engine.measure`. Accuracies are in percent. The report carries `format` and `format_version`, and the
+settings it was run with.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+
+from pdiff.core.params import comparison_space, own_vector, tensor_std
+from pdiff.core.settings import DefenceSettings, EvalSettings, SamplingSpec, settings_dict
+from pdiff.core.splice import select_layers
+from pdiff.data.plan import RunData
+from pdiff.data.triggers import trigger_line
+from pdiff.generator.bundle import Bundle
+from pdiff.generator.sampling import Samples, draw
+from pdiff.measure.baselines import baseline_sets, gaussian_sweep, match_noise_sigma, noisy_originals
+from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, run_defence
+from pdiff.measure.engine import EngineCache, TargetEngine, measure
+from pdiff.measure.similarity import tsne_2d
+from pdiff.measure.sources import source
+from pdiff.measure.targets import Target
+from pdiff.studies import formats
+
+Progress = Callable[[float, str], None]
+NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
+
+
+FORMAT, FORMAT_VERSION = formats.EVALUATE, formats.VERSION
+
+
+def run_report(bundle: Bundle, target: Target, data: RunData, sampling: SamplingSpec | Samples,
+               settings: EvalSettings = EvalSettings(), engines: EngineCache | None = None,
+               progress: Progress | None = None, device="cpu") -> tuple[dict, torch.Tensor]:
+    """Sample parameter sets as `sampling` says (or take the Samples drawn before), splice them into `target`,
+    evaluate everything on `data.test`; returns (report, vectors).
+
+    Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
+    min(n, K) sets each); with settings.curves, the Gaussian baseline at every temperature. With a validation
+    split (data.validation), the noise baseline matched to the generated mean accuracy and the "best" models
+    chosen on it. A backdoored target gets the clean-layers control and, with settings.defences, the defences on
+    a clean budget (`_controls_and_defences`). With data.bn, BatchNorm statistics after a generated layer are
+    re-estimated per model. With `engines`, seed-free work is kept between calls."""
+    say = progress or (lambda frac, desc: None)
+    spec = sampling.spec if isinstance(sampling, Samples) else sampling
+    layers = select_layers(bundle.layout, list(settings.layers))
+    engines = engines if engines is not None else EngineCache(0)
+    engine = engines.get(bundle, target, layers, data.test, device, data.bn)
+    bn_s = engine.bn.seconds if engine.bn else 0.0
+
+    samples, sample_s = _sample(bundle, sampling, device, say)
+    vectors, finite = samples.vectors, samples.finite
+
+    # the sources: generated, originals, baselines (and defences), all measured by the same engine
+    say(0.6, "evaluating")
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(spec.seed + 1)
+    count = min(len(vectors), len(bundle.originals))
+    sets, unavailable = _sources(bundle, vectors[finite], count, g, settings)
+    checked = {}
+    if data.validation is not None and len(sets["generated"]):
+        say(0.62, "validation: matched noise, selection")
+        val = engines.get(bundle, target, layers, data.validation, device, data.bn)
+        checked = _on_validation(bundle, val, sets, count, spec.seed)
+    defended = _controls_and_defences(bundle, engine, sets, data if settings.defences else None, spec.seed, device,
+                                      say)
+    m = measure(engine, sets, space=lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout))
+    for name in [d for d in LAYER_DEFENCES if d in defended]:  # the engine measured them; add what they used
+        m["metrics"][name].update(defended.pop(name))
+    evaluate_s = time.perf_counter() - t0
+
+    say(0.9, "t-SNE")
+    tsne = _tsne(bundle, sets, m["metrics"], spec.seed) if settings.tsne else {"x": [], "y": [], "source": [], "acc": []}
+    report = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings_dict(spec, data.spec, settings),
+        "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
+        "target": _target_info(engine, target),
+        "backdoor": "applicable" if engine.backdoor else _not_applicable(target),
+        "n": len(vectors), "seed": spec.seed, "sampler": spec.sampler,
+        "steps": spec.chain_steps(bundle.ddpm_cfg.timesteps), "layers": layers,
+        **_sources_section(m, finite, unavailable, engine.backdoor), "defences": defended, "tsne": tsne,
+        "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
+                      **({"bn_reestimate": engine.bn.seconds - bn_s} if engine.bn else {})},
+        "bn_statistics": (f"re-estimated per model on {len(data.bn.labels)} training images" if engine.bn
+                          else "as spliced (or the target's own)"),
+        "device": str(device), "test_size": len(data.test.labels), **_selection(checked, m["metrics"]),
+    }
+    say(1.0, "done")
+    return report, vectors
+
+
+def _sample(bundle: Bundle, sampling: SamplingSpec | Samples, device, say: Progress) -> tuple[Samples, float]:
+    """The generated sets (the Samples given, or drawn now as the spec says) and the seconds sampling took."""
+    if isinstance(sampling, Samples):
+        return sampling, 0.0
+    say(0.0, "sampling")
+    t0 = time.perf_counter()
+    samples = draw(bundle, sampling, device, progress=lambda i, total: say(0.6 * i / total, "sampling"))
+    return samples, time.perf_counter() - t0
+
+
+def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, data: RunData | None, seed: int, device,
+                           say: Progress) -> dict[str, dict]:
+    """For a backdoored target: the clean-layers control (the clean base's own values of the layers) into
+    `sets`; with `data` (and its training split), every defence on a clean budget drawn from it less the
+    validation images, each at its final checkpoint: the layer defences' into `sets`; returns the whole-model
+    defences' metrics, and for every defence its clean images and seconds."""
+    if not engine.backdoor:
+        return {}
+    sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
+    if data is None or data.train is None:
+        return {}
+    say(0.65, "defences (fine-tune, re-init, FT, FP, CLP)")
+    g = torch.Generator().manual_seed(seed)
+    budget = data.budget(g)
+    defence = DefenceSettings(k=len(bundle.originals))
+    out = {}
+    for name in DEFENCES:
+        d = run_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g, defence, device)
+        if d.vectors is not None:
+            sets[name] = d.vectors[-1:]
+            out[name] = {"seconds": [d.seconds]}
+        else:
+            out[name] = {"seconds": [d.seconds], **engine.measure_state(d.state, name), "details": d.details}
+        out[name]["clean_images"] = len(budget.labels) if source(name).budget else 0
+    return out
+
+
+def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Generator,
+             settings: EvalSettings) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """generated, originals and (settings.baselines) the memorisation baselines; the sets, and why any is missing."""
+    sets, unavailable = {"generated": generated, "originals": bundle.originals}, {}
+    if settings.baselines:
+        baselines, unavailable = baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout),
+                                               bundle.layout, count, g)
+        sets.update(baselines, **(gaussian_sweep(bundle.originals, bundle.layout, count, g) if settings.curves else {}))
+    return sets, unavailable
+
+
+def _sources_section(m: dict, finite: torch.Tensor, unavailable: dict, backdoor: bool) -> dict:
+    """The report's per-source blocks: metric lists, summaries, similarity and novelty."""
+    out = {
+        # finite_index: row of the saved parameter file behind each entry of the generated lists
+        "generated": {**m["metrics"]["generated"], "nonfinite": int((~finite).sum()),
+                      "finite_index": finite.nonzero().flatten().tolist()},
+        "originals": m["metrics"]["originals"],
+        "baselines": {name: v for name, v in m["metrics"].items() if name not in ("generated", "originals")},
+        "unavailable": unavailable,
+        "summary": {name: s["acc"] for name, s in m["summary"].items()},
+        "similarity": _similarity_section(m["similarity"]), "novelty": _novelty(m),
+    }
+    if backdoor:
+        out["summary_asr"] = {name: s["asr"] for name, s in m["summary"].items()}
+        out["summary_der"] = {name: s["der"] for name, s in m["summary"].items()}
+    return out
+
+
+def _on_validation(bundle: Bundle, val: TargetEngine, sets: dict, count: int, seed: int) -> dict:
+    """On the validation split: each generated and original model's accuracy (for selection), and the
+    noise sigma whose mean accuracy matches the generated mean; adds that noise baseline to `sets`."""
+    val_acc = {name: val.run(sets[name], fixed=name == "originals")["acc"] for name in ("generated", "originals")}
+    target_acc = sum(val_acc["generated"]) / len(val_acc["generated"])
+    std = tensor_std(bundle.originals, bundle.layout)
+
+    def accuracy_at(sigma: float) -> float:  # the same noise draws at every sigma: a smooth curve to bisect
+        noisy = noisy_originals(bundle.originals, std, bundle.layout, sigma, count, torch.Generator().manual_seed(seed))
+        accs = val.run(noisy)["acc"]
+        return sum(accs) / len(accs)
+
+    sigma = match_noise_sigma(accuracy_at, target_acc)
+    if sigma is not None:
+        sets["noise_matched"] = noisy_originals(bundle.originals, std, bundle.layout, sigma, count,
+                                                torch.Generator().manual_seed(seed + 2))
+    return {"val_acc": val_acc, "sigma": sigma, "target_acc": target_acc, "size": len(val.labels)}
+
+
+def _selection(checked: dict, metrics: dict) -> dict:
+    """The report's `validation` block: matched noise sigma, and each source's model chosen on validation
+    accuracy with its test accuracy (the max over test accuracies is only an upper bound)."""
+    if not checked:
+        return {"validation": None}
+    chosen = {}
+    for name, accs in checked["val_acc"].items():
+        i = max(range(len(accs)), key=accs.__getitem__)
+        chosen[name] = {"index": i, "validation_acc": accs[i], "test_acc": metrics[name]["acc"][i]}
+    return {"validation": {"size": checked["size"], "matched_noise_sigma": checked["sigma"],
+                           "generated_mean_validation_acc": checked["target_acc"], "selected": chosen}}
+
+
+def _novelty(m: dict) -> dict:
+    """Spread and novelty per source: accuracy mean and std, mean IoU within the source, mean max-IoU to the
+    originals, coverage, and the mean distance to the nearest original (normalised parameter space)."""
+    sim, out = m["similarity"], {}
+    for name, s in m["summary"].items():
+        own = sim.get(name, {})
+        out[name] = {"acc_mean": s["acc"]["mean"], "acc_std": s["acc"]["std"], "self_iou": own.get("self_iou"),
+                     "max_iou_mean": own.get("max_iou_mean"), "coverage": own.get("coverage"),
+                     "nearest_distance_mean": own.get("nearest_distance_mean")}
+    out["originals"]["nearest_other_iou_mean"] = sim["originals"]["nearest_other_iou_mean"]
+    return out
+
+
+def _not_applicable(target: Target) -> str:
+    """Why a report has no backdoor metrics: the clean target, or a user who chose no trigger."""
+    if target.trigger_source is None:
+        return NOT_APPLICABLE
+    return f"not applicable: no trigger ({target.trigger_source})"
+
+
+def _target_info(engine: TargetEngine, target: Target) -> dict:
+    """The target's name and own metrics; its trigger and where that trigger came from (never silent)."""
+    as_is = engine.as_is()
+    # the name and the trigger's source are the request's: a cached engine may have been made for a target of
+    # the same weights and trigger under another name (measure.engine.EngineCache)
+    info = {"name": target.name, "acc": as_is["acc"], "trigger_source": target.trigger_source}
+    if engine.backdoor:
+        info.update(asr=as_is["asr"], ra=as_is["ra"], trigger=engine.trigger.to_dict())
+    return info
+
+
+def _similarity_section(sim: dict) -> dict:
+    """The report's similarity block: generated against originals in full, each baseline's means."""
+    gen = sim["generated"]
+    return {"max_iou_to_originals": gen["max_iou"],
+            "mean_iou": {"oo": sim["originals"]["self_iou"], "gg": gen["self_iou"], "og": gen["cross_iou"]},
+            "baselines": {name: {"max_iou_to_originals_mean": s["max_iou_mean"], "mean_iou_bb": s["self_iou"],
+                                 "mean_iou_ob": s["cross_iou"]}
+                          for name, s in sim.items() if name not in ("generated", "originals")},
+            # every model of every source: max IoU to the originals, distance to the nearest original
+            "per_model": {name: {"max_iou": s["max_iou"], "nearest_distance": s.get("nearest_distance", [])}
+                          for name, s in sim.items() if name != "originals"},
+            "originals_nearest_other_iou": sim["originals"]["nearest_other_iou"]}
+
+
+def _tsne(bundle: Bundle, sets: dict[str, torch.Tensor], metrics: dict, seed: int) -> dict:
+    """One joint t-SNE of the normalised vectors of every source."""
+    names = list(sets)
+    joint = torch.cat([comparison_space(sets[k], bundle.norm_mean, bundle.norm_std, bundle.layout) for k in names])
+    xy = tsne_2d(joint, seed)
+    return {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "source": [k for k in names for _ in range(len(sets[k]))],
+            "acc": [a for k in names for a in metrics[k]["acc"]]}
+
+
+def familiar_lines(report: dict) -> str:
+    """The reference tool's printout: sorted accuracies, then average, max, min, median."""
+    acc = sorted(report["generated"]["acc"])
+    s = report["summary"]["generated"]
+    lines = [f"generated accuracies (sorted): {[round(a, 2) for a in acc]}"]
+    if acc:
+        lines += [f"average: {s['mean']:.2f}", f"max: {s['best']:.2f}", f"min: {s['min']:.2f}",
+                  f"median: {s['median']:.2f}"]
+    o = report["summary"]["originals"]
+    lines.append(f"originals: best {o['best']:.2f} mean {o['mean']:.2f} median {o['median']:.2f} min {o['min']:.2f}")
+    t = report["target"]
+    lines.append(f"target {t['name']}: acc {t['acc']:.2f}" + (f" asr {t['asr']:.2f} ra {t['ra']:.2f}" if "asr" in t else ""))
+    lines += [line for line in [trigger_line(t)] if line]
+    return "\n".join(lines + [novelty_lines(report)])
+
+
+def novelty_lines(report: dict) -> str:
+    """One line per source: accuracy, spread and novelty (the figures a reader of the memorisation critique
+    looks for first), then the validation choice and what could not be computed."""
+    def cell(value, fmt):
+        return f"{value:{fmt}}" if value is not None else "-"
+
+    nov = report["novelty"]
+    lines = [f"{'source':<16} {'n':>4} {'acc':>6} {'std':>6} {'IoU within':>10} {'max-IoU':>8} {'coverage':>8} "
+             f"{'dist':>7}"]
+    for name, v in nov.items():
+        n = len((report["baselines"].get(name) or report.get(name) or {}).get("acc", []))
+        lines.append(f"{name:<16} {n:>4} {cell(v['acc_mean'], '6.2f')} {cell(v['acc_std'], '6.3f')} "
+                     f"{cell(v['self_iou'], '10.3f')} {cell(v['max_iou_mean'], '8.3f')} {cell(v['coverage'], '8.3f')} "
+                     f"{cell(v['nearest_distance_mean'], '7.2f')}")
+    lines.append(f"originals' nearest other original: IoU {cell(nov['originals']['nearest_other_iou_mean'], '.3f')}")
+    val = report.get("validation")
+    if val:
+        sel = val["selected"]["generated"]
+        sigma = val["matched_noise_sigma"]
+        lines.append((f"noise matched to the generated mean accuracy: sigma {sigma:.4f}" if sigma is not None else
+                      "no noise level matches the generated mean accuracy: the originals score below it")
+                     + f" (validation, {val['size']} images)")
+        lines.append(f"generated model chosen on validation: test acc {sel['test_acc']:.2f} (the max over test "
+                     f"accuracies, {report['summary']['generated']['best']:.2f}, is only an upper bound)")
+    lines += [f"{name}: {why}" for name, why in report.get("unavailable", {}).items()]
+    return "\n".join(lines)

@@ -1,0 +1,58 @@
+"""One request, three entry points: the CLI, the Python API and the app's Run handler give the same report (timings
+aside), because each turns its input into the same settings objects and Target once and calls the same study."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # three full reports on the 10k test images
+
+import pdiff
+from pdiff.app import ui
+
+REQUEST = {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0}
+VOLATILE = ("timings_s",)
+
+
+def _same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if key not in VOLATILE:
+            assert a[key] == pytest.approx(b[key], abs=1e-9) if isinstance(a[key], float) else a[key] == b[key], key
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory, small_train):  # small_train: the training split is installed (validation, BN images)
+    out = tmp_path_factory.mktemp("reports")
+    cli = subprocess.run([sys.executable, "-m", "pdiff", "evaluate", "--bundle", "fmnist-convnet", "--target", "victim",
+                          *[a for k, v in REQUEST.items() for a in (f"--{k}", str(v))], "--json", str(out / "cli.json")],
+                         capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    bundle = pdiff.load("fmnist-convnet")
+    api = pdiff.evaluate(pdiff.sample(bundle, **REQUEST), target="victim")
+    app_outputs = ui.generate(bundle="fmnist-convnet", target="victim", **REQUEST, progress=lambda *a, **k: None)
+    return json.loads((out / "cli.json").read_text()), dict(api), json.loads(open(app_outputs[0]).read())
+
+
+def test_the_cli_the_api_and_the_app_agree(reports):
+    cli, api, app = reports
+    assert cli["format"] == "pdiff-report" and cli["format_version"] == 1
+    assert cli["settings"]["sampling"] == {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0}
+    assert cli["validation"]["size"] == 5000 and cli["target"]["name"] == "victim"
+    _same(cli, api)
+    _same(cli, app)
+
+
+def test_the_defaults_are_the_settings_fields():
+    """The CLI's options default to the dataclasses' fields; the app differs only where it says so."""
+    from pdiff.app.request import APP_SAMPLING, FORM
+    from pdiff.cli import build_parser
+    from pdiff.core.settings import DataSpec, SamplingSpec
+
+    args = build_parser().parse_args(["evaluate", "--bundle", "b", "--json", "r.json"])
+    assert (args.n, args.sampler, args.steps, args.seed) == (SamplingSpec.n, SamplingSpec.sampler, SamplingSpec.steps,
+                                                             SamplingSpec.seed)
+    assert (args.validation, args.bn_images) == (DataSpec.validation, DataSpec.bn_images)
+    assert (FORM["n"], FORM["sampler"], FORM["steps"]) == (APP_SAMPLING.n, APP_SAMPLING.sampler, APP_SAMPLING.steps)
+    assert APP_SAMPLING != SamplingSpec()  # the app's one difference, stated where it is made

@@ -1,0 +1,49 @@
+
+import pytest
+import torch
+
+from pdiff.measure.similarity import iou_matrix, mean_offdiag, tsne_2d
+
+
+
+def test_iou_by_matrices_equals_brute_force():
+    g = torch.Generator().manual_seed(0)
+    a = torch.rand(5, 40, generator=g) < 0.3
+    b = torch.rand(4, 40, generator=g) < 0.5
+    m = iou_matrix(a, b)
+    for i in range(5):
+        for j in range(4):
+            sa = {k for k in range(40) if a[i, k]}
+            sb = {k for k in range(40) if b[j, k]}
+            assert m[i, j].item() == pytest.approx(len(sa & sb) / len(sa | sb))
+    assert mean_offdiag(iou_matrix(a, a)) == pytest.approx(
+        sum(iou_matrix(a, a)[i, j].item() for i in range(5) for j in range(5) if i != j) / 20)
+
+
+def test_tsne_is_seeded_and_handles_tiny_inputs():
+    x = torch.randn(12, 30, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tsne_2d(x, seed=1), tsne_2d(x, seed=1))
+    assert tsne_2d(x[:2]).shape == (2, 2)
+
+
+def test_coverage_on_constructed_masks():
+    from pdiff.measure.similarity import similarity
+
+    g = torch.Generator().manual_seed(0)
+    originals = torch.rand(6, 300, generator=g) < 0.2
+    copies = similarity({"originals": originals, "copies": originals.clone()})
+    assert copies["copies"]["coverage"] == 1.0 and copies["copies"]["max_iou_mean"] == 1.0
+    one = similarity({"originals": originals, "one": originals[:1].clone()})
+    assert one["one"]["coverage"] == pytest.approx(1 / 6)  # one model can only cover the original it copies
+    assert len(copies["originals"]["nearest_other_iou"]) == 6
+
+
+def test_comparison_space_leaves_out_tensors_without_spread():
+    from pdiff.generator.bundle import Bundle
+    from pdiff.core.params import comparison_space
+
+    deep = Bundle.load("checkpoints/fmnist-convnet-deep/bundle")
+    space = comparison_space(deep.originals, deep.norm_mean, deep.norm_std, deep.layout)
+    assert space.shape[1] == deep.originals.shape[1] - 2 * 128  # bn3's running statistics are constant
+    xy = tsne_2d(space[:20], seed=0)
+    assert torch.isfinite(xy).all() and xy.abs().max() < 1000 and space.abs().max() < 100
