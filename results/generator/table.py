@@ -1,12 +1,26 @@
-"""Print the README's generator table from the reports run.sh writes (python results/generator/table.py)."""
-import json
+"""The generator-against-baselines tables of docs/memorisation.md, from the reports run.sh writes.
+
+python results/generator/table.py [generator] [--write]
+"""
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]  # results/ (tables) and the checkout (pdiff)
+import tables  # noqa: E402
+
+from pdiff.studies.formats import read  # noqa: E402
+
+PAGE = tables.DOCS / "memorisation.md"
+BASELINES = ("average", "average-16", "gaussian", "gaussian_t0.25", "gaussian_t0.5", "gaussian_t1.5", "interpolation",
+             "noise_0.05")
+HEADER = ["| bundle, seed | acc mean | acc std | IoU within (gg) | max-IoU to originals | coverage "
+          "| Gaussian curve at that max-IoU | noise curve at that max-IoU | chosen on validation: test acc |",
+          "|---|---|---|---|---|---|---|---|---|"]
 
 
 def curve_at(points, x):
-    """Accuracy of a baseline curve [(max_iou, acc), ...] at max-IoU x, linearly interpolated."""
+    """Accuracy of a baseline curve [(max_iou, acc), ...] at max-IoU x, linearly interpolated (None outside it)."""
     pts = sorted(points)
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
         if x0 <= x <= x1:
@@ -14,10 +28,11 @@ def curve_at(points, x):
     return None
 
 
-def row(name, r):
-    nov, g = r["novelty"], r["novelty"]["generated"]
+def row(name, r, sweep):
+    """One generated set's row; the curves come from `sweep`, the report holding the seed's baselines."""
+    nov, g = sweep["novelty"], r["novelty"]["generated"]
     gauss = [(v["max_iou_mean"], v["acc_mean"]) for k, v in nov.items() if k.startswith("gaussian_t") and k != "gaussian_t0"]
-    gauss.append((nov["average"]["max_iou_mean"], nov["average"]["acc_mean"]))
+    gauss = gauss and gauss + [(nov["average"]["max_iou_mean"], nov["average"]["acc_mean"])]
     noise = [(nov[k]["max_iou_mean"], nov[k]["acc_mean"]) for k in ("noise_0.01", "noise_0.05", "noise_0.15")]
     noise.append((1.0, nov["originals"]["acc_mean"]))  # sigma 0: the originals themselves
     cells = [g["acc_mean"], g["acc_std"], g["self_iou"], g["max_iou_mean"], g["coverage"],
@@ -28,25 +43,39 @@ def row(name, r):
             + f" | {sel.get('test_acc', float('nan')):.2f} |")
 
 
-print("| bundle, seed | acc mean | acc std | IoU within (gg) | max-IoU to originals | coverage "
-      "| Gaussian curve at that max-IoU | noise curve at that max-IoU | chosen on validation: test acc |")
-print("|---|---|---|---|---|---|---|---|---|")
-for f in sorted(HERE.glob("*-seed*.json")):
-    print(row(f.stem, json.loads(f.read_text())))
-for task in ("default", "deep"):  # each task's baselines, from its seed-0 report
+def baseline_rows(task):
+    """The task's originals and baselines, from its seed-0 report."""
     path = HERE / f"{task}-seed0.json"
     if not path.exists():
-        continue
-    r = json.loads(path.read_text())["novelty"]
+        return []
+    r = read(path)["novelty"]
     o = r["originals"]
-    k_orig = {"default": 200, "deep": 40}[task]
-    print(f"| {task}: originals (K = {k_orig}) | {o['acc_mean']:.2f} | {o['acc_std']:.3f} | {o['self_iou']:.3f} | "
-          f"nearest other {o['nearest_other_iou_mean']:.3f} | - | - | - | - |")
-    for k in ("average", "average-16", "gaussian", "gaussian_t0.25", "gaussian_t0.5", "gaussian_t1.5", "interpolation",
-              "noise_0.05"):
-        if k not in r:
-            continue
-        v = r[k]
-        print(f"| {task}: {k} | {v['acc_mean']:.2f} | {v['acc_std']:.3f} | "
-              f"{'-' if v['self_iou'] is None else format(v['self_iou'], '.3f')} | "
-              f"{v['max_iou_mean']:.3f} | {v['coverage']:.2f} | - | - | - |")
+    k = {"default": 200, "deep": 40}[task]
+    lines = [f"| {task}: originals (K = {k}) | {o['acc_mean']:.2f} | {o['acc_std']:.3f} | {o['self_iou']:.3f} | "
+             f"nearest other {o['nearest_other_iou_mean']:.3f} | - | - | - | - |"]
+    for name in (b for b in BASELINES if b in r):
+        v = r[name]
+        within = "-" if v["self_iou"] is None else format(v["self_iou"], ".3f")
+        lines.append(f"| {task}: {name} | {v['acc_mean']:.2f} | {v['acc_std']:.3f} | {within} | "
+                     f"{v['max_iou_mean']:.3f} | {v['coverage']:.2f} | - | - | - |")
+    return lines
+
+
+def generator():
+    """One row per report (each seed's curves from that seed's own sweep; a report without a sweep, such as the
+    DDIM-50 one, takes its task's seed-0 sweep), then each task's baselines."""
+    lines = list(HEADER)
+    for f in sorted(HERE.glob("*-seed*.json")):
+        r = read(f)
+        own = any(k.startswith("gaussian_t") for k in r["novelty"])
+        task = "deep" if f.stem.startswith("deep") else "default"
+        lines.append(row(f.stem, r, r if own else read(HERE / f"{task}-seed0.json")))
+    for task in ("default", "deep"):
+        lines += baseline_rows(task)
+    return "\n".join(lines)
+
+
+TABLES = {"generator": generator}
+
+if __name__ == "__main__":
+    tables.main({name: (PAGE, build) for name, build in TABLES.items()})

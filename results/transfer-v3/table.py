@@ -1,12 +1,19 @@
-"""The README's transfer tables from the reports in this folder: one row per method and victim.
+"""The transfer tables of docs/transfer.md from the reports in this folder: one row per method and victim.
 
-python results/transfer-v3/table.py [shallow|deep|shrink|sweep]   (default: every report here, in name order)
+python results/transfer-v3/table.py [transfer-shallow|transfer-deep|transfer-shrink|transfer-sweep] [--write]
 Cells: mean ± std over seeds of the per-seed means (one seed: the mean); "models" is the std over models within a
 seed (averaged over seeds); time is the method's wall time per seed on this CPU (beside other jobs: see the note).
 """
-import json
 import sys
 from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]  # results/ (tables) and the checkout (pdiff)
+import tables  # noqa: E402
+
+from pdiff.studies.formats import read  # noqa: E402
+
+PAGE = tables.DOCS / "transfer.md"
 
 
 def cell(m, key, digits):
@@ -15,7 +22,7 @@ def cell(m, key, digits):
 
 
 def rows(path):
-    r = json.loads(Path(path).read_text())
+    r = read(path)
     v = r["victim"]
     shrink = r.get("stitch", {}).get("shrink_budget_acc") and f"; stitch shrink {r['stitch']['shrink']:g}, chosen on the budget"
     yield (f"| **{Path(path).stem}** (as-is {v['acc']:.2f} / {v['asr']:.2f}; seeds {' '.join(map(str, r['seeds']))}, "
@@ -35,30 +42,33 @@ SWEEP_METHODS = ("generated", "clean-layers", "stitch+generated", "ft", "fp")
 def sweep():
     """The poisoning-rate sweep: each victim's DER per method at 1 %, 5 % (one seed, N 50) and 10 % (the shipped
     victims: the mean over seeds 0, 1, 2, N 200)."""
-    here = Path(__file__).parent
-    print("| victim | rate | as-is ACC / ASR | " + " | ".join(f"{m} DER" for m in SWEEP_METHODS) + " |")
-    print("|---|---|---|" + "---|" * len(SWEEP_METHODS))
+    lines = ["| victim | rate | as-is ACC / ASR | " + " | ".join(f"{m} DER" for m in SWEEP_METHODS) + " |",
+             "|---|---|---|" + "---|" * len(SWEEP_METHODS)]
     for kind in ("finetuned", "scratch"):
         for rate, name in (("1 %", f"sweep-{kind}-badnets-1pct"), ("5 %", f"sweep-{kind}-badnets-5pct"),
                            ("10 %", f"shallow-{kind}-badnets")):
-            path = here / f"{name}.json"
+            path = HERE / f"{name}.json"
             if not path.exists():
-                print(f"| {kind} BadNets | {rate} | not measured |" + " |" * len(SWEEP_METHODS))
+                lines.append(f"| {kind} BadNets | {rate} | not measured |" + " |" * len(SWEEP_METHODS))
                 continue
-            r = json.loads(path.read_text())
+            r = read(path)
             v = r["victim"]
             cells = [f"{r['methods'][m]['spread']['der']['mean']:.3f}" if m in r["methods"] else "-" for m in SWEEP_METHODS]
-            print(f"| {kind} BadNets | {rate} | {v['acc']:.2f} / {v['asr']:.2f} | " + " | ".join(cells) + " |")
+            lines.append(f"| {kind} BadNets | {rate} | {v['acc']:.2f} / {v['asr']:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
+
+def methods_table(prefix):
+    """Every report whose name starts with `prefix`, in name order: one block of rows per victim."""
+    lines = ["| method | clean data | ACC | ASR | RA | DER | DER std (models) | time s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for path in sorted(HERE.glob(f"{prefix}*.json")):
+        lines += rows(path)
+    return "\n".join(lines)
+
+
+TABLES = {**{f"transfer-{name}": (lambda name=name: methods_table(name)) for name in ("shallow", "deep", "shrink")},
+          "transfer-sweep": sweep}
 
 if __name__ == "__main__":
-    which = sys.argv[1] if len(sys.argv) > 1 else ""
-    if which == "sweep":
-        sweep()
-        sys.exit()
-    paths = sorted(str(p) for p in Path(__file__).parent.glob(f"{which}*.json") if "sweep" not in p.name or which)
-    print("| method | clean data | ACC | ASR | RA | DER | DER std (models) | time s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for p in paths:
-        for line in rows(p):
-            print(line)
+    tables.main({name: (PAGE, build) for name, build in TABLES.items()})
