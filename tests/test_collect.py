@@ -3,8 +3,9 @@ import json
 import pytest
 import torch
 
-from pdiff.core.settings import CollectSpec
+from pdiff.core.settings import CollectSpec, DataSpec
 from pdiff.data.plan import RunData
+
 from safetensors.torch import load_file
 
 from pdiff.data.triggers import Trigger
@@ -19,6 +20,9 @@ from pdiff.models.tasks import get_task
 from pdiff.collection.victims import run_victim
 
 
+ALL = DataSpec(validation=0)  # these tiny models train on every image of the split
+
+
 @pytest.fixture()
 def tiny_task():
     task = get_task("fmnist-convnet")
@@ -27,7 +31,7 @@ def tiny_task():
 
 
 def test_collection_writes_k_distinct_vectors_that_load_back(tmp_path, tiny_task, small_train, small_test):
-    manifest = run_collect(tiny_task, RunData(small_test, small_train), 0, out=tmp_path).manifest()
+    manifest = run_collect(tiny_task, RunData(small_test, small_train, ALL), 0, out=tmp_path).manifest()
     assert json.loads((tmp_path / MANIFEST_FILE).read_text()) == manifest
     params = load_file(tmp_path / CHECKPOINTS_FILE)
     layout = [(n, tuple(s)) for n, s in manifest["layout"]]
@@ -47,7 +51,7 @@ def test_collection_writes_k_distinct_vectors_that_load_back(tmp_path, tiny_task
 
 
 def test_collection_round_trips_through_its_one_writer_and_reader(tmp_path, tiny_task, small_train, small_test):
-    coll = run_collect(tiny_task, RunData(small_test, small_train), 0, CollectSpec(k=4))  # in memory: nothing written
+    coll = run_collect(tiny_task, RunData(small_test, small_train, ALL), 0, CollectSpec(k=4))  # in memory: nothing written
     assert not any(tmp_path.iterdir())
     coll.save(tmp_path)
     back = Collection.load(tmp_path)
@@ -78,7 +82,7 @@ def test_collection_freezes_trunk_and_batchnorm_stats(tiny_task, small_train, sm
 def test_victim_reports_backdoor_metrics(tmp_path, tiny_task, small_train, small_test):
     from pdiff.collection.victims import backdoor_metrics
 
-    report = run_victim(tiny_task, Trigger(target=0), tmp_path, small_train, small_test, seed=0)
+    report = run_victim(tiny_task, Trigger(target=0), tmp_path, RunData(small_test, small_train, ALL), 0)
     weights, meta = victim_files("scratch-badnets")
     saved = json.loads((tmp_path / meta).read_text())
     assert saved["trigger"]["target"] == 0 and saved["kind"] == "scratch" and saved["file"] == weights
@@ -90,16 +94,16 @@ def test_victim_reports_backdoor_metrics(tmp_path, tiny_task, small_train, small
 
 
 def test_finetuned_victim_starts_from_the_clean_base(tmp_path, tiny_task, small_train, small_test):
-    run_collect(tiny_task, RunData(small_test, small_train), 0, out=tmp_path)
+    run_collect(tiny_task, RunData(small_test, small_train, ALL), 0, out=tmp_path)
     base = load_file(tmp_path / BASE_FILE)
     tiny_task.recipe.finetune_epochs = 0  # no training at all: the victim must be the base itself
-    report = run_victim(tiny_task, Trigger(kind="blended"), tmp_path, small_train, small_test, seed=1, kind="finetuned")
+    report = run_victim(tiny_task, Trigger(kind="blended"), tmp_path, RunData(small_test, small_train, ALL), 1, kind="finetuned")
     weights, meta = victim_files("finetuned-blended")
     assert report["file"] == weights == "victim-finetuned-blended.safetensors" and (tmp_path / meta).is_file()
     same = load_file(tmp_path / weights)
     assert all(torch.equal(same[k], base[k]) for k in base)
     tiny_task.recipe.finetune_epochs = 1  # one epoch moves it, but it stays near the base, far from a fresh init
-    run_victim(tiny_task, Trigger(kind="blended"), tmp_path, small_train, small_test, seed=1, kind="finetuned")
+    run_victim(tiny_task, Trigger(kind="blended"), tmp_path, RunData(small_test, small_train, ALL), 1, kind="finetuned")
     tuned = load_file(tmp_path / weights)
     fresh = init_model(tiny_task, torch.Generator().manual_seed(5)).state_dict()
     drift = (tuned["conv2.weight"] - base["conv2.weight"]).norm()
@@ -108,13 +112,13 @@ def test_finetuned_victim_starts_from_the_clean_base(tmp_path, tiny_task, small_
 
 def test_finetuned_victim_needs_a_base(tmp_path, tiny_task, small_train, small_test):
     with pytest.raises(FileNotFoundError, match="starts from the clean base"):
-        run_victim(tiny_task, Trigger(), tmp_path, small_train, small_test, seed=1, kind="finetuned")
+        run_victim(tiny_task, Trigger(), tmp_path, RunData(small_test, small_train, ALL), 1, kind="finetuned")
 
 
 def test_multi_trunk_manifest_records_trunks_and_checkpoints_fit_their_own_trunk(tmp_path, tiny_task, small_train,
                                                                                  small_test):
     tiny_task.recipe.trunk_epochs = 1
-    manifest = run_collect(tiny_task, RunData(small_test, small_train), 0, CollectSpec(k=7, trunks=3), out=tmp_path).manifest()
+    manifest = run_collect(tiny_task, RunData(small_test, small_train, ALL), 0, CollectSpec(k=7, trunks=3), out=tmp_path).manifest()
     assert [t["id"] for t in manifest["trunks"]] == [0, 1, 2]
     assert manifest["trunk_of"] == [0, 0, 0, 1, 1, 2, 2]  # K split as evenly as it goes, in trunk order
     assert manifest["trunks"][0]["file"] == BASE_FILE
@@ -132,7 +136,7 @@ def test_multi_trunk_manifest_records_trunks_and_checkpoints_fit_their_own_trunk
 
 def test_leave_one_trunk_out_never_trains_on_the_held_out_trunk(tmp_path, tiny_task, small_train, small_test):
     tiny_task.recipe.trunk_epochs = 1
-    manifest = run_collect(tiny_task, RunData(small_test, small_train), 0, CollectSpec(k=6, trunks=3), out=tmp_path).manifest()
+    manifest = run_collect(tiny_task, RunData(small_test, small_train, ALL), 0, CollectSpec(k=6, trunks=3), out=tmp_path).manifest()
     layout = [(n, tuple(s)) for n, s in manifest["layout"]]
     every = flatten(load_file(tmp_path / CHECKPOINTS_FILE), layout)
     coll = Collection.load(tmp_path, hold_out_trunk=1)
@@ -148,7 +152,7 @@ def test_leave_one_trunk_out_never_trains_on_the_held_out_trunk(tmp_path, tiny_t
 def test_deep_collection_keeps_bn_statistics_and_stores_float16(tmp_path, small_train, small_test):
     task = get_task("fmnist-convnet-deep")
     task.recipe.epochs, task.recipe.save_every = 1, 3
-    manifest = run_collect(task, RunData(small_test, small_train), 0, CollectSpec(k=4), out=tmp_path).manifest()
+    manifest = run_collect(task, RunData(small_test, small_train, ALL), 0, CollectSpec(k=4), out=tmp_path).manifest()
     params, base = load_file(tmp_path / CHECKPOINTS_FILE), load_file(tmp_path / BASE_FILE)
     assert all(v.dtype == torch.float16 for v in params.values())
     for stat in ("bn3.running_mean", "bn3.running_var"):  # saved with every checkpoint, never trained

@@ -56,7 +56,8 @@ def test_layer_defences_train_only_the_spliced_layers(tiny_bundle, budget, name)
 
 def test_ft_touches_every_layer(tiny_bundle, budget):
     victim = tiny_bundle.victim_state
-    state, info = model_defence("ft", tiny_bundle.task, victim, budget, torch.Generator().manual_seed(0), epochs=1)
+    state, info = model_defence("ft", tiny_bundle.task, victim, budget, torch.Generator().manual_seed(0),
+                                DefenceSettings(epochs=1))
     assert info == {"epochs": 1}
     floats = {k for k, v in victim.items() if v.is_floating_point()}
     assert _changed(victim, state) >= floats  # every weight and every BatchNorm statistic
@@ -66,7 +67,8 @@ def test_fp_prunes_dormant_channels_and_keeps_them_zero(tiny_bundle, budget):
     victim = {k: v.clone() for k, v in tiny_bundle.victim_state.items()}
     dormant = [3, 40, 77]
     victim["bn3.weight"][dormant], victim["bn3.bias"][dormant] = 0.0, -1.0  # ReLU outputs 0 on every image
-    state, info = model_defence("fp", tiny_bundle.task, victim, budget, torch.Generator().manual_seed(0), epochs=1)
+    state, info = model_defence("fp", tiny_bundle.task, victim, budget, torch.Generator().manual_seed(0),
+                                DefenceSettings(epochs=1))
     pruned = info["pruned_channels"]
     assert set(dormant) <= set(pruned) and len(pruned) < info["channels"] == 128
     assert info["budget_acc_before"] - info["budget_acc_pruned"] <= 0.1 * info["budget_acc_before"]

@@ -7,7 +7,9 @@ its train_layer on the whole forward pass, everything else frozen.
 """
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -16,6 +18,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pdiff.collection.folder import Collection
+from pdiff.core import dist
 from pdiff.core.config import Recipe, Task
 from pdiff.core.params import layout_of
 from pdiff.core.runtime import optimizer_step, seeded_from
@@ -121,51 +124,82 @@ def early_layers(model: nn.Module, train_layer: list[str]) -> list[torch.nn.Modu
 def _split_k(k: int, parts: int) -> list[int]:
     return [k // parts + (1 if i < k % parts else 0) for i in range(parts)]
 
+
 def _clone(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {name: v.detach().clone() for name, v in state.items()}
+
+
+def trunk_seed(seed: int, trunk: int) -> int:
+    """The seed of trunk `trunk`'s own generator (trunk 0 is the base, on `seed` itself): derived from the trunk, not
+    from the process that trains it, so a collection spread over ranks equals the one-process one."""
+    if trunk == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"pdiff-trunk:{seed}:{trunk}".encode()).digest()[:7], "big")
+
+
+@dataclass
+class _Trunk:
+    """One trunk's part of a collection, as the rank that made it hands it over."""
+    state: dict
+    acc: float
+    params: dict
+    accs: list
+    seconds: dict
+
 
 def run_collect(task: Task, data: RunData, seed: int, spec: CollectSpec = CollectSpec(),
                 base: dict[str, torch.Tensor] | None = None, augment: Augment | None = random_flip, device: str = "cpu",
                 out: Path | None = None) -> Collection:
-    """Train (or take) the base model on data.train and collect K checkpoints; saved to `out` unless it is None.
-    Accuracies are measured on data.test.
+    """Train (or take) the base model on data.fit (the training split less the validation images) and collect K
+    checkpoints; saved to `out` (by rank 0 alone) unless it is None. Accuracies are measured on data.test.
 
     With spec.trunks > 1, trunk 0 is the base and trunks 1.. are derived from it (`derive_trunk`, spec.trunk_mode);
     each gets its own frozen-trunk collection of about K / trunks checkpoints, and `trunk_of` says which trunk
-    every checkpoint came from.
+    every checkpoint came from. Each trunk draws from a generator of its own (`trunk_seed`); under torchrun trunk t is
+    made by rank t % world and the parts are gathered, so every rank returns the one-process collection.
     """
     if spec.trunk_mode not in TRUNK_MODES:
         raise ValueError(f"unknown trunk mode {spec.trunk_mode!r}; use one of {', '.join(TRUNK_MODES)}")
-    train, test, trunks = data.train, data.test, spec.trunks
+    if spec.trunks < dist.world():
+        raise ValueError(f"{spec.trunks} trunks cannot be spread over {dist.world()} ranks: give at least one trunk "
+                         "per rank (--trunks)")
     k = task.recipe.k if spec.k is None else spec.k
-    if k < trunks:
-        raise ValueError(f"{k} checkpoints cannot be spread over {trunks} trunks")
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    base_state = _clone(base if base is not None else
-                        fit(init_model(task, g), train, Schedule.of(task.recipe), g, device, "base", augment).state_dict())
-    timings = {"base": time.perf_counter() - t0 if base is None else 0.0, "trunks": 0.0, "collect": 0.0}
-
-    states, trunk_accs, parts, trunk_of, accs = [], [], [], [], []
-    for trunk, k_trunk in enumerate(_split_k(k, trunks)):
-        t0 = time.perf_counter()
-        model = (check_architecture(task, base_state) if trunk == 0
-                 else derive_trunk(base_state, task, train, g, device, f"trunk {trunk}", spec.trunk_mode, augment))
-        states.append(_clone(model.state_dict()))  # before collection moves it
-        trunk_accs.append(test_accuracy(model, test, device))
-        timings["trunks"] += time.perf_counter() - t0
-        t0 = time.perf_counter()
-        params, trunk_checkpoint_accs = collect_checkpoints(model, task, train, test, g, k=k_trunk, device=device)
-        timings["collect"] += time.perf_counter() - t0
-        parts.append(params)
-        accs += trunk_checkpoint_accs
-        trunk_of += [trunk] * k_trunk
-    params = {n: torch.cat([p[n] for p in parts]) for n in task.train_layer}
-    info = {"diversity": diversity(params), "base_given": base is not None, "timings_s": timings,
-            **({"trunk_mode": spec.trunk_mode} if trunks > 1 else {}),
-            "device": str(device), "train_size": len(train.labels), "test_size": len(test.labels)}
-    coll = Collection(task, layout_of(params, task.train_layer, stacked=True), params, accs, states, trunk_of,
-                      trunk_accs, seed, info)
-    if out is not None:
+    if k < spec.trunks:
+        raise ValueError(f"{k} checkpoints cannot be spread over {spec.trunks} trunks")
+    t0, given = time.perf_counter(), base is not None
+    g = torch.Generator().manual_seed(seed)  # trunk 0's: the base's training, then its collection
+    if base is None and (dist.is_main() or spec.trunk_mode != "scratch"):
+        # the base is rank 0's trunk; ranks that derive their trunks from it wait for it
+        base = fit(init_model(task, g), data.fit, Schedule.of(task.recipe), g, device, "base", augment).state_dict() \
+            if dist.is_main() else None
+        base = dist.broadcast(_clone(base) if base is not None else None) if spec.trunk_mode != "scratch" else base
+    base_s = 0.0 if given else time.perf_counter() - t0
+    sizes = _split_k(k, spec.trunks)
+    mine = [_collect_trunk(task, data, base, spec, t, g if t == 0 else torch.Generator().manual_seed(trunk_seed(seed, t)),
+                           augment, device) for t in dist.mine(spec.trunks)]
+    parts: list[_Trunk] = dist.gather(mine, spec.trunks)
+    params = {n: torch.cat([p.params[n] for p in parts]) for n in task.train_layer}
+    timings = {"base": base_s, **{key: sum(p.seconds[key] for p in parts) for key in ("trunks", "collect")}}
+    info = {"diversity": diversity(params), "base_given": given, "timings_s": timings,
+            **({"trunk_mode": spec.trunk_mode} if spec.trunks > 1 else {}), "ranks": dist.world(),
+            "device": str(device), "train_size": len(data.fit.labels), "test_size": len(data.test.labels)}
+    coll = Collection(task, layout_of(params, task.train_layer, stacked=True), params, [a for p in parts for a in p.accs],
+                      [p.state for p in parts], [t for t, size in enumerate(sizes) for _ in range(size)],
+                      [p.acc for p in parts], seed, info)
+    if out is not None and dist.is_main():
         coll.save(out)
     return coll
+
+
+def _collect_trunk(task: Task, data: RunData, base: dict | None, spec: CollectSpec, trunk: int,
+                   g: torch.Generator, augment: Augment | None, device) -> _Trunk:
+    """Make trunk `trunk` (the base itself for trunk 0) and collect its share of the K checkpoints on its own
+    generator `g`."""
+    k = _split_k(task.recipe.k if spec.k is None else spec.k, spec.trunks)[trunk]
+    t0 = time.perf_counter()
+    model = (check_architecture(task, base) if trunk == 0
+             else derive_trunk(base, task, data.fit, g, device, f"trunk {trunk}", spec.trunk_mode, augment))
+    state, acc = _clone(model.state_dict()), test_accuracy(model, data.test, device)  # before collection moves it
+    made = time.perf_counter() - t0
+    params, accs = collect_checkpoints(model, task, data.fit, data.test, g, k=k, device=device)
+    return _Trunk(state, acc, params, accs, {"trunks": made, "collect": time.perf_counter() - t0 - made})

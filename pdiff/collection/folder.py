@@ -80,7 +80,8 @@ class Collection:
     seed: int = 0
     info: dict = field(default_factory=dict)       # diversity, timings, device, sizes: what the manifest records
     victims: dict[str, Victim] = field(default_factory=dict)
-    held_out_trunk: int | None = None
+    held_out_trunk: int | None = None      # the one trunk held out (leave-one-trunk-out)
+    held_out_trunks: tuple[int, ...] = ()  # every trunk held out
 
     @property
     def base(self) -> dict[str, torch.Tensor]:
@@ -117,9 +118,9 @@ class Collection:
         return manifest
 
     @classmethod
-    def load(cls, folder: str | Path, hold_out_trunk: int | None = None, trunks: bool = True) -> "Collection":
-        """The collection in `folder`; `hold_out_trunk` drops every checkpoint of that trunk
-        (leave-one-trunk-out); `trunks=False` reads only the base of the trunk files."""
+    def load(cls, folder: str | Path, hold_out_trunk: int | list[int] | None = None, trunks: bool = True) -> "Collection":
+        """The collection in `folder`; `hold_out_trunk` (one trunk or several) drops every checkpoint of those
+        trunks (leave-one-trunk-out); `trunks=False` reads only the base of the trunk files."""
         folder = Path(folder)
         for name in (MANIFEST_FILE, CHECKPOINTS_FILE, BASE_FILE):
             if not (folder / name).is_file():
@@ -131,7 +132,9 @@ class Collection:
         coll = cls(Task.from_dict(m["task"]), layout_from_json(m["layout"]), load_file(folder / CHECKPOINTS_FILE),
                    list(m["accs"]), states, m.get("trunk_of") or [0] * m["k"], [t["acc"] for t in trunk_list],
                    m["seed"], {k: v for k, v in m.items() if k not in known}, load_victims(folder))
-        return coll if hold_out_trunk is None else coll.without_trunk(hold_out_trunk)
+        for trunk in [] if hold_out_trunk is None else [hold_out_trunk] if isinstance(hold_out_trunk, int) else hold_out_trunk:
+            coll = coll.without_trunk(trunk)
+        return coll
 
     def without_trunk(self, trunk: int) -> "Collection":
         """The same collection less every checkpoint of `trunk` (accuracies and trunk ids cut alike)."""
@@ -142,16 +145,18 @@ class Collection:
         return Collection(self.task, self.layout, {n: v[keep] for n, v in self.params.items()},
                           [a for a, k in zip(self.accs, keep) if k], self.trunks,
                           [t for t, k in zip(self.trunk_of, keep) if k], self.trunk_accs, self.seed, self.info,
-                          self.victims, held_out_trunk=trunk)
+                          self.victims, held_out_trunk=trunk if not self.held_out_trunks else None,
+                          held_out_trunks=(*self.held_out_trunks, trunk))
 
     def rows_of_trunk(self, trunk: int) -> torch.Tensor:
         """(K_trunk, P) vectors of one trunk's checkpoints."""
         return self.vectors()[torch.tensor(self.trunk_of) == trunk]
 
 
-def save_victim(folder: str | Path, victim: Victim, task: Task) -> None:
-    """Write one victim's weights and report into a collection folder (report last: it names the weights)."""
-    name = victim_name(victim.report["kind"], Trigger.from_dict(victim.report["trigger"]))
+def save_victim(folder: str | Path, victim: Victim, task: Task, name: str | None = None) -> None:
+    """Write one victim's weights and report into a collection folder (report last: it names the weights), under
+    `name` (default: its kind and trigger)."""
+    name = name or victim_name(victim.report["kind"], Trigger.from_dict(victim.report["trigger"]))
     weights, report = victim_files(name)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

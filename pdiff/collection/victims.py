@@ -19,15 +19,18 @@ from pdiff.models.fit import BatchHook, Schedule, fit, init_model, test_accuracy
 from pdiff.collection.folder import BASE_FILE, Victim, save_victim, victim_files, victim_name
 from pdiff.core.config import Task
 from pdiff.data.datasets import Split
+from pdiff.data.plan import RunData
 from pdiff.models.staged import predict
 from pdiff.models.loading import check_architecture, load_target
 
 VICTIM_KINDS = ("scratch", "finetuned")
 
 
-def train_victim(task: Task, trigger: Trigger, train: Split, test: Split, seed: int, device: str = "cpu",
+def train_victim(task: Task, trigger: Trigger, data: RunData, seed: int, device: str = "cpu",
                  kind: str = "scratch", base: dict[str, torch.Tensor] | None = None) -> Victim:
-    """A victim trained on poisoned data, with its report (ACC, ASR, RA on the test split)."""
+    """A victim trained on poisoned data (data.fit: the training split less the validation images), with its
+    report (ACC, ASR, RA on the test split)."""
+    train, test = data.fit, data.test
     if kind not in VICTIM_KINDS:
         raise ValueError(f"unknown victim kind {kind!r}; use one of {', '.join(VICTIM_KINDS)}")
     trigger.check(train.dataset)
@@ -44,7 +47,8 @@ def train_victim(task: Task, trigger: Trigger, train: Split, test: Split, seed: 
     seconds = time.perf_counter() - t0
     report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": kind,
               "trigger": trigger.to_dict(), "poisoned": "after augmentation", "seed": seed,
-              **backdoor_metrics(model, test, trigger, device), "timings_s": {"train": seconds}, "device": str(device)}
+              "train_size": len(train.labels), **backdoor_metrics(model, test, trigger, device),
+              "timings_s": {"train": seconds}, "device": str(device)}
     return Victim({k: v.detach().cpu() for k, v in model.state_dict().items()}, report)
 
 
@@ -68,9 +72,10 @@ def poisoned_training(train: Split, trigger: Trigger, generator: torch.Generator
     return replace(train, labels=labels), stamp  # replace keeps a split's own mean/std
 
 
-def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Split, seed: int,
-               device: str = "cpu", kind: str = "scratch") -> dict:
-    """Train a victim (a finetuned one starts from the base in `out`) and write it into the collection `out`."""
+def run_victim(task: Task, trigger: Trigger, out: Path, data: RunData, seed: int, device: str = "cpu",
+               kind: str = "scratch", name: str | None = None) -> dict:
+    """Train a victim (a finetuned one starts from the base in `out`) and write it into the collection `out`, under
+    `name` (default: its kind and trigger, collection.folder.victim_name)."""
     out = Path(out)
     base = None
     if kind == "finetuned":
@@ -78,9 +83,10 @@ def run_victim(task: Task, trigger: Trigger, out: Path, train: Split, test: Spli
             raise FileNotFoundError(f"a finetuned victim starts from the clean base, but {out / BASE_FILE} is missing "
                                     "(run `python -m pdiff collect` into this folder first)")
         base = load_target(task, out / BASE_FILE).state_dict()
-    victim = train_victim(task, trigger, train, test, seed, device, kind, base)
-    save_victim(out, victim, task)
-    return {**victim.report, "file": victim_files(victim_name(kind, trigger))[0]}
+    victim = train_victim(task, trigger, data, seed, device, kind, base)
+    name = name or victim_name(kind, trigger)
+    save_victim(out, victim, task, name)
+    return {**victim.report, "file": victim_files(name)[0]}
 
 
 def backdoor_metrics(model: StagedNet, test: Split, trigger: Trigger, device: str = "cpu") -> dict[str, float]:

@@ -9,7 +9,8 @@ checkpoints; the defence is the last one, their mean a labelled run-mean.
 Whole-model defences yield state dicts, measured by `TargetEngine.measure_state`: `ft` fine-tunes the
 whole victim on the budget (BackdoorBench's FT); `fp` prunes the last convolution's channels that stay
 dormant on the budget, then fine-tunes with them held at zero (fine-pruning, Liu et al. 2018); `clp`
-prunes channels whose Lipschitz upper bound stands out, with no data at all (Zheng et al., ECCV 2022).
+prunes channels whose Lipschitz upper bound stands out, with no data at all (Zheng et al., ECCV 2022); `anp` prunes the
+BatchNorm neurons that adversarial noise shows the clean loss does not need (Wu & Wang, NeurIPS 2021).
 
 Where this differs from BackdoorBench (PreAct-ResNet-18 on CIFAR-10): FT and FP fine-tune for EPOCHS = 10
 epochs, not 100 (this CPU takes about 11 s per epoch of 3,000 Fashion-MNIST images; 10 epochs are 240
@@ -31,7 +32,7 @@ from pdiff.collection.collect import collect_checkpoints
 from pdiff.core.config import Task
 from pdiff.core.params import Layout, flatten
 from pdiff.core.runtime import seeded_from
-from pdiff.core.settings import DEFENCE_EPOCHS, DefenceSettings
+from pdiff.core.settings import DefenceSettings
 from pdiff.data.datasets import Split
 from pdiff.data.plan import BATCH
 from pdiff.measure.sources import names, source
@@ -40,21 +41,25 @@ from pdiff.models.fit import Schedule, fit
 from pdiff.models.loading import check_architecture
 from pdiff.models.staged import accuracy, predict
 
-LAYER_DEFENCES = names("defence", whole=False)   # the spliced layers only: layout vectors
-MODEL_DEFENCES = names("defence", whole=True)    # the whole victim: state dicts
+LAYER_DEFENCES = names("defence", "layers")   # the spliced layers only: layout vectors
+MODEL_DEFENCES = names("defence", "whole")    # the whole victim: state dicts
 DEFENCES = LAYER_DEFENCES + MODEL_DEFENCES
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4   # BackdoorBench FT / FP: SGD, cosine decay, batch BATCH (128)
 FP_ACC_RATIO = 0.1         # stop pruning once budget accuracy falls by this share of itself (BackdoorBench acc_ratio)
 FP_STEP = 0.01             # share of the channels pruned per step (BackdoorBench once_prune_ratio)
 FP_MAX_RATIO = 0.9         # never prune more than this share of the channels
 CLP_U = 3.0                # prune channels whose bound exceeds mean + u * std in their layer (the paper's default)
+# ANP (Wu & Wang, NeurIPS 2021) with BackdoorBench's defaults: neuron noise of at most 0.4, one noise step, the
+# clean loss weighted 0.2, 2,000 mask steps of batch 128 (SGD lr 0.2, momentum 0.9), pruned below a mask of 0.2
+ANP_EPS, ANP_STEPS, ANP_ALPHA, ANP_LR, ANP_THRESHOLD = 0.4, 1, 0.2, 0.2, 0.2  # iterations: DefenceSettings
 
 
 def hyper_parameters(settings: DefenceSettings) -> dict:
     """The defences' hyper-parameters, as a report records them."""
     return {"epochs": settings.epochs, "k": settings.k, "lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY,
             "batch": BATCH, "fp_acc_ratio": FP_ACC_RATIO, "fp_step": FP_STEP, "fp_max_ratio": FP_MAX_RATIO,
-            "clp_u": CLP_U}
+            "clp_u": CLP_U, "anp": {"eps": ANP_EPS, "steps": ANP_STEPS, "alpha": ANP_ALPHA,
+                                    "iterations": settings.anp_iterations, "mask_lr": ANP_LR, "threshold": ANP_THRESHOLD}}
 
 
 # ---- the spliced layers ------------------------------------------------------------------
@@ -181,6 +186,78 @@ def clp(model: StagedNet, u: float = CLP_U) -> tuple[StagedNet, dict]:
     return model, {"u": u, "pruned_channels": pruned}
 
 
+class _NoisyNeurons:
+    """ANP's view of one BatchNorm: a mask on each neuron's weight and adversarial multiplicative noise on its weight
+    and bias, applied in a forward pre-hook-free way by swapping the module's affine parameters per call."""
+
+    def __init__(self, bn: _BatchNorm):
+        self.bn, self.weight, self.bias = bn, bn.weight.detach().clone(), bn.bias.detach().clone()
+        c = len(self.weight)
+        self.mask = torch.ones(c, requires_grad=True)
+        self.noise_w, self.noise_b = torch.zeros(c, requires_grad=True), torch.zeros(c, requires_grad=True)
+
+    def forward(self, x: torch.Tensor, noisy: bool) -> torch.Tensor:
+        w = self.weight * (self.mask + self.noise_w if noisy else self.mask)
+        b = self.bias * (1 + self.noise_b if noisy else 1)
+        # batch statistics in the mask's training, as ANP's; the model's running statistics are never changed
+        return torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0, self.bn.eps)
+
+
+def anp(model: StagedNet, budget: Split, generator: torch.Generator, iterations: int, device) -> tuple[StagedNet, dict]:
+    """Adversarial Neuron Pruning (Wu & Wang, NeurIPS 2021), as BackdoorBench runs it: a mask on every BatchNorm
+    neuron, learnt on the budget to keep the clean loss low under adversarial noise on the neurons; the neurons whose
+    mask ends below ANP_THRESHOLD are pruned (their BatchNorm weight set to zero) after `iterations` mask steps. Chosen beside ft, fp and clp because it acts on the BatchNorm neurons every architecture here has,
+    needs only the clean budget and has published defaults; i-BAU's implicit hypergradient costs more on a CPU."""
+    model = model.to(device).eval().requires_grad_(False)
+    neurons = {name: _NoisyNeurons(m) for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
+    state = {"noisy": False}
+    hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: n.forward(inp[0], state["noisy"]))
+             for n, m in ((neurons[name], model.get_submodule(name)) for name in neurons)]
+    masks = [n.mask for n in neurons.values()]
+    noises = [t for n in neurons.values() for t in (n.noise_w, n.noise_b)]
+    mask_opt = torch.optim.SGD(masks, lr=ANP_LR, momentum=0.9)
+    noise_opt = torch.optim.SGD(noises, lr=ANP_EPS / ANP_STEPS)
+    x_all, y_all = budget.normalized(device), budget.labels.to(device)
+    try:
+        for _ in range(iterations):
+            idx = torch.randint(0, len(y_all), (BATCH,), generator=generator)
+            x, y = x_all[idx], y_all[idx]
+            with torch.no_grad():  # a fresh random start of the noise, then ANP_STEPS signed ascent steps
+                for t in noises:
+                    t.uniform_(-ANP_EPS, ANP_EPS, generator=generator)
+            state["noisy"] = True
+            for _ in range(ANP_STEPS):
+                noise_opt.zero_grad()
+                (-torch.nn.functional.cross_entropy(model(x), y)).backward()
+                for t in noises:
+                    t.grad = t.grad.sign()
+                noise_opt.step()
+                with torch.no_grad():
+                    for t in noises:
+                        t.clamp_(-ANP_EPS, ANP_EPS)
+            robust = torch.nn.functional.cross_entropy(model(x), y)
+            state["noisy"] = False
+            natural = torch.nn.functional.cross_entropy(model(x), y)
+            mask_opt.zero_grad()
+            (ANP_ALPHA * natural + (1 - ANP_ALPHA) * robust).backward()
+            mask_opt.step()
+            with torch.no_grad():
+                for m in masks:
+                    m.clamp_(0.0, 1.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    pruned = {}
+    with torch.no_grad():
+        for name, n in neurons.items():
+            idx = (n.mask < ANP_THRESHOLD).nonzero().flatten()
+            n.bn.weight[idx] = 0.0
+            pruned[name] = idx.tolist()
+    model.requires_grad_(True)
+    return model, {"pruned_neurons": pruned, "neurons": sum(len(m) for m in masks), "iterations": iterations,
+                   "mask_mean": torch.cat([m.detach() for m in masks]).mean().item()}
+
+
 def _ft(model: StagedNet, budget: Split, generator: torch.Generator, epochs: int, device) -> tuple[StagedNet, dict]:
     return fine_tune(model, budget, generator, epochs, device), {"epochs": epochs}
 
@@ -189,19 +266,21 @@ def _clp(model: StagedNet, budget: Split | None, generator, epochs, device) -> t
     return clp(model)
 
 
-# name -> fn(model, budget, generator, epochs, device) -> (defended model, what it did)
-_MODEL_DEFENCE = {"ft": _ft, "fp": fine_prune, "clp": _clp}
+# name -> fn(model, budget, generator, length, device) -> (defended model, what it did); the length is epochs of
+# fine-tuning, or ANP's mask steps
+_MODEL_DEFENCE = {"ft": _ft, "fp": fine_prune, "clp": _clp, "anp": anp}
 
 
 def model_defence(name: str, task: Task, victim_state: dict[str, torch.Tensor], budget: Split | None,
-                  generator: torch.Generator, epochs: int = DEFENCE_EPOCHS,
+                  generator: torch.Generator, settings: DefenceSettings = DefenceSettings(),
                   device="cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """One whole-model defence on a fresh copy of the victim: (its state dict on the CPU, what it did)."""
     if name not in _MODEL_DEFENCE:
         raise ValueError(f"unknown model defence {name!r}; known: {', '.join(MODEL_DEFENCES)}")
     if source(name).budget and budget is None:
         raise ValueError(f"the {name} defence trains on clean data; give a clean budget")
-    model, info = _MODEL_DEFENCE[name](check_architecture(task, victim_state), budget, generator, epochs, device)
+    length = settings.anp_iterations if name == "anp" else settings.epochs
+    model, info = _MODEL_DEFENCE[name](check_architecture(task, victim_state), budget, generator, length, device)
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}, info
 
 
@@ -224,5 +303,5 @@ def run_defence(name: str, task: Task, layout: Layout, victim_state: dict[str, t
     if name in LAYER_DEFENCES:
         vectors = layer_defence(name, task, layout, victim_state, budget, generator, settings.k, device)
         return Defended(name, time.perf_counter() - t0, vectors=vectors)
-    state, details = model_defence(name, task, victim_state, budget, generator, settings.epochs, device)
+    state, details = model_defence(name, task, victim_state, budget, generator, settings, device)
     return Defended(name, time.perf_counter() - t0, state=state, details=details)

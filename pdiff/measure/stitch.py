@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from pdiff.core.params import Layout
 from pdiff.core.runtime import optimizer_step
@@ -47,6 +48,17 @@ class Stitch:
         """(N, C_in, *spatial) -> (N, C_out, *spatial): the same affine map at every position."""
         y = torch.einsum("oc,nc...->no...", self.weight.to(x), x)
         return y + self.bias.to(x).view(1, -1, *([1] * (x.dim() - 2)))
+
+
+class StitchLayer(nn.Module):
+    """A Stitch as a module with trainable weight and bias (the revival attack fine-tunes it with the rest)."""
+
+    def __init__(self, stitch: Stitch):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(stitch.weight.clone()), nn.Parameter(stitch.bias.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return Stitch(self.weight, self.bias)(x)
 
 
 def _pixels(x: torch.Tensor) -> torch.Tensor:
@@ -143,16 +155,18 @@ def fit_for(trunk: StagedNet, base: StagedNet, start: int, budget: Split, settin
 
 
 def stitched_engine(engine: TargetEngine, base_state: dict, budget: Split, settings: StitchSettings = StitchSettings(),
-                    generator: torch.Generator | None = None) -> tuple[TargetEngine, dict]:
+                    generator: torch.Generator | None = None,
+                    tail_state: dict | None = None) -> tuple[TargetEngine, dict]:
     """An engine on `engine`'s target stitched onto the clean model `base_state` (the target's trunk, the stitch,
-    the base's tail), judged against the target as it is (DER). BatchNorm statistics in the layout after the splice
-    point are re-estimated per set on the budget's first BN_IMAGES images, through the stitch. Returns (engine, the
-    stitch's info)."""
+    the base's tail, or `tail_state`'s: the target's own tail separates the stitch from the clean tail), judged
+    against the target as it is (DER). BatchNorm statistics in the layout after the splice point are re-estimated per
+    set on the budget's first BN_IMAGES images, through the stitch. Returns (engine, the stitch's info)."""
     task, target = engine.task, engine.target
     model = check_architecture(task, base_state)
     start = stitch_point(model, engine.layers)
     stitch, info = fit_for(engine.clean.model, model, start, budget, settings, generator, engine.device)
-    hybrid = Target(f"{target.name} stitched", hybrid_state(model, target.state, base_state, start), target.trigger)
+    tail = base_state if tail_state is None else tail_state
+    hybrid = Target(f"{target.name} stitched", hybrid_state(model, target.state, tail, start), target.trigger)
     stitched = TargetEngine(task, engine.layout, hybrid, engine.test, engine.layers, engine.device,
                             budget.subset(BN_IMAGES), FeatureMap(stitch, engine.as_is()))
     return stitched, {**info, "bn_images": len(stitched.bn.features) if stitched.bn else 0}

@@ -84,9 +84,14 @@ def _resolve(bundle: Bundle, target: str) -> Target:
         known = ", ".join(["clean", *target_names(bundle)])
         raise BundleError(f"no target {target!r} in this bundle (it has: {known}); or give a model file")
     model = load_target(bundle.task, target)
-    sibling = sibling_trigger(target)
-    if sibling is not None:
-        return Target(Path(target).name, model.state_dict(), sibling.check(bundle.task.dataset), FROM_SIBLING)
+    report = sibling_report(target)
+    if report is not None:
+        theirs = report.get("task", {})
+        if (theirs.get("dataset"), theirs.get("arch")) not in ((None, None), (bundle.task.dataset, bundle.task.arch)):
+            raise BundleError(f"{Path(target).name} was trained for {theirs.get('arch')} on {theirs.get('dataset')} (its "
+                              f"report says), the bundle's task is {bundle.task.arch} on {bundle.task.dataset}")
+        trigger = Trigger.from_dict(report["trigger"]).check(bundle.task.dataset)
+        return Target(Path(target).name, model.state_dict(), trigger, FROM_SIBLING)
     return Target(Path(target).name, model.state_dict(), assumed_trigger(bundle), ASSUMED)
 
 def assumed_trigger(bundle: Bundle) -> Trigger:
@@ -106,12 +111,16 @@ def named_victim(bundle: Bundle, target: str) -> str | None:
     kind = sorted((n for n in bundle.victims if n.startswith(f"{target}-")), key=lambda n: not n.endswith("-badnets"))
     return kind[0] if kind else None
 
-def sibling_trigger(model_path: str | Path) -> Trigger | None:
-    """The trigger recorded in a victim report beside the model file (victim-*.json), if there is one."""
+def sibling_report(model_path: str | Path) -> dict | None:
+    """The victim report beside a model file (victim-*.json, written by `collect --trigger`), if there is one."""
     try:
         meta = json.loads(Path(model_path).with_suffix(".json").read_text())
     except (OSError, ValueError):
         return None
-    if meta.get("format") == "pdiff-victim" and isinstance(meta.get("trigger"), dict):
-        return Trigger.from_dict(meta["trigger"])
-    return None
+    return meta if meta.get("format") == "pdiff-victim" and isinstance(meta.get("trigger"), dict) else None
+
+
+def sibling_trigger(model_path: str | Path) -> Trigger | None:
+    """The trigger recorded in the victim report beside the model file, if there is one."""
+    report = sibling_report(model_path)
+    return Trigger.from_dict(report["trigger"]) if report else None
