@@ -66,9 +66,11 @@ def task(model, layers: list[str], name: str = "custom", dataset: str = "custom"
 def collect(task: Task, train: Split, test: Split, seed: int = 0, k: int | None = None, base=None,
             augment: Augment | None = random_flip, device: str = "cpu") -> Collection:
     """Train a base model from the task's factory (or take `base`, a trained module or state dict), then
-    collect K checkpoints of the task's layers with the rest frozen; in memory (`Collection.save(folder)`)."""
+    collect K checkpoints of the task's layers with the rest frozen; in memory (`Collection.save(folder)`). All of
+    `train` is trained on: a split of your own holds no validation images out unless you cut them off."""
     state = base.state_dict() if isinstance(base, nn.Module) else base
-    return run_collect(task, RunData(test, train), seed, CollectSpec(k=k), state, augment, device)
+    return run_collect(task, RunData(test, train, DataSpec(validation=0)), seed, CollectSpec(k=k), state, augment,
+                       device)
 
 
 def train(collection: Collection, data: Split | None = None, autoencoder: dict | None = None,
@@ -85,10 +87,13 @@ def train(collection: Collection, data: Split | None = None, autoencoder: dict |
 
 
 def sample(bundle: Bundle, n: int = SamplingSpec.n, sampler: str = SamplingSpec.sampler,
-           steps: int = SamplingSpec.steps, seed: int = SamplingSpec.seed, device: str = "cpu") -> Samples:
+           steps: int = SamplingSpec.steps, seed: int = SamplingSpec.seed, condition: str = SamplingSpec.condition,
+           guidance: float | None = SamplingSpec.guidance, device: str = "cpu") -> Samples:
     """n new parameter sets from the bundle (the full DDPM chain, or DDIM with `steps` steps): the same defaults
-    as the CLI's `sample` (core.settings.SamplingSpec)."""
-    return draw(bundle, SamplingSpec(n, sampler, steps, seed), device)
+    as the CLI's `sample` (core.settings.SamplingSpec). A conditional bundle is asked for `condition` ("default":
+    what it is for; "none", "acc=VALUE", "acc=best", "trunk=FILE") with classifier-free guidance `guidance`
+    (None: the scale it chose on its validation split)."""
+    return draw(bundle, SamplingSpec(n, sampler, steps, seed, condition, guidance), device)
 
 
 class Report(dict):

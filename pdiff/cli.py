@@ -8,9 +8,12 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from pdiff.collection.collect import TRUNK_MODES
+from pdiff.core import dist
 from pdiff.collection.victims import VICTIM_KINDS
-from pdiff.core.settings import (SAMPLERS, VALIDATION, CollectSpec, DataSpec,
+from pdiff.core.settings import (CONDITION_KINDS, SAMPLERS, VALIDATION, CollectSpec, DataSpec,
                                  DefenceSettings, EvalSettings, SamplingSpec, StitchSettings, TransferSettings)
 from pdiff.core.splice import ALL_LAYERS
 from pdiff.data.datasets import DataError, Split
@@ -40,9 +43,19 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bundle", required=True,
                    help="a shipped bundle's name (fmnist-convnet), its folder, any bundle folder, or a Hugging Face "
                         "Hub repo id (owner/name)")
-    p.add_argument("--n", type=int, default=SamplingSpec.n, help="how many parameter sets to generate")
+    p.add_argument("--n", "--sets", dest="n", type=int, default=SamplingSpec.n,
+                   help="how many parameter sets to generate (under torchrun write --sets: torchrun's own parser "
+                        "takes --n for an abbreviation of its --nnodes or --nproc-per-node)")
     p.add_argument("--sampler", choices=SAMPLERS, default=SamplingSpec.sampler)
     p.add_argument("--steps", type=int, default=SamplingSpec.steps, help="DDIM steps (DDPM always runs all T steps)")
+    p.add_argument("--condition", default=SamplingSpec.condition,
+                   help="what to ask a conditional bundle for: default (what it is for: acc=best for an accuracy-"
+                        "conditional bundle, trunk=target for a trunk-conditional one, none otherwise), none (its "
+                        "unconditional model), acc=VALUE (validation "
+                        "accuracy, percent) or acc=best, trunk=target (the target's own trunk) or trunk=FILE")
+    p.add_argument("--guidance", type=float, default=SamplingSpec.guidance,
+                   help="the classifier-free guidance scale (0: the unconditional model; default: the scale the "
+                        "bundle chose on the validation split)")
 
 
 def _add_trigger(p: argparse.ArgumentParser) -> None:
@@ -53,7 +66,8 @@ def _add_trigger(p: argparse.ArgumentParser) -> None:
 
 
 def _sampling(args) -> SamplingSpec:
-    return SamplingSpec(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed)
+    return SamplingSpec(n=args.n, sampler=args.sampler, steps=args.steps, seed=args.seed, condition=args.condition,
+                        guidance=args.guidance)
 
 
 def _split(args, task, split: str):
@@ -96,13 +110,16 @@ def _target(bundle, name, trigger):
 
 
 def _print_json(obj) -> None:
-    print(json.dumps(obj, indent=1))
+    if dist.is_main():  # under torchrun every rank holds the result; one prints it
+        print(json.dumps(obj, indent=1))
 
 
 def _write_report(path: Path, report: dict, text: str) -> None:
-    """Write a command's JSON report (atomically) and print its human summary."""
+    """Write a command's JSON report (atomically) and print its human summary: rank 0 alone, under torchrun."""
     from pdiff.core.files import write_json
 
+    if not dist.is_main():
+        return
     write_json(path, report)
     print(text)
     print(f"report written to {path}")
@@ -122,6 +139,9 @@ def _add_collect(sub) -> None:
     p.add_argument("--save-every", type=int, default=None, help="training steps between saved checkpoints")
     p.add_argument("--train-layer", default=None,
                    help="comma-separated parameter names to collect, in order (task default)")
+    p.add_argument("--storage-dtype", choices=("float32", "float16"), default=None,
+                   help="how the checkpoints are stored (task default); float16 halves a large collection, and "
+                        "accuracies are measured on the stored values")
     p.add_argument("--trunks", type=int, default=CollectSpec.trunks,
                    help="collect on M trunks: the base and M-1 copies of it fine-tuned briefly on clean data "
                         "(recipe trunk_epochs), about K/M checkpoints each; the manifest records each one's trunk")
@@ -137,6 +157,21 @@ def _add_collect(sub) -> None:
                         "(.json; see pdiff/backdoor.py). The victim file is named after kind, trigger, target and rate")
     p.add_argument("--victim-kind", choices=VICTIM_KINDS, default="scratch",
                    help="scratch: trained from random init; finetuned: the clean base in --out fine-tuned on poisoned data")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the base and checkpoints of a collection already in --out (its victims stay)")
+    p.add_argument("--name", default=None,
+                   help="the victim's name (its files: victim-NAME.safetensors); default: kind and trigger, e.g. "
+                        "scratch-badnets. Several victims of one kind and trigger need names of their own")
+    p.add_argument("--validation", type=int, default=DataSpec.validation,
+                   help=f"hold the last N training images out of every model's training: the validation split "
+                        f"(default: {VALIDATION}, or half the training images where --train-subset leaves fewer than "
+                        f"{2 * VALIDATION}; 0: train on all)")
+    p.add_argument("--train-on", choices=("pool", "budget"), default="pool",
+                   help="pool: the training split less the validation images; budget: only the clean budget "
+                        "(--clean-budget of the training split, drawn with --budget-seed from the pool): a budget donor, "
+                        "the clean model a defender who holds only the budget can train")
+    p.add_argument("--clean-budget", type=float, default=DataSpec.budget, help="the budget's share of the training split")
+    p.add_argument("--budget-seed", type=int, default=0, help="the seed of the budget's one draw (--train-on budget)")
     p.add_argument("--blend-alpha", type=float, default=None, help="opacity of a blend trigger (the trigger's: 0.1)")
     p.add_argument("--target-label", type=int, default=None, help="backdoor target class (the trigger's: 0)")
     p.add_argument("--poison-rate", type=float, default=None,
@@ -157,6 +192,8 @@ def cmd_collect(args) -> int:
     task = get_task(args.task)
     if args.train_layer:
         task.train_layer = [n.strip() for n in args.train_layer.split(",") if n.strip()]
+    if args.storage_dtype:
+        task.recipe.storage_dtype = args.storage_dtype
     for field_name, value in (("epochs", args.epochs), ("k", args.k), ("save_every", args.save_every)):
         if value is not None:
             if value < 1:
@@ -164,12 +201,20 @@ def cmd_collect(args) -> int:
             setattr(task.recipe, field_name, value)
     build_model(task)  # checks train_layer names before any training
     spec = CollectSpec(trunks=args.trunks, trunk_mode=args.trunk_mode)  # bad values fail before any data loads
-    train, test = _split(args, task, "train"), _split(args, task, "test")
+    if args.trigger and dist.world() > 1:
+        raise ValueError("a victim is one model, which one process trains: run `collect --trigger` without torchrun")
+    if not args.trigger and (args.out / "manifest.json").exists() and not args.overwrite:
+        raise ValueError(f"{args.out} already holds a collection (manifest.json); choose a new folder, or add "
+                         "--overwrite to replace its base and checkpoints (its victims stay)")
+    plan = DataSpec(validation=args.validation, budget=args.clean_budget, budget_seed=args.budget_seed)
+    data = _data(args, task, plan, train=True)
+    if args.train_on == "budget":  # a budget donor: every model of this collection trains on the clean budget only
+        data = RunData(data.test, data.budget(torch.Generator()), DataSpec(validation=0))
     device = resolve_device(args.device)
     if args.trigger:
         trigger = _victim_trigger(args).check(task.dataset)
-        report = run_victim(task, trigger, args.out, train, test, args.seed, device, kind=args.victim_kind)
-        _print_json({k: report[k] for k in ("file", "trigger", "acc", "asr", "ra", "timings_s")})
+        report = run_victim(task, trigger, args.out, data, args.seed, device, args.victim_kind, args.name)
+        _print_json({k: report[k] for k in ("file", "trigger", "acc", "asr", "ra", "train_size", "timings_s")})
         return 0
     base = None
     if args.from_base is not None:
@@ -177,7 +222,10 @@ def cmd_collect(args) -> int:
 
         base = load_target(task, args.from_base).state_dict()
     t0 = time.perf_counter()
-    manifest = run_collect(task, RunData(test, train), args.seed, spec, base, device=device, out=args.out).manifest()
+    collection = run_collect(task, data, args.seed, spec, base, device=device)
+    if args.train_on == "budget":
+        collection.info["trained_on"] = {"what": "the clean budget", **plan.to_dict(), "images": len(data.train.labels)}
+    manifest = collection.save(args.out) if dist.is_main() else collection.manifest()  # one writer
     accs = manifest["accs"]
     _print_json({"base_acc": manifest["base_acc"], "k": manifest["k"], "acc_min": min(accs), "acc_max": max(accs),
                  "acc_mean": sum(accs) / len(accs), "diversity": manifest["diversity"],
@@ -228,9 +276,18 @@ def _add_train(sub) -> None:
     p.add_argument("--fold", type=int, default=None,
                    help="channels the parameter vector is folded into (default: the smallest power of two, at least "
                         "16, that leaves at most 256 positions)")
-    p.add_argument("--hold-out-trunk", type=int, default=None,
-                   help="leave this trunk's checkpoints out of training (multi-trunk collections; see `loto`)")
+    p.add_argument("--hold-out-trunk", type=int, nargs="+", default=None,
+                   help="leave these trunks' checkpoints out of training (multi-trunk collections; see `loto`)")
     p.add_argument("--no-recon-eval", action="store_true", help="skip evaluating the autoencoder's reconstructions")
+    p.add_argument("--condition", choices=("none", *CONDITION_KINDS), default="none",
+                   help="train a conditional DDPM (classifier-free guidance): acc, each checkpoint's accuracy on the "
+                        "validation split; trunk, its trunk's signature (features on a fixed probe set of clean "
+                        "training images). The default guidance scale is then chosen on the validation split")
+    p.add_argument("--validation", type=int, default=DataSpec.validation,
+                   help="the last N training images, on which acc conditions and the guidance scale are measured")
+    p.add_argument("--clean-model", type=Path, default=None,
+                   help="a collection folder whose base model the bundle keeps as the `clean-model` control (a budget "
+                        "donor's bundle keeps the full clean model so that its tables can show it beside the donor)")
     p.add_argument("--victims-only", action="store_true",
                    help="train nothing: replace the victims of the existing bundle at --out with the collection's "
                         "(after victims were rebuilt; the generator does not depend on them)")
@@ -251,6 +308,16 @@ def _replace_victims(folder: Path, collection) -> int:
     _print_json({"bundle": str(folder), "victims": {n: {k: v.report[k] for k in ("acc", "asr", "ra")}
                                                    for n, v in collection.victims.items()}})
     return 0
+
+
+def _conditions(kind: str, collection, data, device):
+    """Every original's condition: its accuracy on the validation split, or its trunk's signature on a probe set of
+    the training images no model held out."""
+    from pdiff.generator.conditions import acc_conditions, probe_set, trunk_conditions
+
+    if kind == "acc":
+        return acc_conditions(collection, data.validation, device)
+    return trunk_conditions(collection, probe_set(data.fit), device)
 
 
 def cmd_train(args) -> int:
@@ -284,11 +351,32 @@ def cmd_train(args) -> int:
 
     device = resolve_device(args.device)
     train = _split(args, collection.task, "train") if ae_cfg.behaviour_weight > 0 else None
-    bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device, train)
+    donor = collection.info.get("trained_on")
+    if train is not None and donor:  # a budget donor's generator sees the donor's budget and no other clean image
+        from pdiff.data.plan import RunData
+
+        train = RunData(None, train, DataSpec(**{k: donor[k] for k in ("validation", "budget", "budget_seed")}))
+        train = train.budget(torch.Generator())
+    conditions, data = None, None
+    if args.condition != "none":
+        collection = Collection.load(args.collection, args.hold_out_trunk)  # the trunks: signatures, acc on each
+        data = _data(args, collection.task, DataSpec(validation=args.validation), train=True)
+        conditions = _conditions(args.condition, collection, data, device)
+    bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device, train, conditions)
+    if conditions is not None:
+        from pdiff.generator.guidance import set_guidance
+
+        set_guidance(bundle, data.validation, device)
+    if args.clean_model is not None:
+        reference = Collection.load(args.clean_model, trunks=False)
+        bundle.references["clean-model"] = reference.base
+        bundle.meta["references"] = {"clean-model": {"train_size": reference.info.get("train_size"),
+                                                     "acc": reference.trunk_accs[0], "from": args.clean_model.name}}
     if not args.no_recon_eval:
         test = _split(args, collection.task, "test")
         bundle.meta["training"]["reconstruction"] = reconstruction_report(bundle, test, device)
-    bundle.save(args.out)
+    if dist.is_main():  # under torchrun every rank holds the same bundle; one writes it
+        bundle.save(args.out)
     tr = bundle.meta["training"]
     summary = {"bundle": str(args.out), "timings_s": tr["timings_s"], "autoencoder_final_mse": tr["autoencoder_final_mse"],
                "ddpm_final_loss": tr["ddpm_final_loss"]}
@@ -317,7 +405,8 @@ def cmd_sample(args) -> int:
     t0 = time.perf_counter()
     samples = draw(bundle, spec, device, progress=_bar(f"sample ({spec.sampler})"))
     seconds = time.perf_counter() - t0
-    samples.save(args.out)
+    if dist.is_main():
+        samples.save(args.out)
     _print_json({"out": str(args.out), "n": spec.n, "nonfinite": int((~samples.finite).sum()), "seconds": seconds})
     return 0
 
@@ -365,7 +454,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--curves", action="store_true",
                    help="also evaluate the Gaussian baseline at every temperature (its accuracy-novelty curve)")
     p.add_argument("--defences", action="store_true",
-                   help="for a backdoored target, also run the defences (finetune, reinit, ft, fp, clp) on a 5%% "
+                   help="for a backdoored target, also run the defences (finetune, reinit, ft, fp, clp, anp) on a 5%% "
                         "clean budget drawn from the training split less the validation images, each at its final "
                         "checkpoint (see `transfer`)")
     _add_data(p)
@@ -391,7 +480,7 @@ def cmd_evaluate(args) -> int:
 
     sampling = _sampling(args)  # bad settings fail before anything loads
     settings = EvalSettings(layers=tuple(s.strip() for s in args.layers.split(",") if s.strip()), curves=args.curves,
-                            tsne=not args.no_tsne, defences=args.defences)
+                            tsne=not args.no_tsne, defences=DefenceSettings() if args.defences else None)
     spec = DataSpec(validation=args.validation, bn_images=args.bn_images)
     bundle, device = _bundle(args)
     target = _target(bundle, args.target, args.trigger)
@@ -401,7 +490,7 @@ def cmd_evaluate(args) -> int:
     bar = _bar("evaluate")
     report, vectors = run_report(bundle, target, data, sampling, settings, device=device,
                                  progress=lambda frac, desc: bar(int(100 * frac), 100))
-    if args.save_params:
+    if args.save_params and dist.is_main():
         from pdiff.generator.sampling import Samples
 
         Samples(vectors, sampling, bundle).save(args.save_params)
@@ -415,26 +504,36 @@ def _add_transfer(sub) -> None:
                        help="generated layers on a backdoored victim, beside clean-weight controls and the field's "
                             "defences at a clean-data budget",
                        description="Splice generated parameter sets into a backdoored victim and measure them, on the "
-                                   "same engine and in one table, beside: the controls (originals: the clean "
-                                   "checkpoints as they are; average: their mean; clean-layers: the clean base's own "
-                                   "values of the spliced layers) and the defences at a clean-data budget (--clean-"
-                                   "budget of the training split, drawn per seed), each at its final checkpoint: "
-                                   "finetune / reinit (the spliced layers trained on the budget, the collection's "
-                                   "step budget; reinit re-estimates the BatchNorm statistics after a re-initialised "
-                                   "layer), ft (the whole victim fine-tuned: SGD lr 0.01, momentum 0.9, weight decay "
-                                   "5e-4, batch 128, cosine), fp (fine-pruning: the last convolution's dormant "
-                                   "channels pruned, then fine-tuned like ft) and clp (data-free channel Lipschitz "
-                                   "pruning, u = 3). Every row states its clean data, DER against the victim as it "
-                                   "is, the std over models and the wall time. Writes a JSON report.")
+                                   "same engine and in one table, beside: the controls (originals, their average, "
+                                   "clean-layers: the clean model's own layers, clean-model: a clean model as it is, "
+                                   "donor: a budget donor as it is, probe: a linear head on the victim's own features "
+                                   "fitted on the budget) and the defences on the clean budget, each at its final "
+                                   "checkpoint: finetune / reinit of the spliced layers, ft (the whole victim fine-"
+                                   "tuned), fp (fine-pruning), anp (adversarial neuron pruning) and clp (data-free); "
+                                   "and, through a stitch fitted on the budget from the victim's features to the clean "
+                                   "model's: stitch+generated, stitch+clean-layers, stitch+victim-tail. Every row "
+                                   "states its clean resources (budget images, the images behind the clean weights it "
+                                   "uses, checkpoints), DER against the victim as it is, the std over models, its ASR "
+                                   "after a revival attack and its wall time. Writes a JSON report.")
     _add_sampling(p)
     p.add_argument("--victim", default="scratch",
                    help="scratch (the bundle's scratch BadNets victim), finetuned (its first fine-tuned one), a "
                         "bundle victim's name (finetuned-blended), or a victim model file; a victim-*.json beside "
                         "the file names its trigger")
     _add_trigger(p)
-    p.add_argument("--clean-budget", type=float, default=DataSpec.budget,
-                   help="share of the training split the defences (and the stitch: the first seed's budget) may "
-                        "train on (BackdoorBench: 0.05); at least one batch of 128 images")
+    p.add_argument("--clean-budget", type=float, default=None,
+                   help=f"share of the training split the defences, the probe and the stitch may train on, drawn per "
+                        f"seed from the training split less the validation images (default {DataSpec.budget}, "
+                        "BackdoorBench's; at least one batch of 128 images). With a budget donor's bundle: the budget "
+                        "the donor was trained on, the same images for every method and seed")
+    p.add_argument("--validation", type=int, default=DataSpec.validation,
+                   help=f"the last N training images, which no model saw and no budget is drawn from (default "
+                        f"{VALIDATION}, or half a smaller training split)")
+    p.add_argument("--anp-iterations", type=int, default=DefenceSettings.anp_iterations,
+                   help="ANP's mask steps (BackdoorBench: 2,000)")
+    p.add_argument("--revived", type=int, default=TransferSettings.revived,
+                   help="the revival attack (a few fine-tuning steps with poisoned images) runs on the first N models "
+                        "of each method; 0: none")
     p.add_argument("--defence-epochs", type=int, default=DefenceSettings.epochs,
                    help="epochs ft and fp fine-tune for on the clean budget (BackdoorBench: 100; fewer on a CPU)")
     p.add_argument("--k-defence", type=int, default=None,
@@ -442,7 +541,8 @@ def _add_transfer(sub) -> None:
                         "last is reported, their mean as the run-mean column")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {', '.join(METHODS)}")
+    p.add_argument("--methods", default="", help=f"comma-separated subset of {', '.join(METHODS)} (default: all of "
+                                                  "them; donor only with a budget donor's bundle)")
     p.add_argument("--stitch-epochs", type=int, default=StitchSettings.epochs,
                    help="cross-entropy epochs through the base's frozen tail after the least-squares stitch")
     p.add_argument("--stitch-shrink", type=_shrink, default=StitchSettings.shrink,
@@ -462,16 +562,27 @@ def cmd_transfer(args) -> int:
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     trained = trained_methods(methods)  # unknown names refused before anything loads
     settings = TransferSettings(methods, tuple(args.seeds or [args.seed]),
-                                DefenceSettings(epochs=args.defence_epochs, k=args.k_defence),
-                                StitchSettings(shrink=args.stitch_shrink, epochs=args.stitch_epochs))
+                                DefenceSettings(epochs=args.defence_epochs, k=args.k_defence,
+                                                anp_iterations=args.anp_iterations),
+                                StitchSettings(shrink=args.stitch_shrink, epochs=args.stitch_epochs), args.revived)
     sampling = _sampling(args)
-    # the budget is drawn from the whole training split: transfer holds no validation split out
-    spec = DataSpec(validation=0, budget=args.clean_budget)
     bundle, device = _bundle(args)
+    spec = _transfer_data(args, bundle.budget_donor)
     victim = _target(bundle, args.victim, args.trigger)
     report = run_transfer(bundle, victim, _data(args, bundle.task, spec, bool(trained)), sampling, settings, device)
     _write_report(args.json, report, table(report))
     return 0
+
+
+def _transfer_data(args, donor: dict | None) -> DataSpec:
+    """The data a transfer run uses: with a budget donor's bundle, the budget the donor was trained on (the same
+    images for every method and seed), else --clean-budget drawn per seed; the validation split held out either way."""
+    if donor is None:
+        return DataSpec(validation=args.validation, budget=args.clean_budget or DataSpec.budget)
+    if args.clean_budget not in (None, donor["budget"]):
+        raise ValueError(f"--clean-budget {args.clean_budget}: this bundle's donor was trained on a budget of "
+                         f"{donor['budget']}, and every method here uses the same images")
+    return DataSpec(validation=donor["validation"], budget=donor["budget"], budget_seed=donor["budget_seed"])
 
 
 # ---- leave-one-trunk-out --------------------------------------------------------------
@@ -504,6 +615,35 @@ def cmd_loto(args) -> int:
     data = _data(args, bundle.task, spec, args.stitch)
     report = leave_one_trunk_out(bundle, args.collection, data, sampling, args.stitch, device)
     _write_report(args.json, report, loto_lines(report))
+    return 0
+
+
+# ---- trunks ---------------------------------------------------------------------------
+def _add_trunks(sub) -> None:
+    p = sub.add_parser("trunks", formatter_class=_FMT,
+                       help="a trunk-conditional bundle on the trunks it held out, beside every control",
+                       description="For a bundle made with `train --condition trunk --hold-out-trunk I J ...` on a "
+                                   "multi-trunk collection: on each held-out trunk, the sets generated for its own "
+                                   "signature beside the trunk as it is, its own checkpoints, the unconditional model, "
+                                   "another trunk's signature (the swap test), a random signature, retrieval of the "
+                                   "nearest training trunk's checkpoints (and their Gaussian), the average, the "
+                                   "nearest class mean and a linear probe on the probe images, and a stitch fitted on "
+                                   "them onto the first training trunk. Accuracies in percent.")
+    _add_sampling(p)
+    p.add_argument("--collection", type=Path, required=True, help="the multi-trunk collection the bundle came from")
+    p.add_argument("--json", type=Path, required=True, help="where to write the report")
+    _add_data(p)
+    _add_common(p)
+    p.set_defaults(func=cmd_trunks)
+
+
+def cmd_trunks(args) -> int:
+    from pdiff.studies.trunks import trunk_lines, trunk_study
+
+    sampling = _sampling(args)
+    bundle, device = _bundle(args)
+    report = trunk_study(bundle, args.collection, _data(args, bundle.task, DataSpec(), False), sampling, device)
+    _write_report(args.json, report, trunk_lines(report))
     return 0
 
 
@@ -552,7 +692,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Neural-network parameter diffusion: collect checkpoints, train an "
                                                  "autoencoder + latent DDPM, sample, splice and evaluate.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_collect, _add_train, _add_sample, _add_evaluate, _add_transfer, _add_loto, _add_push, _add_pull):
+    for add in (_add_collect, _add_train, _add_sample, _add_evaluate, _add_transfer, _add_loto, _add_trunks, _add_push,
+                _add_pull):
         add(sub)
     return parser
 
@@ -560,6 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        dist.init_from_env(getattr(args, "device", "cpu"))  # under torchrun: join its process group, else nothing
         return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -567,11 +709,14 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # one clear line for the user; PDIFF_DEBUG=1 shows the traceback
         if os.environ.get("PDIFF_DEBUG"):
             raise
-        if isinstance(e, (ValueError, DataError, OSError)):
+        if isinstance(e, (ValueError, DataError, OSError, dist.RankError)):
             msg = str(e)
         elif isinstance(e, KeyError):
             msg = f"missing entry {e.args[0]!r} in an input file"
         else:
             msg = f"{type(e).__name__}: {e} (run with PDIFF_DEBUG=1 for the traceback)"
-        print(f"error: {msg}", file=sys.stderr)
+        where = f" (rank {dist.rank()} of {dist.world()})" if dist.world() > 1 else ""
+        print(f"error{where}: {msg}", file=sys.stderr)
         return 2
+    finally:
+        dist.close()

@@ -10,6 +10,15 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
 
+def curve_at(points, x):
+    """Accuracy of a baseline curve [(max_iou, acc), ...] at max-IoU x, linearly interpolated (None outside it)."""
+    pts = sorted(points)
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return None
+
+
 def markers(name: str) -> tuple[str, str]:
     return f"<!-- table:{name} -->", f"<!-- /table:{name} -->"
 

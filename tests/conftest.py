@@ -66,6 +66,7 @@ def tiny_collection(tmp_path_factory, small_train, small_test):
     """A real collection (K = 8), a BadNets victim and a fine-tuned blended one, on 1024 training images."""
     from pdiff.data.triggers import Trigger
     from pdiff.collection.collect import run_collect
+    from pdiff.core.settings import DataSpec
     from pdiff.data.plan import RunData
     from pdiff.models.tasks import get_task
     from pdiff.collection.victims import run_victim
@@ -73,10 +74,11 @@ def tiny_collection(tmp_path_factory, small_train, small_test):
     task = get_task("fmnist-convnet")
     task.recipe.epochs, task.recipe.k, task.recipe.save_every = 1, 8, 4
     out = tmp_path_factory.mktemp("collection")
-    run_collect(task, RunData(small_test, small_train), seed=0, out=out)
-    run_victim(task, Trigger(), out, small_train, small_test, seed=1)
+    ALL = DataSpec(validation=0)  # these tiny models train on every image of the split
+    run_collect(task, RunData(small_test, small_train, ALL), seed=0, out=out)
+    run_victim(task, Trigger(), out, RunData(small_test, small_train, ALL), 1)
     task.recipe.finetune_epochs = 1
-    run_victim(task, Trigger(kind="blended"), out, small_train, small_test, seed=2, kind="finetuned")
+    run_victim(task, Trigger(kind="blended"), out, RunData(small_test, small_train, ALL), 2, kind="finetuned")
     return out
 
 

@@ -96,21 +96,22 @@ def report(bundle, target="clean", test=None, *, n=3, seed=0, sampler="ddim", st
 
 
 def sources(report: dict) -> dict:
-    """Every source block of an evaluate report: generated, originals, the baselines and the defences."""
+    """Every source block of an evaluate report: generated, originals, the baselines, the whole-model controls and
+    the defences (what the app's transfer table shows)."""
     return {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
-            **report.get("defences", {})}
+            **report.get("controls", {}), **report.get("defences", {})}
 
 
 def transfer(bundle, victim, train, test, *, n=3, seeds=(0,), steps=3, methods=(), budget=0.05, shrink=0.0,
-             stitch_epochs=0, epochs=10, k=None, trigger=None):
+             stitch_epochs=0, epochs=10, k=None, trigger=None, anp_iterations=20, revived=1):
     """studies.transfer.run_transfer with its objects built as the CLI builds them (no validation split held out)."""
     from pdiff.core.settings import DataSpec, DefenceSettings, SamplingSpec, StitchSettings, TransferSettings
     from pdiff.data.plan import RunData
     from pdiff.measure.targets import resolve_target
     from pdiff.studies.transfer import run_transfer
 
-    settings = TransferSettings(tuple(methods), tuple(seeds), DefenceSettings(epochs, k),
-                                StitchSettings(shrink, stitch_epochs))
+    settings = TransferSettings(tuple(methods), tuple(seeds), DefenceSettings(epochs, k, anp_iterations),
+                                StitchSettings(shrink, stitch_epochs), revived)
     data = RunData(test, train, DataSpec(validation=0, budget=budget))
     return run_transfer(bundle, resolve_target(bundle, victim, trigger), data, SamplingSpec(n, "ddim", steps), settings)
 

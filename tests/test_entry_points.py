@@ -38,7 +38,8 @@ def reports(tmp_path_factory, small_train):  # small_train: the training split i
 def test_the_cli_the_api_and_the_app_agree(reports):
     cli, api, app = reports
     assert cli["format"] == "pdiff-report" and cli["format_version"] == 1
-    assert cli["settings"]["sampling"] == {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0}
+    assert cli["settings"]["sampling"] == {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0, "condition": "none",
+                                           "guidance": None}
     assert cli["validation"]["size"] == 5000 and cli["target"]["name"] == "victim"
     _same(cli, api)
     _same(cli, app)

@@ -21,6 +21,15 @@ def test_reports_written_before_version_1_read_as_version_1(path, kind):
     assert {k: v for k, v in new.items() if k in old} == old  # nothing it had is changed
     if kind == formats.EVALUATE:
         assert new["defences"] == {}  # written before the defences were part of the report: none were run
+        assert new["condition"] is None  # and before conditions: nothing was asked
+
+
+def test_a_version_1_evaluate_report_gains_its_condition_and_nothing_else(victim_report):
+    v1 = {k: v for k, v in victim_report.items() if k != "condition"}
+    v1["format_version"] = 1
+    new = formats.check(formats.upgrade(v1))
+    assert new["condition"] is None and new["format_version"] == formats.VERSION
+    assert {k: v for k, v in new.items() if k != "format_version"} == {**v1, "condition": None}
 
 
 def test_todays_report_has_its_shape(victim_report):
@@ -31,7 +40,7 @@ def test_todays_report_has_its_shape(victim_report):
 
 
 def test_a_report_from_a_newer_pdiff_or_of_no_known_kind_is_refused():
-    with pytest.raises(ValueError, match="format_version 9; this pdiff reads versions up to 1: upgrade pdiff"):
+    with pytest.raises(ValueError, match="format_version 9; this pdiff reads versions up to 2: upgrade pdiff"):
         formats.upgrade({"format": formats.TRANSFER, "format_version": 9})
     with pytest.raises(ValueError, match="not a pdiff report"):
         formats.upgrade({"hello": 1})

@@ -2,6 +2,7 @@ import pytest
 
 from pdiff.core.settings import CollectSpec, DataSpec, SamplingSpec
 from pdiff.data.plan import RunData
+
 from pdiff.generator.bundle import Bundle
 from pdiff.collection.collect import derive_trunk, early_layers, run_collect
 from pdiff.collection.folder import Collection
@@ -12,13 +13,16 @@ from pdiff.generator.training import train_bundle
 from pdiff.studies.loto import leave_one_trunk_out, loto_lines
 
 
+ALL = DataSpec(validation=0)  # these tiny models train on every image of the split
+
+
 @pytest.fixture(scope="module")
 def two_trunks(tmp_path_factory, small_train, small_test):
     """Two trunks that differ for real: trunk 1 has its first conv block re-initialised and retrained."""
     task = get_task("fmnist-convnet")
     task.recipe.epochs, task.recipe.trunk_epochs, task.recipe.save_every = 1, 1, 4
     out = tmp_path_factory.mktemp("trunks")
-    run_collect(task, RunData(small_test, small_train), 0, CollectSpec(k=8, trunks=2, trunk_mode="reinit"), out=out)
+    run_collect(task, RunData(small_test, small_train, ALL), 0, CollectSpec(k=8, trunks=2, trunk_mode="reinit"), out=out)
     return out
 
 

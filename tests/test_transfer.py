@@ -3,6 +3,7 @@ import torch
 
 from pdiff.data.triggers import der
 from pdiff.core.params import unflatten
+from pdiff.measure.sources import source
 from pdiff.studies.transfer import METHODS, STITCHED, TABLE_HEADERS, control_sets, table, table_rows
 
 from helpers import transfer, with_recipe
@@ -17,7 +18,7 @@ def transfer_report(tiny_bundle, small_train, small_test):
 def test_every_method_returns_the_report_keys(transfer_report):
     r = transfer_report
     assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["name"] == "badnets"
-    assert list(r["methods"]) == list(METHODS)
+    assert list(r["methods"]) == [m for m in METHODS if m != "donor"]  # no donor: the bundle is not a budget donor's
     assert r["clean_budget"]["images"] == 256 and r["defence_settings"]["epochs"] == 1 and r["defence_settings"]["k"] == 5
     assert r["defence_settings"]["lr"] == 0.01 and r["defence_settings"]["clp_u"] == 3.0
     # every control and defence: one model (a defence's final checkpoint)
@@ -28,7 +29,11 @@ def test_every_method_returns_the_report_keys(transfer_report):
         assert set(m["summary"]) == {"acc", "asr", "ra", "der"}
         assert set(m["summary"]["der"]) == {"best", "mean", "median", "min", "std"}
         assert set(m["model_std"]) == {"acc", "asr", "ra", "der"}
-        assert m["clean_images"] == (256 if name in ("finetune", "reinit", "ft", "fp", *STITCHED) else 0)
+        assert m["clean_images"] == (256 if source(name).budget else 0)
+        ledger = m["clean_resources"]  # what the method used: budget images, the clean model's images, checkpoints
+        assert ledger["images"] == m["clean_images"] and ledger["checkpoints"] == (8 if source(name).checkpoints else 0)
+        assert (ledger["model_images"] is None) == (not (source(name).model or source(name).checkpoints))
+        assert len(m["revived"]["asr"]) == (1 if name != "clp" else 1)  # the revival attack: the first model of each
     assert r["methods"]["generated"]["clean_data"] == "0 (+ clean checkpoints)"
     assert r["methods"]["clean-layers"]["clean_data"] == "0 (+ clean model)"
     assert r["methods"]["ft"]["clean_data"] == "256 images" and r["methods"]["clp"]["clean_data"] == "0"
@@ -36,11 +41,13 @@ def test_every_method_returns_the_report_keys(transfer_report):
     assert r["methods"]["ft"]["model_std"]["acc"] is None  # one model per seed: no spread over models
     for name in ("finetune", "reinit"):  # the final checkpoint, and the run's mean as a labelled extra
         assert set(r["methods"][name]["run_mean"]) == {"acc", "asr", "ra", "der"}
-    assert set(r["timings_s"]["per_method"]) == set(METHODS) and r["timings_s"]["per_method"]["ft"] > 0
+    assert set(r["timings_s"]["per_method"]) == set(r["methods"]) and r["timings_s"]["per_method"]["ft"] > 0
+    assert r["methods"]["clean-model"]["clean_resources"]["model_images"] == 1024  # the tiny collection's training split
     assert set(r["methods"]["fp"]["details"][0]) >= {"pruned_channels", "channels"}
     assert r["stitch"]["clean_images"] == 256 and r["methods"]["stitch+generated"]["clean_data"].startswith("256 images")
     text = table(r)
-    assert all(name in text for name in METHODS) and "256 images" in text and "final checkpoint" in text
+    assert all(name in text for name in r["methods"]) and "256 images" in text and "final checkpoint" in text
+    assert "revived: ASR after 20 SGD steps" in text
 
 
 def test_der_of_each_method_is_the_formula(transfer_report):
@@ -60,14 +67,15 @@ def test_clean_layers_are_the_base_values_and_average_the_mean(tiny_bundle):
     assert torch.allclose(sets["average"][0], tiny_bundle.originals.mean(0))
 
 
-def test_the_table_rows_carry_clean_data_spread_and_time(transfer_report):
+def test_the_table_rows_carry_the_ledger_spread_revival_and_time(transfer_report):
     rows = table_rows(transfer_report["victim"], transfer_report["methods"])
     assert all(len(row) == len(TABLE_HEADERS) for row in rows)
     by_name = {row[0]: row for row in rows}
     ft, gen = transfer_report["methods"]["ft"], transfer_report["methods"]["generated"]
-    assert by_name["ft"][1:3] == ["256 images", 1] and by_name["ft"][10] == round(ft["seconds"][0], 1)
-    assert by_name["generated"][8] == round(gen["model_std"]["der"], 3)
-    assert by_name["finetune"][9] == round(transfer_report["methods"]["finetune"]["run_mean"]["der"], 3)
+    assert by_name["ft"][1:5] == [256, None, 0, 1] and by_name["ft"][12] == round(ft["seconds"][0], 1)
+    assert by_name["generated"][1:4] == [0, 1024, 8]  # no budget images; the clean model's 1,024 and its 8 checkpoints
+    assert by_name["generated"][10] == round(gen["model_std"]["der"], 3)
+    assert by_name["ft"][11] == round(ft["revived"]["asr"][0], 2)
 
 
 def test_bad_budget_and_methods_are_named(tiny_bundle, small_train, small_test):

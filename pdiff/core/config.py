@@ -101,6 +101,11 @@ class DDPMConfig(_Dict):
     batch_size: int = 100
     ema_decay: float = 0.999
     latent_scale: str = "per_dim"   # latent standardisation before the DDPM: "per_dim" or "scalar" (train.latent_stats)
+    # classifier-free guidance (generator/conditions.py): the condition's size (0: unconditional) and the share of
+    # training samples that see the null condition instead, so one network is both the conditional and the
+    # unconditional model
+    condition_dim: int = 0
+    condition_drop: float = 0.1
 
     @classmethod
     def from_dict(cls, d: dict) -> "DDPMConfig":

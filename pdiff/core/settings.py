@@ -12,6 +12,7 @@ import torch
 from pdiff.core.splice import ALL_LAYERS
 
 SAMPLERS = ("ddpm", "ddim")
+CONDITION_KINDS = ("acc", "trunk")  # what a conditional bundle can be asked for (generator.conditions)
 VALIDATION = 5000       # the last training images, held out: selection, matched noise, every choice
 BN_IMAGES = 512         # clean training images BatchNorm statistics after a generated layer are re-estimated on
 CLEAN_BUDGET = 0.05     # share of the training split the defences and the stitch may use (BackdoorBench's ratio)
@@ -40,9 +41,20 @@ class SamplingSpec(_Settings):
     sampler: str = "ddpm"
     steps: int = 50         # DDIM steps; DDPM always runs the bundle's T
     seed: int = 0
+    # a conditional bundle: "none" (its unconditional model), "acc=VALUE" or "acc=best", "trunk=target" or
+    # "trunk=FILE" (generator.conditions); "default": what the bundle is for (acc=best, trunk=target; none for an
+    # unconditional bundle). The guidance scale (None: the one the bundle chose on validation)
+    condition: str = "default"
+    guidance: float | None = None
 
     def __post_init__(self):
         _whole("sampling", "n", self.n, 1)
+        kind, _, value = self.condition.partition("=")
+        if self.condition not in ("none", "default") and (kind not in CONDITION_KINDS or not value):
+            raise ValueError(f"sampling.condition must be default, none, acc=VALUE, acc=best, trunk=target or trunk=FILE, got "
+                             f"{self.condition!r}")
+        if self.guidance is not None and (isinstance(self.guidance, bool) or not self.guidance >= 0):
+            raise ValueError(f"sampling.guidance must be at least 0 (0: the unconditional model), got {self.guidance!r}")
         _whole("sampling", "steps", self.steps, 1)
         _whole("sampling", "seed", self.seed, 0)
         if self.sampler not in SAMPLERS:
@@ -78,13 +90,30 @@ class DataSpec(_Settings):
     validation: int | None = None   # the last N training images; None: VALIDATION, or half a smaller split; 0: none
     bn_images: int = BN_IMAGES      # re-estimate BatchNorm statistics after a generated layer on these (0: splice)
     budget: float = CLEAN_BUDGET    # the clean budget, a share of the training split, drawn from the rest of it
+    budget_seed: int | None = None  # None: drawn per seed; a value: one fixed draw (a budget donor's images)
 
     def __post_init__(self):
         if self.validation is not None:
             _whole("data", "validation", self.validation, 0)
         _whole("data", "bn_images", self.bn_images, 0)
+        if self.budget_seed is not None:
+            _whole("data", "budget_seed", self.budget_seed, 0)
         if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 < self.budget < 1:
             raise ValueError(f"data.budget must be a share of the training split between 0 and 1, got {self.budget!r}")
+
+
+@dataclass(frozen=True)
+class DefenceSettings(_Settings):
+    """The defences' training lengths; their other hyper-parameters are measure.defences' constants."""
+    epochs: int = DEFENCE_EPOCHS    # ft and fp fine-tuning epochs on the clean budget
+    k: int | None = None            # checkpoints along a finetune / reinit run (None: the bundle's K)
+    anp_iterations: int = 2000      # ANP's mask steps (BackdoorBench's default)
+
+    def __post_init__(self):
+        _whole("defence", "epochs", self.epochs, 1)
+        _whole("defence", "anp_iterations", self.anp_iterations, 1)
+        if self.k is not None:
+            _whole("defence", "k", self.k, 1)
 
 
 @dataclass(frozen=True)
@@ -94,23 +123,11 @@ class EvalSettings(_Settings):
     baselines: bool = True          # the memorisation baselines (average, Gaussian, noise, interpolation)
     curves: bool = False            # the Gaussian baseline at every temperature (its accuracy-novelty curve)
     tsne: bool = True
-    defences: bool = False          # for a backdoored target: the defences on the clean budget
+    defences: DefenceSettings | None = None  # for a backdoored target: the defences on the clean budget (None: none)
 
     def __post_init__(self):
         # one spelling of "every layer", whichever entry point wrote it
         object.__setattr__(self, "layers", () if ALL_LAYERS in self.layers else tuple(self.layers))
-
-
-@dataclass(frozen=True)
-class DefenceSettings(_Settings):
-    """The defences' training lengths; their other hyper-parameters are measure.defences' constants."""
-    epochs: int = DEFENCE_EPOCHS    # ft and fp fine-tuning epochs on the clean budget
-    k: int | None = None            # checkpoints along a finetune / reinit run (None: the bundle's K)
-
-    def __post_init__(self):
-        _whole("defence", "epochs", self.epochs, 1)
-        if self.k is not None:
-            _whole("defence", "k", self.k, 1)
 
 
 @dataclass(frozen=True)
@@ -133,8 +150,10 @@ class TransferSettings(_Settings):
     seeds: tuple[int, ...] = (0,)
     defence: DefenceSettings = field(default_factory=DefenceSettings)
     stitch: StitchSettings = field(default_factory=StitchSettings)
+    revived: int = 5                # the revival attack runs on the first this many models of each method (0: none)
 
     def __post_init__(self):
+        _whole("transfer", "revived", self.revived, 0)
         if not self.seeds:
             raise ValueError("transfer.seeds: give at least one seed")
         for seed in self.seeds:

@@ -1,8 +1,9 @@
 """The data one run uses: the test split, the training split, and the parts derived from it once.
 
-From the training split: the validation split (its last images, held out of every shipped model's training:
-selection, matched noise and every choice use it; the test split only reports), the BatchNorm images (its first
-few hundred) and the clean budget (a random share of the rest, drawn per seed by the caller's generator).
+From the training split: the validation split (its last images, held out of every model's training: selection,
+matched noise and every choice use it; the test split only reports), what models train on (the rest), the
+BatchNorm images (its first few hundred) and the clean budget (a random share of the rest, drawn per seed by the
+caller's generator, or one fixed draw: the images a budget donor was trained on).
 """
 from __future__ import annotations
 
@@ -33,8 +34,9 @@ def draw_budget(train: Split, fraction: float, generator: torch.Generator, exclu
 
 @dataclass
 class RunData:
-    """The splits of one run. Without a training split there is no validation, BatchNorm re-estimation or budget."""
-    test: Split
+    """The splits of one run. Without a training split there is no validation, BatchNorm re-estimation or budget;
+    without a test split only the training side is used (a budget donor's bundle training on the donor's budget)."""
+    test: Split | None
     train: Split | None = None
     spec: DataSpec = field(default_factory=DataSpec)
 
@@ -48,13 +50,23 @@ class RunData:
         return self.train.last(min(VALIDATION, len(self.train.labels) // 2) if n is None else n)
 
     @cached_property
+    def fit(self) -> Split | None:
+        """What models train on: the training split less the validation images, which no model ever sees."""
+        if self.train is None or self.validation is None:
+            return self.train
+        return self.train.subset(len(self.train.labels) - len(self.validation.labels))
+
+    @cached_property
     def bn(self) -> Split | None:
         """The first `spec.bn_images` training images (None for 0 or without a training split)."""
         return self.train.subset(self.spec.bn_images) if self.train is not None and self.spec.bn_images else None
 
     def budget(self, generator: torch.Generator) -> Split:
-        """A clean budget: `spec.budget` of the training split, drawn from it less the validation images."""
+        """A clean budget: `spec.budget` of the training split, drawn from it less the validation images with
+        `generator`, or, where spec.budget_seed is set (a donor's budget), the same draw every time."""
         if self.train is None:
             raise ValueError("a clean budget is drawn from the training split; none was given")
         held = len(self.validation.labels) if self.validation is not None else 0
+        if self.spec.budget_seed is not None:
+            generator = torch.Generator().manual_seed(self.spec.budget_seed)
         return draw_budget(self.train, self.spec.budget, generator, exclude_last=held)

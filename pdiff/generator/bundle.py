@@ -16,6 +16,8 @@ from safetensors.torch import load_file
 
 from pdiff.collection.folder import BASE_FILE, PLAIN_VICTIM, victim_files
 from pdiff.core.config import AEConfig, DDPMConfig, Task
+from pdiff.data.datasets import Split
+from pdiff.generator.conditions import Conditions
 from pdiff.generator.diffusion import Diffusion
 from pdiff.core.files import sha256, write_json, write_safetensors
 from pdiff.generator.nets import Denoiser, ParamAutoencoder
@@ -24,13 +26,20 @@ from pdiff.core.version import __version__
 from pdiff.models.tasks import arch_args as default_arch_args
 
 FORMAT = "pdiff-bundle"
-FORMAT_VERSION = 2  # 2: bundle.json records the pdiff version and the architecture's constructor arguments
-_RESERVED = ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files", "pdiff_version", "arch_args")
+FORMAT_VERSION = 3  # 2: the pdiff version and the architecture's constructor arguments; 3: an optional condition
+_RESERVED = ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files", "pdiff_version", "arch_args",
+             "condition")
 BUNDLE_JSON = "bundle.json"
 AE_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser_ema.safetensors"
 ORIGINALS_FILE = "originals.safetensors"
 STATS_FILE = "stats.safetensors"
+CONDITIONS_FILE = "conditions.safetensors"  # a conditional bundle: every original's condition (and a probe set)
+
+
+def reference_file(name: str) -> str:
+    """The file a reference model is kept in."""
+    return f"reference-{name}.safetensors"
 
 
 class BundleError(ValueError):
@@ -55,6 +64,10 @@ class Bundle:
     # victims by name (collection.victim_name), e.g. scratch-badnets, finetuned-blended; each has a report in
     # meta: the scratch BadNets one under meta["victim"] (the first format's key), the others in meta["victims"]
     victims: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    # clean models kept beside a bundle for the controls, by name, each with a report in meta["references"]
+    # (train_size, acc): a budget donor's bundle keeps the full clean model as "clean-model"
+    references: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    conditions: Conditions | None = None   # what a conditional bundle was trained on (generator.conditions)
     path: Path | None = None
     # the model's constructor arguments as bundle.json recorded them (None: derived from the task on save); kept
     # so that a bundle of a task of your own, loaded without its model, saves again
@@ -75,6 +88,23 @@ class Bundle:
     def victim_state(self) -> dict[str, torch.Tensor] | None:
         """The scratch BadNets victim, the target called `victim`."""
         return self.victims.get(PLAIN_VICTIM)
+
+    @property
+    def train_size(self) -> int | None:
+        """The images the clean model behind the checkpoints was trained on (None: a bundle that did not record it)."""
+        return (self.meta.get("collection") or {}).get("train_size")
+
+    @property
+    def budget_donor(self) -> dict | None:
+        """A budget donor's bundle: what it records of the clean budget its model was trained on; else None."""
+        return (self.meta.get("collection") or {}).get("trained_on")
+
+    def clean_model(self) -> tuple[dict[str, torch.Tensor], int | None]:
+        """The clean model the `clean-model` control is, and the images it was trained on: the reference model a
+        budget donor's bundle keeps, else the bundle's own base."""
+        if "clean-model" in self.references:
+            return self.references["clean-model"], self.meta["references"]["clean-model"].get("train_size")
+        return self.base_state, self.train_size
 
     def victim_report(self, name: str) -> dict:
         return self.meta["victim"] if name == PLAIN_VICTIM else self.meta["victims"][name]
@@ -108,6 +138,16 @@ class Bundle:
                 raise BundleError(f"victims without a report in meta: {', '.join(unknown)}")
             for name, state in self.victims.items():
                 files[victim_files(name)[0]] = state
+            unknown = sorted(set(self.references) - set(self.meta.get("references") or {}))
+            if unknown:
+                raise BundleError(f"reference models without a report in meta: {', '.join(unknown)}")
+            for name, state in self.references.items():
+                files[reference_file(name)] = state
+            c = self.conditions
+            if c is not None:
+                files[CONDITIONS_FILE] = {"values": c.values, "mean": c.mean, "std": c.std,
+                                          **({"probe_images": c.probe.images, "probe_labels": c.probe.labels}
+                                             if c.probe is not None else {})}
             for name, tensors in files.items():
                 write_safetensors(tmp / name, tensors)
             meta = {
@@ -116,6 +156,7 @@ class Bundle:
                 "arch_args": self.arch_args if self.arch_args is not None else default_arch_args(self.task),
                 "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
                 "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.meta.items() if k not in _RESERVED},
+                **({"condition": {"kind": c.kind, **c.meta}} if c is not None else {}),
                 "files": {name: sha256(tmp / name) for name in sorted(files)},
             }
             write_json(tmp / BUNDLE_JSON, meta)
@@ -161,19 +202,34 @@ class Bundle:
             if file not in tensors:
                 raise BundleError(f"{path / BUNDLE_JSON} names victim {name!r} but lists no {file}")
             victims[name] = tensors[file]
+        conditions = None
+        if meta.get("condition"):
+            if CONDITIONS_FILE not in tensors:
+                raise BundleError(f"{path / BUNDLE_JSON} has a condition but lists no {CONDITIONS_FILE}")
+            c, info = tensors[CONDITIONS_FILE], dict(meta["condition"])
+            probe = (Split(c["probe_images"], c["probe_labels"], task.dataset) if "probe_images" in c else None)
+            conditions = Conditions(info.pop("kind"), c["values"], c["mean"], c["std"], info, probe)
+        references = {}
+        for name in extra.get("references") or {}:
+            if reference_file(name) not in tensors:
+                raise BundleError(f"{path / BUNDLE_JSON} names reference model {name!r} but lists no {reference_file(name)}")
+            references[name] = tensors[reference_file(name)]
         return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
                    stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"],
                    tensors[BASE_FILE], extra, victims=victims, path=path, arch_args=meta["arch_args"],
-                   digest=sha256(path / BUNDLE_JSON))
+                   digest=sha256(path / BUNDLE_JSON), references=references, conditions=conditions)
 
 
 def upgrade(meta: dict) -> dict:
     """bundle.json of an older format version, brought to FORMAT_VERSION in memory (the files stay as they are).
-    1 -> 2: the architecture's constructor arguments, which format 1 implied by the task's dataset."""
+    1 -> 2: the architecture's constructor arguments, which format 1 implied by the task's dataset. 2 -> 3: nothing
+    to add (format 3 may hold a condition; a format 2 bundle is unconditional)."""
     meta = dict(meta)
     if meta["format_version"] == 1:
         meta.update(format_version=2, pdiff_version=meta.get("pdiff_version", "before 0.2 (format 1)"),
                     arch_args=default_arch_args(Task.from_dict(meta["task"])))
+    if meta["format_version"] == 2:
+        meta["format_version"] = 3
     return meta
 
 

@@ -6,11 +6,32 @@ unchanged on autoencoder latents: epsilon prediction, linear betas, T = 1000.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-SAMPLERS = ("ddpm", "ddim")
+from pdiff.core.settings import SAMPLERS
+
+
+@dataclass(frozen=True)
+class Guide:
+    """A condition for each sample (cond, (B, dim), standardised); the guidance scale when sampling, the share of
+    samples that see the null condition instead when training (classifier-free guidance's condition dropout)."""
+    cond: torch.Tensor
+    scale: float = 1.0
+    drop: float = 0.0
+
+    def guided(self, denoiser: Callable, n: int, device) -> Callable:
+        """The guided noise prediction, from one call of the denoiser on a batch of 2n (conditional, then null)."""
+        cond = torch.cat([self.cond, self.cond]).to(device)
+        keep = torch.cat([torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool)]).to(device)
+
+        def eps(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            both = denoiser(torch.cat([x, x]), torch.cat([t, t]), cond, keep)
+            conditional, null = both[:n], both[n:]
+            return null + self.scale * (conditional - null)
+        return eps
 
 
 class Diffusion:
@@ -33,11 +54,21 @@ class Diffusion:
         abar = self._at(self.alphas_cumprod, t, x0)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
-    def loss(self, denoiser: Callable, x0: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Simple epsilon-MSE loss (DDPM eq. 14), one random timestep per sample."""
+    def loss(self, denoiser: Callable, x0: torch.Tensor, generator: torch.Generator,
+             rows: torch.Tensor | None = None, guide: Guide | None = None) -> torch.Tensor:
+        """Simple epsilon-MSE loss (DDPM eq. 14), one random timestep per sample. `rows`: the samples this process
+        trains on, drawn for the whole batch first, so that ranks sharing a batch draw what one process draws.
+        `guide`: each sample's condition (guide.cond, (B, dim)); a guide.drop share of them, drawn at random, see the
+        null condition instead."""
         t = torch.randint(0, self.T, (len(x0),), generator=generator, device=generator.device).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, device=generator.device).to(x0.device)
-        return F.mse_loss(denoiser(self.q_sample(x0, t, noise), t), noise)
+        extra = ()
+        if guide is not None:
+            keep = torch.rand(len(x0), generator=generator, device=generator.device).to(x0.device) >= guide.drop
+            extra = (guide.cond.to(x0.device), keep)
+        if rows is not None:
+            x0, t, noise, extra = x0[rows], t[rows], noise[rows], tuple(e[rows] for e in extra)
+        return F.mse_loss(denoiser(self.q_sample(x0, t, noise), t, *extra), noise)
 
     def timesteps(self, sampler: str = "ddpm", steps: int | None = None) -> Iterator[tuple[int, int]]:
         """(t, t_prev) pairs from T-1 down to 0; t_prev = -1 marks the last step."""
@@ -74,14 +105,17 @@ class Diffusion:
     @torch.no_grad()
     def sample(self, denoiser: Callable, shape: tuple[int, ...], sampler: str = "ddpm", steps: int | None = None,
                generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-               progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
-        """Run the whole reverse chain for a batch of `shape[0]` samples."""
+               progress: Callable[[int, int], None] | None = None, guide: Guide | None = None) -> torch.Tensor:
+        """Run the whole reverse chain for a batch of `shape[0]` samples; with `guide`, classifier-free guidance:
+        eps = eps(null) + scale * (eps(cond) - eps(null)), so scale 0 is the unconditional model and 1 the plain
+        conditional one (Ho & Salimans 2022). Both predictions come from one batch of 2N: twice the work at most."""
         gen_device = generator.device if generator is not None else "cpu"
         x = torch.randn(shape, generator=generator, device=gen_device).to(device)
         pairs = list(self.timesteps(sampler, steps))
         t_batch = torch.empty(shape[0], device=device, dtype=torch.long)
+        eps = denoiser if guide is None or guide.scale == 0 else guide.guided(denoiser, shape[0], device)
         for i, (t, t_prev) in enumerate(pairs):
-            x = self.step(denoiser(x, t_batch.fill_(t)), t, t_prev, x, sampler, generator)
+            x = self.step(eps(x, t_batch.fill_(t)), t, t_prev, x, sampler, generator)
             if progress is not None:
                 progress(i + 1, len(pairs))
         return x

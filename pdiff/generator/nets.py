@@ -50,6 +50,11 @@ class ParamAutoencoder(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return self.decoder(z).reshape(len(z), -1)[:, : self.num_params]  # B, P
 
+    def forward(self, x: torch.Tensor, latent_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """A reconstruction, with `latent_noise` added to the latent (training; DistributedDataParallel wraps this)."""
+        z = self.encode(x)
+        return self.decode(z if latent_noise is None else z + latent_noise)
+
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
     """Sinusoidal embedding of integer timesteps (B,) -> (B, dim)."""
@@ -89,9 +94,18 @@ class Denoiser(nn.Module):
         nn.init.zeros_(self.out[-1].weight)  # start by predicting zero noise: a stable first step
         nn.init.zeros_(self.out[-1].bias)
         self.channels = ch
+        if cfg.condition_dim:  # the condition enters beside the timestep; `null` stands for "no condition"
+            self.cond_mlp = nn.Sequential(nn.Linear(cfg.condition_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+            self.null = nn.Parameter(torch.zeros(emb_dim))
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None,
+                keep: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, L), t (B,); a conditional network also takes cond (B, condition_dim) and keep (B,) bool: which
+        samples see their condition (the others, and all without `cond`, see the null condition)."""
         emb = self.time_mlp(timestep_embedding(t, self.channels))
+        if hasattr(self, "cond_mlp"):
+            null = self.null.expand(len(x), -1)
+            emb = emb + (null if cond is None else torch.where(keep[:, None], self.cond_mlp(cond), null))
         h = self.inp(x)
         for block in self.blocks:
             h = block(h, emb)

@@ -11,9 +11,11 @@ from tqdm.auto import tqdm
 
 from pdiff.generator.bundle import Bundle
 from pdiff.collection.folder import Collection
+from pdiff.core import dist
 from pdiff.core.config import AEConfig, DDPMConfig, auto_fold
 from pdiff.data.datasets import Split
-from pdiff.generator.diffusion import Diffusion
+from pdiff.generator.conditions import Conditions
+from pdiff.generator.diffusion import Diffusion, Guide
 from pdiff.models.staged import BatchedEvaluator, accuracies, first_stage, tail_input, tail_kwargs
 from pdiff.generator.nets import Denoiser, ParamAutoencoder
 from pdiff.core.params import BN_STATISTICS, denormalize, norm_stats, normalize, unflatten
@@ -77,18 +79,22 @@ def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator
     cfg.behaviour_weight times `behaviour` (reconstructions' logits against the originals') when given."""
     with seeded_from(generator):
         ae = ParamAutoencoder(x.shape[1], cfg).to(device)
+    model = _parallel(ae)
     x = x.to(device)
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps)
     batches = _batches(len(x), min(cfg.batch_size, len(x)), generator)
     losses = []
-    bar = tqdm(range(cfg.steps), desc="autoencoder", unit="step", leave=False)
+    bar = tqdm(range(cfg.steps), desc="autoencoder", unit="step", leave=False, **_quiet_ranks())
     for step in bar:
         idx = next(batches).to(device)
+        # the whole batch's noise drawn on every rank, each rank training on its share of the rows
+        noise = _noise((len(idx), x.shape[1]), cfg.input_noise, generator, device)
+        latent = _noise((len(idx), *ae.latent_shape), cfg.latent_noise, generator, device)
+        rows = _rows(len(idx), device)
+        idx, noise, latent = idx[rows], noise[rows], latent[rows]
         xb = x[idx]
-        z = ae.encode(xb + _noise(xb.shape, cfg.input_noise, generator, device))
-        z = z + _noise(z.shape, cfg.latent_noise, generator, device)
-        recon = ae.decode(z)
+        recon = model(xb + noise, latent)
         loss = F.mse_loss(recon, xb)
         if behaviour is not None and cfg.behaviour_weight > 0:
             loss = loss + cfg.behaviour_weight * behaviour(recon, idx)
@@ -97,6 +103,22 @@ def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator
         if step % 50 == 0:
             bar.set_postfix(mse=f"{loss.item():.2e}", refresh=False)
     return ae.eval(), losses
+
+
+def _parallel(module: torch.nn.Module) -> torch.nn.Module:
+    """Under torchrun: the module in DistributedDataParallel, which averages the ranks' gradients; else itself."""
+    return torch.nn.parallel.DistributedDataParallel(module) if dist.world() > 1 else module
+
+
+def _quiet_ranks() -> dict:
+    """tqdm's arguments: no bar on ranks other than 0 (rank 0 keeps the default, which TQDM_DISABLE can turn off)."""
+    return {} if dist.is_main() else {"disable": True}
+
+
+def _rows(batch: int, device) -> torch.Tensor:
+    """The rows of a batch this rank trains on: every world-th, from its rank (all of them in one process). The
+    ranks' gradients, averaged, are the whole batch's mean gradient when the shares are equal."""
+    return torch.arange(dist.rank(), batch, dist.world(), device=device)
 
 
 def ema_decay(step: int, decay: float) -> float:
@@ -118,24 +140,28 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         e.copy_(b)
 
 
-def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator,
-                   device="cpu") -> tuple[Denoiser, list[float]]:
+def train_denoiser(z: torch.Tensor, cfg: DDPMConfig, generator: torch.Generator, device="cpu",
+                   cond: torch.Tensor | None = None) -> tuple[Denoiser, list[float]]:
     """z: (K, C, L) standardised latents. Epsilon-MSE, a timestep per sample, EMA kept from step 0 (warmed up:
-    `ema_decay`)."""
+    `ema_decay`). With `cond` (K, cfg.condition_dim), each latent's standardised condition, a conditional denoiser
+    for classifier-free guidance (a cfg.condition_drop share of each batch sees the null condition)."""
     with seeded_from(generator):
-        model = Denoiser(tuple(z.shape[1:]), cfg).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
+        net = Denoiser(tuple(z.shape[1:]), cfg).to(device)
+    ema = copy.deepcopy(net).requires_grad_(False)
+    model = _parallel(net)
     diffusion = Diffusion(cfg.timesteps, cfg.beta_start, cfg.beta_end)
     z = z.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.1)
     batches = _batches(len(z), min(cfg.batch_size, len(z)), generator)
     losses = []
-    bar = tqdm(range(cfg.steps), desc="ddpm", unit="step", leave=False)
+    bar = tqdm(range(cfg.steps), desc="ddpm", unit="step", leave=False, **_quiet_ranks())
     for step in bar:
-        loss = diffusion.loss(model, z[next(batches).to(device)], generator)
+        idx = next(batches).to(device)
+        guide = Guide(cond[idx], drop=cfg.condition_drop) if cond is not None else None
+        loss = diffusion.loss(model, z[idx], generator, _rows(len(idx), device), guide)
         optimizer_step(loss, opt, sched)
-        _ema_update(ema, model, ema_decay(step, cfg.ema_decay))
+        _ema_update(ema, net, ema_decay(step, cfg.ema_decay))
         losses.append(loss.item())
         if step % 50 == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
@@ -160,9 +186,12 @@ def latent_stats(z: torch.Tensor, mode: str = "per_dim") -> tuple[torch.Tensor, 
 
 
 def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig, seed: int = 0,
-                 device="cpu", train: Split | None = None) -> Bundle:
+                 device="cpu", train: Split | None = None, conditions: Conditions | None = None) -> Bundle:
     """Normalise, fit the autoencoder, encode, fit the DDPM; a Bundle ready to save. `train`: the training
-    images the behaviour term is measured on (default: the task's named dataset)."""
+    images the behaviour term is measured on (default: the task's named dataset). `conditions`: every original's
+    condition (generator.conditions): the DDPM is then conditional, for classifier-free guidance."""
+    if conditions is not None:
+        ddpm_cfg = DDPMConfig.from_dict({**ddpm_cfg.to_dict(), "condition_dim": conditions.dim})
     g = torch.Generator().manual_seed(seed)
     layout = collection.layout
     originals = collection.vectors()
@@ -181,17 +210,24 @@ def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig,
     z_mean, z_std = latent_stats(z, ddpm_cfg.latent_scale)
 
     t0 = time.perf_counter()
-    denoiser, ddpm_losses = train_denoiser((z - z_mean) / z_std, ddpm_cfg, g, device)
+    cond = conditions.standardised(conditions.values) if conditions is not None else None
+    denoiser, ddpm_losses = train_denoiser((z - z_mean) / z_std, ddpm_cfg, g, device, cond)
     ddpm_s = time.perf_counter() - t0
 
+    # what the clean model behind the checkpoints was trained on: the ledger of every method that uses it
+    trained = {k: collection.info[k] for k in ("train_size", "trained_on") if k in collection.info}
     meta = {"originals_acc": collection.accs, "base_acc": collection.trunk_accs[0], "collection_seed": collection.seed,
+            "collection": trained,
             "trunk_of": collection.trunk_of, "held_out_trunk": collection.held_out_trunk,
-            "training": {"seed": seed, "device": str(device), "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
+            "held_out_trunks": list(collection.held_out_trunks),
+            "training": {"seed": seed, "device": str(device), "ranks": dist.world(),
+                         "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
                          "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
                          "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])}}
     bundle = Bundle(collection.task, layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
                     z_mean, z_std, collection.base, meta)
     bundle.set_victims(collection.victims)
+    bundle.conditions = conditions
     return bundle
 
 

@@ -15,6 +15,8 @@ from pdiff.core.params import Layout, parameter_columns, per_tensor
 NOISE_SIGMAS = (0.01, 0.05, 0.15)  # in units of each tensor's std over the K originals
 GAUSSIAN_TEMPERATURES = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5)  # the accuracy-novelty sweep; 0 is the average
 SUBSET = 16                        # average-16: means of 16 random originals
+TOP_FRACTIONS = (0.10, 0.25, 0.50)  # the top-q Gaussians: the fair control for an accuracy-conditional generator
+TOP_TEMPERATURES = (0.0, 0.5, 1.0)  # their temperatures in a report without curves
 
 
 def noisy_originals(originals: torch.Tensor, tensor_std: torch.Tensor, layout: Layout, sigma: float, count: int,
@@ -75,6 +77,19 @@ def gaussian_sweep(originals: torch.Tensor, layout: Layout, count: int, generato
                    temperatures=GAUSSIAN_TEMPERATURES) -> dict[str, torch.Tensor]:
     """The Gaussian baseline at each temperature: its accuracy-novelty curve."""
     return {f"gaussian_t{t:g}": gaussian(originals, layout, count if t else 1, generator, t) for t in temperatures}
+
+
+def top_gaussians(originals: torch.Tensor, layout: Layout, scores: torch.Tensor, count: int,
+                  generator: torch.Generator, temperatures=TOP_TEMPERATURES) -> dict[str, torch.Tensor]:
+    """A Gaussian fitted on the top q of the originals by `scores` (their validation accuracies), for each q of
+    TOP_FRACTIONS and each temperature: what a generator asked for high accuracy must beat without any network."""
+    order = scores.flatten().argsort(descending=True)
+    sets = {}
+    for q in TOP_FRACTIONS:
+        top = originals[order[:max(2, round(q * len(originals)))]]
+        sets.update({f"gaussian_top{round(q * 100)}_t{t:g}": gaussian(top, layout, count if t else 1, generator, t)
+                     for t in temperatures})
+    return sets
 
 
 def match_noise_sigma(accuracy_at: Callable[[float], float], target_acc: float, hi: float = 1.0,

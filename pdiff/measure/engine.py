@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import functional_call, vmap
 
+from pdiff.core import dist
 from pdiff.core.config import Task
 from pdiff.core.params import BN_STATISTICS, Layout, own_vector
 from pdiff.core.splice import select_layers, stacked_params
@@ -48,18 +49,21 @@ class BatchNormEstimator:
         t0 = time.perf_counter()
         stacked = dict(stacked)
         n = len(next(iter(stacked.values())))
+        starts = list(range(0, n, models_per_chunk))
         for owner, stage in self.owners:
             def bn_input(params, x, stage=stage):
                 return functional_call(self.model, params, (x,), {"start": self.start, "stop": stage})
 
-            means, variances = [], []
-            for m0 in range(0, n, models_per_chunk):  # chunks bound the activations' memory
-                chunk = {k: v[m0:m0 + models_per_chunk].to(self.features.device) for k, v in stacked.items()}
-                flat = vmap(bn_input, in_dims=(0, None))(chunk, self.features).transpose(1, 2).flatten(2)  # M, C, n*HW
+            def chunk(m0: int) -> tuple[torch.Tensor, torch.Tensor]:  # chunks bound the activations' memory
+                part = {k: v[m0:m0 + models_per_chunk].to(self.features.device) for k, v in stacked.items()}
+                flat = vmap(bn_input, in_dims=(0, None))(part, self.features).transpose(1, 2).flatten(2)  # M, C, n*HW
                 # as a train-mode pass with momentum=None: the batch mean and the unbiased variance
-                means.append(flat.mean(2).cpu())
-                variances.append(flat.var(2, unbiased=True).cpu())
-            stacked[f"{owner}.running_mean"], stacked[f"{owner}.running_var"] = torch.cat(means), torch.cat(variances)
+                return flat.mean(2).cpu(), flat.var(2, unbiased=True).cpu()
+
+            # under torchrun the chunks are shared out by stride and gathered (core.dist)
+            parts = dist.gather([chunk(starts[i]) for i in dist.mine(len(starts))], len(starts))
+            stacked[f"{owner}.running_mean"] = torch.cat([mean for mean, _ in parts])
+            stacked[f"{owner}.running_var"] = torch.cat([var for _, var in parts])
         self.seconds += time.perf_counter() - t0
         return stacked
 
@@ -156,16 +160,18 @@ class TargetEngine:
         return out
 
 def measure(engine: TargetEngine, sets: dict[str, torch.Tensor], reference: str | None = "originals",
-            fixed: tuple[str, ...] = ("originals",), space: Callable | None = None) -> dict:
+            fixed: tuple[str, ...] = ("originals",), space: Callable | None = None, known: dict | None = None) -> dict:
     """The one measurement: every source's parameter sets on the engine's target; the `fixed` sources
     (their tensors are the same on every call, whatever the seed) are evaluated once per engine.
 
     Returns {"metrics": {source: acc/asr/ra/der lists}, "summary": {source: {metric: best/mean/median/min/std}},
     "similarity": {source: IoU measures against `reference`}} (similarity only when `reference` is a source;
     with `space`, a map of raw vectors into a comparison space, each model's distance to its nearest
-    reference model too).
+    reference model too). `known`: engine.run results of sources already run (a report measured in stages).
     """
-    results = {name: engine.run(vectors, fixed=name in fixed) for name, vectors in sets.items()}
+    known = known or {}
+    results = {name: known[name] if name in known else engine.run(vectors, fixed=name in fixed)
+               for name, vectors in sets.items()}
     metrics = {name: engine.metrics(r) for name, r in results.items()}
     out = {"metrics": metrics,
            "summary": {name: {k: summary(v) for k, v in m.items()} for name, m in metrics.items()}}

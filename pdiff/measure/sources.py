@@ -24,8 +24,14 @@ class Source:
     budget: bool = False        # trains or fits on the clean budget
     model: bool = False         # uses a clean model's weights (the clean base, or a donor)
     checkpoints: bool = False   # uses the clean checkpoints (directly, or through a generator trained on them)
-    whole: bool = False         # changes the whole model (measured as a state dict), not only the spliced layers
+    # what it yields: "layers" (vectors of the bundle's layout, spliced in), "whole" (a whole model's state dict),
+    # "probe" (a linear head on the target's own features)
+    kind: str = "layers"
     label: str = ""             # a short description for tables and the app
+
+    @property
+    def whole(self) -> bool:
+        return self.kind == "whole"
 
 
 SOURCES: Registry[Source] = Registry("source")
@@ -41,6 +47,12 @@ _add(
     Source("originals", "control", "#1f77b4", seeded=False, checkpoints=True, label="the clean checkpoints"),
     Source("average", "control", "#000000", seeded=False, checkpoints=True, label="their weight average"),
     Source("clean-layers", "control", "#31a354", seeded=False, model=True, label="the clean model's own layers"),
+    Source("clean-model", "control", "#006d2c", seeded=False, model=True, kind="whole",
+           label="the clean model as it is"),
+    Source("donor", "control", "#74a9cf", seeded=False, model=True, kind="whole",
+           label="the budget donor (a clean model trained on the budget only) as it is"),
+    Source("probe", "control", "#a1d99b", budget=True, kind="probe",
+           label="a linear probe on the target's own features, fitted on the budget"),
     Source("average-16", "baseline", "#393b79", checkpoints=True, label="means of 16 random originals"),
     Source("gaussian", "baseline", "#bcbd22", checkpoints=True, label="a normal per number, fitted on the originals"),
     Source("interpolation", "baseline", "#2ca02c", checkpoints=True, label="between two random originals"),
@@ -48,13 +60,16 @@ _add(
            label="originals plus noise matched to the generated mean accuracy"),
     Source("finetune", "defence", "#ff7f0e", budget=True, label="the target's spliced layers fine-tuned"),
     Source("reinit", "defence", "#e377c2", budget=True, label="the spliced layers re-initialised and trained"),
-    Source("ft", "defence", "#fd8d3c", budget=True, whole=True, label="the whole target fine-tuned"),
-    Source("fp", "defence", "#843c39", budget=True, whole=True, label="fine-pruning"),
-    Source("clp", "defence", "#6b6ecf", seeded=False, whole=True, label="channel Lipschitz pruning (no data)"),
+    Source("ft", "defence", "#fd8d3c", budget=True, kind="whole", label="the whole target fine-tuned"),
+    Source("fp", "defence", "#843c39", budget=True, kind="whole", label="fine-pruning"),
+    Source("clp", "defence", "#6b6ecf", seeded=False, kind="whole", label="channel Lipschitz pruning (no data)"),
+    Source("anp", "defence", "#9c9ede", budget=True, kind="whole", label="adversarial neuron pruning"),
     Source("stitch+generated", "stitch", "#ff9896", budget=True, model=True, checkpoints=True,
            label="a stitch onto the clean model, then generated layers"),
     Source("stitch+clean-layers", "stitch", "#74c476", budget=True, model=True,
            label="a stitch onto the clean model, then its own layers"),
+    Source("stitch+victim-tail", "stitch", "#fdae6b", budget=True, model=True,
+           label="the stitch onto the clean model, then the target's own layers"),
     # leave-one-trunk-out: the held-out trunk and the checkpoints of it and of the others
     Source("trunk_as_is", "trunk", "#000000", seeded=False, label="the held-out trunk as it is"),
     Source("own_checkpoints", "trunk", "#1f77b4", seeded=False, label="the held-out trunk's own checkpoints"),
@@ -62,7 +77,11 @@ _add(
            label="the training trunks' checkpoints"),
 )
 # sources named with a parameter: noise_0.05 (sigma), gaussian_t0.5 (temperature)
+# (gaussian_top10_t0.5: the Gaussian of the top 10 % of the originals by validation accuracy; before gaussian_t,
+# which its name also starts with)
 _PREFIXES = {"noise_": Source("noise_", "baseline", "#8c564b", checkpoints=True, label="originals plus noise"),
+             "gaussian_top": Source("gaussian_top", "baseline", "#e7ba52", checkpoints=True,
+                                    label="the Gaussian of the best originals (by validation accuracy)"),
              "gaussian_t": Source("gaussian_t", "baseline", "#dbdb8d", checkpoints=True,
                                   label="the Gaussian at a temperature")}
 _SHADES = {"noise_0.01": "#9467bd", "noise_0.05": "#8c564b", "noise_0.15": "#7f7f7f"}
@@ -103,15 +122,21 @@ def ordered(found) -> list[str]:
     return sorted(found, key=key)
 
 
-def names(family: str, whole: bool | None = None) -> tuple[str, ...]:
-    """The registered sources of a family, in registration order (`whole`: only those that are / are not)."""
-    return tuple(s.name for s in SOURCES.values() if s.family == family and (whole is None or s.whole == whole))
+def names(family: str, kind: str | None = None) -> tuple[str, ...]:
+    """The registered sources of a family, in registration order (`kind`: only those of that kind)."""
+    return tuple(s.name for s in SOURCES.values() if s.family == family and kind in (None, s.kind))
 
 
-def clean_resources(name: str, budget_images: int, model_images: int | None, checkpoints: int) -> dict:
+def clean_resources(name: str, budget_images: int, model_images: int | None, checkpoints: int,
+                    conditions=None) -> dict:
     """The ledger of one method: {"images": clean images it trained or fitted on, "model_images": images the clean
-    model or checkpoints it uses were trained on (None if it uses none), "checkpoints": clean checkpoints it uses}."""
+    model or checkpoints it uses were trained on (None if it uses none), "checkpoints": clean checkpoints it uses}.
+    A conditional bundle's generated sets (and the top-q Gaussians, ranked by the same accuracies) also rest on
+    the clean images their condition was measured on (`conditions.clean_images`): "condition_images"."""
     s = source(name)
-    return {"images": budget_images if s.budget else 0,
-            "model_images": model_images if (s.model or s.checkpoints) else None,
-            "checkpoints": checkpoints if s.checkpoints else 0}
+    out = {"images": budget_images if s.budget else 0,
+           "model_images": model_images if (s.model or s.checkpoints) else None,
+           "checkpoints": checkpoints if s.checkpoints else 0}
+    if conditions is not None and (name in ("generated", "stitch+generated") or name.startswith("gaussian_top")):
+        out["condition_images"] = conditions.clean_images
+    return out

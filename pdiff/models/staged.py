@@ -12,6 +12,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from pdiff.core import dist
 from pdiff.models.archs import StagedNet
 
 
@@ -87,6 +88,8 @@ class BatchedEvaluator:
     cached trunk output once, so it costs nothing per parameter set (staged models only).
     """
 
+    CACHE_ELEMENTS, MIN_IMAGES = 2**21, 256
+
     def __init__(self, model: nn.Module, images: torch.Tensor, layers: list[str],
                  device: str | torch.device = "cpu", max_elements: int = 2**26, feature_map: Callable | None = None):
         self.model = model.to(device).eval()
@@ -103,20 +106,33 @@ class BatchedEvaluator:
 
         self._tail = vmap(tail, in_dims=(0, None))
 
+    def images_per_chunk(self, models: int) -> int:
+        """Images per vmapped call for `models` models: small enough that the activations stay in the CPU's cache
+        (CACHE_ELEMENTS; 2.5x faster than memory-sized chunks for the default task's tail), never below
+        MIN_IMAGES unless memory (max_elements) forbids. An accelerator wants the largest chunks memory allows."""
+        per_model_image = models * self.per_image
+        if self.features.device.type != "cpu":
+            return max(1, self.max_elements // per_model_image)
+        cached = max(self.CACHE_ELEMENTS // per_model_image, self.MIN_IMAGES)
+        return max(1, min(cached, self.max_elements // per_model_image))
+
     @torch.no_grad()
     def predict_many(self, stacked: dict[str, torch.Tensor], models_per_chunk: int = 64) -> torch.Tensor:
-        """{name: (N, *shape)} -> predicted classes (N, n_images), int64, on the CPU."""
+        """{name: (N, *shape)} -> predicted classes (N, n_images), int64, on the CPU. Under torchrun the chunks of
+        models are shared out by stride and gathered: every rank gets the one-process result."""
         n = len(next(iter(stacked.values())))
         device = self.features.device
-        out = []
-        for m0 in range(0, n, models_per_chunk):
-            chunk = {k: v[m0:m0 + models_per_chunk].to(device) for k, v in stacked.items()}
-            m = len(next(iter(chunk.values())))
-            images_per_chunk = max(1, self.max_elements // (m * self.per_image))
-            preds = [self._tail(chunk, self.features[i:i + images_per_chunk])
+        starts = list(range(0, n, models_per_chunk))
+
+        def chunk(m0: int) -> torch.Tensor:
+            part = {k: v[m0:m0 + models_per_chunk].to(device) for k, v in stacked.items()}
+            m = len(next(iter(part.values())))
+            images_per_chunk = self.images_per_chunk(m)
+            preds = [self._tail(part, self.features[i:i + images_per_chunk])
                      for i in range(0, len(self.features), images_per_chunk)]
-            out.append(torch.cat(preds, dim=1).cpu())
-        return torch.cat(out)
+            return torch.cat(preds, dim=1).cpu()
+
+        return torch.cat(dist.gather([chunk(starts[i]) for i in dist.mine(len(starts))], len(starts)))
 
 
 def _mapped(features: torch.Tensor, feature_map: Callable | None) -> torch.Tensor:

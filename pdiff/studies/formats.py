@@ -2,7 +2,7 @@
 
 Every report carries `format` and `format_version` and the settings it ran with. Reports written before version 1
 had neither; `upgrade` names their format from their keys and fills what can be derived, so the results tables read
-old and new reports alike (`read`).
+old and new reports alike (`read`). Version 2 added the evaluate report's `condition`.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import json
 from pathlib import Path
 from typing import TypedDict, get_type_hints
 
-EVALUATE, TRANSFER, LOTO = "pdiff-report", "pdiff-transfer", "pdiff-loto"
-VERSION = 1
+EVALUATE, TRANSFER, LOTO, TRUNKS = "pdiff-report", "pdiff-transfer", "pdiff-loto", "pdiff-trunks"
+VERSION = 2
 
 
 class EvaluateReport(TypedDict):
@@ -35,6 +35,7 @@ class EvaluateReport(TypedDict):
     summary: dict           # source -> best / mean / median / min / std of accuracy
     similarity: dict
     novelty: dict
+    controls: dict          # whole clean models as they are (the clean model; a budget donor's donor)
     defences: dict
     tsne: dict
     timings_s: dict
@@ -42,6 +43,7 @@ class EvaluateReport(TypedDict):
     device: str
     test_size: int
     validation: dict | None
+    condition: dict | None  # a conditional bundle: kind, asked, guidance (acc: the originals' top-q bar)
 
 
 class TransferReport(TypedDict):
@@ -78,7 +80,24 @@ class LotoReport(TypedDict):
     trunk_mode: str | None
 
 
-SHAPES = {EVALUATE: EvaluateReport, TRANSFER: TransferReport, LOTO: LotoReport}
+class TrunksReport(TypedDict):
+    """studies.trunks.trunk_study: a trunk-conditional bundle on the trunks it held out, beside every control."""
+    format: str
+    format_version: int
+    settings: dict
+    task: str
+    held_out_trunks: list
+    trained_on_trunks: list
+    probe_images: int
+    guidance: float | None
+    n: int
+    seed: int
+    sampler: str
+    trunks: dict            # held-out trunk -> source -> accuracies and their summary
+    summary_over_trunks: dict
+
+
+SHAPES = {EVALUATE: EvaluateReport, TRANSFER: TransferReport, LOTO: LotoReport, TRUNKS: TrunksReport}
 
 
 def kind_of(report: dict) -> str:
@@ -95,8 +114,8 @@ def kind_of(report: dict) -> str:
 
 
 def upgrade(report: dict) -> dict:
-    """A report of any version as version 1 (the dict given is not changed). 0 -> 1: the format named, and the
-    settings rebuilt from the fields that recorded them."""
+    """A report of any version as the current one (the dict given is not changed). 0 -> 1: the format named, and the
+    settings rebuilt from the fields that recorded them. 1 -> 2: an evaluate report's `condition` (none before)."""
     kind = kind_of(report)
     version = report.get("format_version", 0)
     if version > VERSION:
@@ -104,11 +123,16 @@ def upgrade(report: dict) -> dict:
                          "upgrade pdiff")
     if version == VERSION:
         return report
-    seeds = report.get("seeds") or [report.get("seed", 0)]
-    sampling = {"n": report.get("n"), "sampler": report.get("sampler"), "steps": report.get("steps"), "seed": seeds[0]}
-    # keys that came later, as the reports without them meant them: no defences run, no trunk mode recorded
-    later = {EVALUATE: {"defences": {}}, LOTO: {"trunk_mode": None}}.get(kind, {})
-    return {**later, **report, "format": kind, "format_version": VERSION, "settings": {"sampling": sampling}}
+    if version == 0:
+        seeds = report.get("seeds") or [report.get("seed", 0)]
+        sampling = {"n": report.get("n"), "sampler": report.get("sampler"), "steps": report.get("steps"),
+                    "seed": seeds[0]}
+        # keys that came later, as the reports without them meant them: no defences run, no trunk mode recorded
+        later = {EVALUATE: {"defences": {}, "controls": {}}, LOTO: {"trunk_mode": None}}.get(kind, {})
+        report = {**later, **report, "format": kind, "settings": {"sampling": sampling}}
+    if kind == EVALUATE:
+        report = {"condition": None, **report}
+    return {**report, "format_version": VERSION}
 
 
 def check(report: dict) -> dict:

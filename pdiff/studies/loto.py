@@ -19,7 +19,7 @@ from pdiff.generator.bundle import Bundle
 from pdiff.generator.sampling import draw
 from pdiff.collection.folder import Collection
 from pdiff.measure.engine import TargetEngine, measure
-from pdiff.measure.stitch import STITCHED, stitched_engine
+from pdiff.measure.stitch import stitched_engine
 from pdiff.measure.targets import Target
 from pdiff.studies import formats
 from pdiff.models.loading import check_architecture
@@ -42,7 +42,7 @@ def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, dat
 
     trunk = Target(f"trunk {held}", check_architecture(bundle.task, coll.trunks[held]).state_dict(), None)
     engine = TargetEngine(bundle.task, bundle.layout, trunk, data.test, device=device)
-    samples = draw(bundle, sampling, device)
+    samples = draw(bundle, sampling, device, target_state=trunk.state)
     sets = dict(zip(SOURCES, (own_vector(trunk.state, bundle.layout), samples.vectors[samples.finite],
                               coll.rows_of_trunk(held), bundle.originals)))
     m = measure(engine, sets, reference=None)
@@ -58,14 +58,17 @@ def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, dat
     return report
 
 
+LOTO_STITCHED = ("stitch+generated", "stitch+clean-layers")  # (the victim's own tail means nothing here)
+
+
 def _through_stitch(bundle: Bundle, coll: Collection, engine: TargetEngine, onto: int, generated: torch.Tensor,
                     budget) -> dict:
     """The generated sets and trunk `onto`'s own layers, after a stitch from the engine's trunk onto trunk `onto`."""
     stitched, info = stitched_engine(engine, coll.trunks[onto], budget)
-    sets = {"stitch+generated": generated, "stitch+clean-layers": own_vector(coll.trunks[onto], bundle.layout)}
+    sets = dict(zip(LOTO_STITCHED, (generated, own_vector(coll.trunks[onto], bundle.layout))))
     m = measure(stitched, sets, reference=None)
     return {"stitch": {**info, "onto_trunk": onto},
-            **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in STITCHED}}
+            **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in sets}}
 
 
 def loto_lines(report: dict) -> str:
@@ -75,7 +78,7 @@ def loto_lines(report: dict) -> str:
     if "stitch" in report:
         s = report["stitch"]
         lines.append(f"stitch onto trunk {s['onto_trunk']}: {s['images']} clean images, R^2 {s['r2']:.3f}")
-    for name in (*SOURCES, *(STITCHED if "stitch" in report else ())):
+    for name in (*SOURCES, *(LOTO_STITCHED if "stitch" in report else ())):
         s = report[name]["summary"]
         lines.append(f"{name:<25} n={len(report[name]['acc']):<4} best {s['best']:.2f}  mean {s['mean']:.2f}  "
                      f"median {s['median']:.2f}  min {s['min']:.2f}")

@@ -7,27 +7,32 @@ settings it was run with.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import replace
 
 import torch
 
 from pdiff.core.params import comparison_space, own_vector, tensor_std
-from pdiff.core.settings import DefenceSettings, EvalSettings, SamplingSpec, settings_dict
+from pdiff.core.settings import EvalSettings, SamplingSpec, settings_dict
 from pdiff.core.splice import select_layers
 from pdiff.data.plan import RunData
 from pdiff.data.triggers import trigger_line
 from pdiff.generator.bundle import Bundle
 from pdiff.generator.sampling import Samples, draw
-from pdiff.measure.baselines import baseline_sets, gaussian_sweep, match_noise_sigma, noisy_originals
+from pdiff.measure.baselines import (GAUSSIAN_TEMPERATURES, TOP_FRACTIONS, TOP_TEMPERATURES, baseline_sets, gaussian_sweep,
+                                     match_noise_sigma, noisy_originals, top_gaussians)
 from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, run_defence
 from pdiff.measure.engine import EngineCache, TargetEngine, measure
 from pdiff.measure.similarity import tsne_2d
-from pdiff.measure.sources import source
+from pdiff.measure.sources import clean_resources, source
 from pdiff.measure.targets import Target
 from pdiff.studies import formats
 
 Progress = Callable[[float, str], None]
 NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
+# the matched noise level is searched with this many noisy sets and bisection steps (a sigma to 1/256 of its
+# bracket), then drawn at the report's count: the search is most of a validation split's cost
+MATCH_SETS, MATCH_ITERATIONS = 32, 8
 
 
 FORMAT, FORMAT_VERSION = formats.EVALUATE, formats.VERSION
@@ -37,44 +42,47 @@ def run_report(bundle: Bundle, target: Target, data: RunData, sampling: Sampling
                settings: EvalSettings = EvalSettings(), engines: EngineCache | None = None,
                progress: Progress | None = None, device="cpu") -> tuple[dict, torch.Tensor]:
     """Sample parameter sets as `sampling` says (or take the Samples drawn before), splice them into `target`,
-    evaluate everything on `data.test`; returns (report, vectors).
+    evaluate everything on `data.test`; returns (report, vectors): the last of `report_stages`."""
+    for report, vectors in report_stages(bundle, target, data, sampling, settings, engines, progress, device):
+        pass
+    return report, vectors
+
+
+def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: SamplingSpec | Samples,
+                  settings: EvalSettings = EvalSettings(), engines: EngineCache | None = None,
+                  progress: Progress | None = None, device="cpu") -> Iterator[tuple[dict, torch.Tensor]]:
+    """run_report's work as it comes, for a page that shows results early: yields (report, vectors) three times,
+    each report whole in shape, `pending` naming what is still to come (absent from the last, the finished report):
+    1. the generated sets and the originals measured (everything else empty);
+    2. every baseline, control and defence, and the validation choices;
+    3. the t-SNE.
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
-    min(n, K) sets each); with settings.curves, the Gaussian baseline at every temperature. With a validation
-    split (data.validation), the noise baseline matched to the generated mean accuracy and the "best" models
-    chosen on it. A backdoored target gets the clean-layers control and, with settings.defences, the defences on
-    a clean budget (`_controls_and_defences`). With data.bn, BatchNorm statistics after a generated layer are
-    re-estimated per model. With `engines`, seed-free work is kept between calls."""
+    min(n, K) sets each); with settings.curves, the Gaussian baseline at every temperature; for an accuracy-
+    conditional bundle, Gaussians of the top-q originals. With a validation split (data.validation), the noise
+    baseline matched to the generated mean accuracy and the "best" models chosen on it. A backdoored target gets
+    the clean-layers control and, with settings.defences, the defences on a clean budget (`_controls_and_defences`).
+    With data.bn, BatchNorm statistics after a generated layer are re-estimated per model. With `engines`,
+    seed-free work is kept between calls."""
     say = progress or (lambda frac, desc: None)
     spec = sampling.spec if isinstance(sampling, Samples) else sampling
     layers = select_layers(bundle.layout, list(settings.layers))
     engines = engines if engines is not None else EngineCache(0)
     engine = engines.get(bundle, target, layers, data.test, device, data.bn)
     bn_s = engine.bn.seconds if engine.bn else 0.0
+    space = lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout)  # noqa: E731
 
-    samples, sample_s = _sample(bundle, sampling, device, say)
-    vectors, finite = samples.vectors, samples.finite
+    samples, sample_s = _sample(bundle, sampling, target, device, say)
+    vectors, finite, spec = samples.vectors, samples.finite, samples.spec  # spec: the condition resolved
 
-    # the sources: generated, originals, baselines (and defences), all measured by the same engine
-    say(0.6, "evaluating")
+    # 1. the generated sets and the originals: what a reader looks at first
+    say(0.6, "evaluating the generated sets")
     t0 = time.perf_counter()
     g = torch.Generator().manual_seed(spec.seed + 1)
     count = min(len(vectors), len(bundle.originals))
-    sets, unavailable = _sources(bundle, vectors[finite], count, g, settings)
-    checked = {}
-    if data.validation is not None and len(sets["generated"]):
-        say(0.62, "validation: matched noise, selection")
-        val = engines.get(bundle, target, layers, data.validation, device, data.bn)
-        checked = _on_validation(bundle, val, sets, count, spec.seed)
-    defended = _controls_and_defences(bundle, engine, sets, data if settings.defences else None, spec.seed, device,
-                                      say)
-    m = measure(engine, sets, space=lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout))
-    for name in [d for d in LAYER_DEFENCES if d in defended]:  # the engine measured them; add what they used
-        m["metrics"][name].update(defended.pop(name))
-    evaluate_s = time.perf_counter() - t0
-
-    say(0.9, "t-SNE")
-    tsne = _tsne(bundle, sets, m["metrics"], spec.seed) if settings.tsne else {"x": [], "y": [], "source": [], "acc": []}
+    first = {"generated": vectors[finite], "originals": bundle.originals}
+    known = {name: engine.run(v, fixed=name == "originals") for name, v in first.items()}
+    m = measure(engine, first, space=space, known=known)
     report = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings_dict(spec, data.spec, settings),
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
@@ -82,42 +90,81 @@ def run_report(bundle: Bundle, target: Target, data: RunData, sampling: Sampling
         "backdoor": "applicable" if engine.backdoor else _not_applicable(target),
         "n": len(vectors), "seed": spec.seed, "sampler": spec.sampler,
         "steps": spec.chain_steps(bundle.ddpm_cfg.timesteps), "layers": layers,
-        **_sources_section(m, finite, unavailable, engine.backdoor), "defences": defended, "tsne": tsne,
-        "timings_s": {"sample": sample_s, "evaluate": evaluate_s,
-                      **({"bn_reestimate": engine.bn.seconds - bn_s} if engine.bn else {})},
+        **_sources_section(m, finite, {}, engine.backdoor), "controls": {}, "defences": {},
+        "tsne": {"x": [], "y": [], "source": [], "acc": []},
+        "timings_s": {"sample": sample_s, "evaluate": time.perf_counter() - t0},
         "bn_statistics": (f"re-estimated per model on {len(data.bn.labels)} training images" if engine.bn
                           else "as spliced (or the target's own)"),
-        "device": str(device), "test_size": len(data.test.labels), **_selection(checked, m["metrics"]),
+        "device": str(device), "test_size": len(data.test.labels), "validation": None,
+        "condition": _condition(bundle, spec, m["metrics"]),
     }
+    _ledger(bundle, [{"generated": report["generated"], "originals": report["originals"]}], 0)
+    yield {**report, "pending": ["baselines", "t-SNE"]}, vectors
+
+    # 2. the sources that could explain the generated sets: baselines, controls, defences
+    t0 = time.perf_counter()
+    sets, unavailable = _sources(bundle, first["generated"], count, g, settings)
+    checked = {}
+    if data.validation is not None and len(sets["generated"]):
+        say(0.62, "validation: matched noise, selection")
+        val = engines.get(bundle, target, layers, data.validation, device, data.bn)
+        checked = _on_validation(bundle, val, sets, count, spec.seed)
+    controls, defended = _controls_and_defences(bundle, engine, sets, data, settings, spec.seed, device, say)
+    say(0.8, "evaluating the baselines")
+    m = measure(engine, sets, space=space, known=known)
+    for name in [d for d in LAYER_DEFENCES if d in defended]:  # the engine measured them; add what they used
+        m["metrics"][name].update(defended.pop(name))
+    report.update(**_sources_section(m, finite, unavailable, engine.backdoor), controls=controls, defences=defended,
+                  **_selection(checked, m["metrics"]))
+    report["timings_s"]["evaluate"] += time.perf_counter() - t0
+    if engine.bn:
+        report["timings_s"]["bn_reestimate"] = engine.bn.seconds - bn_s
+    budget_images = max((d.get("clean_images", 0) for d in defended.values()), default=0)
+    _ledger(bundle, [{"generated": report["generated"], "originals": report["originals"]}, report["baselines"],
+                     controls, defended], budget_images)
+    yield {**report, "pending": ["t-SNE"] if settings.tsne else []}, vectors
+
+    # 3. where every source's vectors lie
+    if settings.tsne:
+        say(0.9, "t-SNE")
+        t0 = time.perf_counter()
+        report["tsne"] = _tsne(bundle, sets, m["metrics"], spec.seed)
+        report["timings_s"]["tsne"] = time.perf_counter() - t0
     say(1.0, "done")
-    return report, vectors
+    yield report, vectors
 
 
-def _sample(bundle: Bundle, sampling: SamplingSpec | Samples, device, say: Progress) -> tuple[Samples, float]:
-    """The generated sets (the Samples given, or drawn now as the spec says) and the seconds sampling took."""
+def _sample(bundle: Bundle, sampling: SamplingSpec | Samples, target: Target, device,
+            say: Progress) -> tuple[Samples, float]:
+    """The generated sets (the Samples given, or drawn now as the spec says, trunk=target meaning `target`'s trunk)
+    and the seconds sampling took."""
     if isinstance(sampling, Samples):
         return sampling, 0.0
     say(0.0, "sampling")
     t0 = time.perf_counter()
-    samples = draw(bundle, sampling, device, progress=lambda i, total: say(0.6 * i / total, "sampling"))
+    samples = draw(bundle, sampling, device, lambda i, total: say(0.6 * i / total, "sampling"), target.state)
     return samples, time.perf_counter() - t0
 
 
-def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, data: RunData | None, seed: int, device,
-                           say: Progress) -> dict[str, dict]:
-    """For a backdoored target: the clean-layers control (the clean base's own values of the layers) into
-    `sets`; with `data` (and its training split), every defence on a clean budget drawn from it less the
-    validation images, each at its final checkpoint: the layer defences' into `sets`; returns the whole-model
-    defences' metrics, and for every defence its clean images and seconds."""
+def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, data: RunData, settings: EvalSettings,
+                           seed: int, device, say: Progress) -> tuple[dict[str, dict], dict[str, dict]]:
+    """For a backdoored target: the clean-layers control (the clean model's own values of the layers) into `sets`;
+    the clean model as it is (and a budget donor's bundle's donor) as whole-model controls; with `data` (and its
+    training split) and settings.defences, every defence on a clean budget drawn from it less the validation images, each at its final
+    checkpoint: the layer defences' into `sets`. Returns (controls, defences): the whole models' metrics, and for
+    every defence its clean images and seconds."""
     if not engine.backdoor:
-        return {}
+        return {}, {}
     sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
-    if data is None or data.train is None:
-        return {}
-    say(0.65, "defences (fine-tune, re-init, FT, FP, CLP)")
+    controls = {"clean-model": engine.measure_state(bundle.clean_model()[0], "clean-model")}
+    if bundle.budget_donor:
+        controls["donor"] = engine.measure_state(bundle.base_state, "donor")
+    if settings.defences is None or data.train is None:
+        return controls, {}
+    say(0.65, "defences (fine-tune, re-init, FT, FP, ANP, CLP)")
     g = torch.Generator().manual_seed(seed)
     budget = data.budget(g)
-    defence = DefenceSettings(k=len(bundle.originals))
+    defence = replace(settings.defences, k=settings.defences.k or len(bundle.originals))
     out = {}
     for name in DEFENCES:
         d = run_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g, defence, device)
@@ -127,7 +174,16 @@ def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, dat
         else:
             out[name] = {"seconds": [d.seconds], **engine.measure_state(d.state, name), "details": d.details}
         out[name]["clean_images"] = len(budget.labels) if source(name).budget else 0
-    return out
+    return controls, out
+
+
+def _ledger(bundle: Bundle, sections: list[dict], budget_images: int) -> None:
+    """Every source's clean resources (measure.sources.clean_resources), written into its block in place."""
+    for section in sections:
+        for name, block in section.items():
+            model_images = bundle.clean_model()[1] if name == "clean-model" else bundle.train_size
+            block["clean_resources"] = clean_resources(name, budget_images, model_images, len(bundle.originals),
+                                                       bundle.conditions)
 
 
 def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Generator,
@@ -138,6 +194,10 @@ def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Gener
         baselines, unavailable = baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout),
                                                bundle.layout, count, g)
         sets.update(baselines, **(gaussian_sweep(bundle.originals, bundle.layout, count, g) if settings.curves else {}))
+        c = bundle.conditions
+        if c is not None and c.kind == "acc":  # the fair control for asking for accuracy: Gaussians of the best
+            sets.update(top_gaussians(bundle.originals, bundle.layout, c.values, count, g,
+                                      GAUSSIAN_TEMPERATURES if settings.curves else TOP_TEMPERATURES))
     return sets, unavailable
 
 
@@ -167,15 +227,34 @@ def _on_validation(bundle: Bundle, val: TargetEngine, sets: dict, count: int, se
     std = tensor_std(bundle.originals, bundle.layout)
 
     def accuracy_at(sigma: float) -> float:  # the same noise draws at every sigma: a smooth curve to bisect
-        noisy = noisy_originals(bundle.originals, std, bundle.layout, sigma, count, torch.Generator().manual_seed(seed))
+        noisy = noisy_originals(bundle.originals, std, bundle.layout, sigma, min(count, MATCH_SETS),
+                                torch.Generator().manual_seed(seed))
         accs = val.run(noisy)["acc"]
         return sum(accs) / len(accs)
 
-    sigma = match_noise_sigma(accuracy_at, target_acc)
+    sigma = match_noise_sigma(accuracy_at, target_acc, iterations=MATCH_ITERATIONS)
     if sigma is not None:
         sets["noise_matched"] = noisy_originals(bundle.originals, std, bundle.layout, sigma, count,
                                                 torch.Generator().manual_seed(seed + 2))
     return {"val_acc": val_acc, "sigma": sigma, "target_acc": target_acc, "size": len(val.labels)}
+
+
+def _condition(bundle: Bundle, spec: SamplingSpec, metrics: dict) -> dict | None:
+    """What a conditional bundle was asked and with which scale; for `acc`, the originals' mean test accuracy over
+    their top q by validation accuracy (the bar an `acc=best` ask must clear)."""
+    c = bundle.conditions
+    if c is None:
+        return None
+    out = {"kind": c.kind, "asked": spec.condition,
+           "guidance": spec.guidance if spec.guidance is not None else c.meta.get("guidance", 1.0)}
+    if c.kind == "acc":
+        order = c.values.flatten().argsort(descending=True).tolist()
+        test = metrics["originals"]["acc"]
+        out["originals_top_by_validation"] = {
+            f"top{round(q * 100)}": sum(test[i] for i in order[:max(1, round(q * len(order)))])
+            / max(1, round(q * len(order))) for q in TOP_FRACTIONS}
+        out["validation_range"] = c.meta["range"]
+    return out
 
 
 def _selection(checked: dict, metrics: dict) -> dict:

@@ -1,60 +1,61 @@
 """Transfer to a backdoored victim: generated layers beside clean-weight controls and the field's defences.
 
-Every method is measured on the same victim by the same engine (ACC / ASR / RA, and DER against the victim
-as it is), and says how much clean data it used:
-- `generated`: sampled from the bundle, spliced into the victim (no clean images, but the generator was
-  trained on the clean model's checkpoints);
-- controls, what clean weights alone do: `originals` (those checkpoints as they are), `average` (their mean,
-  one model) and `clean-layers` (the clean base's own values of the spliced layers, one model);
-- defences (`pdiff.defences`) at a clean budget, by default 5 % of the training set drawn per seed, each
-  at its final checkpoint: `finetune` and `reinit` of the spliced layers (their run-mean as an extra,
-  labelled column), `ft` and `fp` of the whole victim, and the data-free `clp`;
-- for victims that share no features with the clean trunk: `stitch+generated`, the generated sets after a
-  stitch (`pdiff.stitch`, fitted on the first seed's clean budget from the victim's features to the clean
-  base's at the splice point), and its control `stitch+clean-layers` (the base's own layers after it).
+Every method is measured on the same victim by the same engine (ACC / ASR / RA, and DER against the victim as it
+is), states the clean resources it used (measure.sources.clean_resources: clean images it trained or fitted on,
+images behind the clean model or checkpoints it uses, how many checkpoints), and is attacked afterwards to see
+whether its low ASR holds (measure.revival):
+- `generated`: sampled from the bundle, spliced into the victim;
+- controls: `originals`, `average`, `clean-layers` (the bundle's clean model's own layers), `clean-model` (a clean
+  model as it is: the bundle's reference model, else its base), `donor` (a budget donor's bundle: its base as it
+  is), `probe` (a linear head on the victim's own features, fitted on the budget);
+- defences (measure.defences) on the clean budget, each at its final checkpoint: `finetune`, `reinit`, `ft`, `fp`,
+  `anp` and the data-free `clp`;
+- through a stitch fitted on each seed's budget from the victim's features to the clean model's: `stitch+generated`,
+  `stitch+clean-layers` and `stitch+victim-tail` (the victim's own layers after the stitch).
+With a budget donor's bundle every clean-weights method takes the donor's weights, and every method that trains
+takes the same budget the donor was trained on (data.plan.DataSpec.budget_seed).
 """
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from pdiff.core.params import own_vector
 from pdiff.core.settings import SamplingSpec, TransferSettings, settings_dict
+from pdiff.core.splice import splice
+from pdiff.data.datasets import DATASETS, Split
 from pdiff.data.plan import RunData
 from pdiff.data.triggers import trigger_line
 from pdiff.generator.bundle import Bundle
+from pdiff.generator.conditions import resolved
 from pdiff.generator.sampling import draw
 from pdiff.measure.baselines import average
 from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, MODEL_DEFENCES, Defended, hyper_parameters, run_defence
 from pdiff.measure.engine import TargetEngine, measure
+from pdiff.measure.probe import probe_for
+from pdiff.measure.revival import REVIVAL, Composed, Stages, measured, revived
 from pdiff.measure.similarity import summary
-from pdiff.measure.sources import names, source
-from pdiff.measure.stitch import STITCHED, stitched_engine
+from pdiff.measure.sources import clean_resources, names, source
+from pdiff.measure.stitch import STITCHED, StitchLayer, stitched_engine
 from pdiff.measure.targets import Target
+from pdiff.models.loading import check_architecture
 from pdiff.studies import formats
 
 FORMAT, FORMAT_VERSION = formats.TRANSFER, formats.VERSION
-CONTROLS = names("control")  # what clean weights alone do
+CONTROLS = names("control")   # what clean weights (or the budget with the victim's own features) alone do
 METHODS = ("generated", *CONTROLS, *DEFENCES, *STITCHED)
 METRICS = ("acc", "asr", "ra", "der")
-TABLE_HEADERS = ["method", "clean data", "n", "ACC mean", "ASR mean", "RA mean", "DER mean", "DER best",
-                 "DER std (models)", "DER run mean", "time (s)"]
+TABLE_HEADERS = ["method", "clean images", "model images", "checkpoints", "n", "ACC mean", "ASR mean", "RA mean",
+                 "DER mean", "DER best", "DER std (models)", "ASR revived", "time (s)"]
 
 
 def clean_data(name: str, images: int = 0) -> str:
-    """The clean data a method used, as the table states it: budget images, and the clean weights behind it."""
+    """The clean data a method used, in words: budget images, and the clean weights behind it."""
     s = source(name)
     weights = "clean checkpoints" if s.checkpoints else "clean model" if s.model else ""
     return (f"{images} images" if s.budget else "0") + (f" (+ {weights})" if weights else "")
-
-
-def control_sets(bundle: Bundle, methods) -> dict[str, torch.Tensor]:
-    """The controls asked for, as layout vectors: originals (K, P), average and clean-layers (1, P)."""
-    sets = {"originals": bundle.originals, "average": average(bundle.originals),
-            "clean-layers": own_vector(bundle.base_state, bundle.layout)}
-    return {name: v for name, v in sets.items() if name in methods}
 
 
 def check_methods(methods) -> tuple[str, ...]:
@@ -71,119 +72,197 @@ def trained_methods(methods) -> list[str]:
     return [m for m in check_methods(methods) if source(m).budget]
 
 
+def control_sets(bundle: Bundle, methods) -> dict[str, torch.Tensor]:
+    """The layer controls asked for, as layout vectors: originals (K, P), average and clean-layers (1, P)."""
+    sets = {"originals": bundle.originals, "average": average(bundle.originals),
+            "clean-layers": own_vector(bundle.base_state, bundle.layout)}
+    return {name: v for name, v in sets.items() if name in methods}
+
+
+@dataclass
+class _Run:
+    """One transfer run: the bundle, the victim's engine and what every method measured, seed by seed."""
+    bundle: Bundle
+    engine: TargetEngine
+    settings: TransferSettings
+    methods: tuple[str, ...]
+    device: str = "cpu"
+    runs: dict = field(default_factory=dict)     # method -> one metrics dict per seed
+    extra: dict = field(default_factory=dict)    # method -> seconds, run_mean, details, revived per seed
+    stitch: list = field(default_factory=list)   # the stitch's info, per seed
+
+    def __post_init__(self):
+        self.runs = {m: [] for m in self.methods}
+        self.extra = {m: {"seconds": [], "run_mean": [], "details": [], "revived": []}
+                      for m in ("generated", *self.methods)}
+
+    def wanted(self, name: str, first: bool) -> bool:
+        return name in self.methods and (first or source(name).seeded)
+
+    def seed(self, spec: SamplingSpec, budget: Split | None, g: torch.Generator, first: bool) -> None:
+        """Every method of one seed: measured, then (given a budget) attacked by the revival recipe."""
+        models = {}   # method -> the first few repaired models, built when revived
+        vectors = self.layer_sets(spec, budget, g, first)
+        on_victim = {k: v for k, v in vectors.items() if k in self.methods}  # generated may be for the stitch only
+        for name, metrics in measure(self.engine, on_victim, reference=None)["metrics"].items():
+            if name in LAYER_DEFENCES:  # the run's last checkpoint is the defence; its mean a labelled extra
+                self.extra[name]["run_mean"].append({k: sum(v) / len(v) for k, v in metrics.items()})
+                metrics, vectors[name] = {k: v[-1:] for k, v in metrics.items()}, vectors[name][-1:]
+            self.runs[name].append(metrics)
+            models[name] = self.spliced(self.engine, vectors[name])
+        if budget is not None and set(STITCHED) & set(self.methods):
+            models.update(self.through_stitch(vectors.get("generated"), budget, first))
+        for name, state in self.whole_models(budget, g, first).items():
+            self.runs[name].append(self.engine.measure_state(state, name))
+            models[name] = [lambda state=state: check_architecture(self.bundle.task, state)]
+        if "probe" in self.methods and budget is not None:
+            models["probe"] = self.probe(budget)
+        if budget is not None and self.settings.revived:
+            self.revive(models, budget, torch.Generator().manual_seed(10_000 + spec.seed))
+
+    def layer_sets(self, spec: SamplingSpec, budget: Split | None, g: torch.Generator, first: bool) -> dict:
+        """The layout vectors measured on the victim itself: generated, the layer controls, the layer defences."""
+        sets = control_sets(self.bundle, self.methods) if first else {}
+        if {"generated", "stitch+generated"} & set(self.methods):
+            t0 = time.perf_counter()
+            samples = draw(self.bundle, spec, self.device, target_state=self.engine.target.state)
+            self.extra["generated"]["seconds"].append(time.perf_counter() - t0)
+            sets["generated"] = samples.vectors[samples.finite]
+            self.extra["generated"]["nonfinite"] = (self.extra["generated"].get("nonfinite", 0)
+                                                    + int((~samples.finite).sum()))
+        for name in (m for m in LAYER_DEFENCES if m in self.methods):
+            sets[name] = self.defend(name, budget, g).vectors
+        return {k: v for k, v in sets.items() if k in self.methods or k == "generated"}
+
+    def defend(self, name: str, budget: Split | None, g: torch.Generator) -> Defended:
+        d = run_defence(name, self.bundle.task, self.bundle.layout, self.engine.target.state, budget, g,
+                        replace(self.settings.defence, k=self.settings.defence.k or len(self.bundle.originals)),
+                        self.device)
+        self.extra[name]["seconds"].append(d.seconds)
+        if d.details is not None:
+            self.extra[name]["details"].append(d.details)
+        return d
+
+    def whole_models(self, budget: Split | None, g: torch.Generator, first: bool) -> dict[str, dict]:
+        """The whole models: the clean model and the donor as they are, the whole-model defences."""
+        out = {}
+        if self.wanted("clean-model", first):
+            out["clean-model"] = self.bundle.clean_model()[0]
+        if self.wanted("donor", first) and self.bundle.budget_donor:
+            out["donor"] = self.bundle.base_state
+        for name in (m for m in MODEL_DEFENCES if self.wanted(m, first)):
+            out[name] = self.defend(name, budget, g).state
+        return out
+
+    def through_stitch(self, generated: torch.Tensor | None, budget: Split, first: bool) -> dict:
+        """The stitch methods, the stitch fitted on this seed's budget; returns their repaired-model builders."""
+        t0 = time.perf_counter()
+        stitched, info = stitched_engine(self.engine, self.bundle.base_state, budget, self.settings.stitch)
+        self.stitch.append({**info, "clean_images": len(budget.labels)})
+        sets = {"stitch+generated": generated, "stitch+clean-layers": own_vector(self.bundle.base_state,
+                                                                                 self.bundle.layout)}
+        engines = {name: stitched for name in sets}
+        if "stitch+victim-tail" in self.methods:
+            engines["stitch+victim-tail"], _ = stitched_engine(self.engine, self.bundle.base_state, budget,
+                                                               self.settings.stitch, tail_state=self.engine.target.state)
+            sets["stitch+victim-tail"] = own_vector(self.engine.target.state, self.bundle.layout)
+        models = {}
+        for name in (n for n in sets if n in self.methods and sets[n] is not None):
+            self.runs[name].append(measure(engines[name], {name: sets[name]}, reference=None)["metrics"][name])
+            self.extra[name]["seconds"].append(time.perf_counter() - t0)
+            models[name] = self.spliced(engines[name], sets[name])
+        return models
+
+    def probe(self, budget: Split) -> list:
+        """A linear probe on the victim's features at the splice point, fitted on the budget, measured whole."""
+        t0 = time.perf_counter()
+        trunk, start = self.engine.clean.model, self.engine.clean.start
+        probe = probe_for(trunk, start, budget, DATASETS[self.bundle.task.dataset].classes, self.device)
+        model = Composed(trunk, start, None, probe)
+        self.runs["probe"].append(self.engine.metrics({k: [v] for k, v in measured(
+            model, self.engine.test, self.engine.trigger, self.device).items()}))
+        self.extra["probe"]["seconds"].append(time.perf_counter() - t0)
+        return [lambda: model]
+
+    def spliced(self, engine: TargetEngine, vectors: torch.Tensor) -> list:
+        """Builders of the first few repaired models of a layer method: its vectors spliced into the engine's target,
+        behind the engine's stitch where it has one."""
+        task, layout, layers = self.bundle.task, self.bundle.layout, engine.layers
+
+        def build(v: torch.Tensor):
+            tail = check_architecture(task, splice(engine.target.state, v, layout, layers))
+            if engine.feature_map is None:
+                return tail
+            trunk = check_architecture(task, self.engine.target.state)
+            return Composed(trunk, engine.clean.start, StitchLayer(engine.feature_map.fn), Stages(tail, engine.clean.start))
+        return [lambda v=v: build(v) for v in vectors[:self.settings.revived]]
+
+    def revive(self, models: dict, budget: Split, g: torch.Generator) -> None:
+        for name, builders in models.items():
+            t = self.engine.trigger
+            self.extra[name]["revived"].append(revived([b() for b in builders], budget, self.engine.test, t, g,
+                                                       self.device))
+
+
 def run_transfer(bundle: Bundle, victim: Target, data: RunData, sampling: SamplingSpec,
                  settings: TransferSettings = TransferSettings(), device="cpu") -> dict:
-    """Every method's ACC / ASR / RA / DER lists on the victim, with a summary of each.
+    """Every method's ACC / ASR / RA / DER lists on the victim, its clean resources and its ASR after the revival
+    attack, with a summary of each.
 
     Each seed of settings.seeds samples (sampling's n, sampler and steps, that seed), draws its clean budget
-    (data.budget) and trains the defences afresh; the lists hold every seed's values in seed order, `per_seed`
-    each seed's means, `spread` the mean and standard deviation of those means, `model_std` the mean over seeds
-    of the std over models within a seed. Methods that do not depend on the seed (sources.Source.seeded) are
-    measured once, with the first seed. The stitch is fitted on the first seed's budget.
-    """
+    (data.budget: per seed, or the donor's one draw) and trains the defences afresh; the lists hold every seed's
+    values in seed order, `per_seed` each seed's means, `spread` the mean and standard deviation of those means,
+    `model_std` the mean over seeds of the std over models within a seed. Methods that do not depend on the seed
+    (sources.Source.seeded) are measured once, with the first seed."""
     methods, seeds = check_methods(settings.methods), list(settings.seeds)
+    sampling = replace(sampling, condition=resolved(sampling.condition, bundle.conditions))
+    if "donor" in methods and not bundle.budget_donor:
+        if settings.methods:
+            raise ValueError("the donor row is a budget donor's clean model: give a donor's bundle (collect --train-on "
+                             "budget), or leave `donor` out")
+        methods = tuple(m for m in methods if m != "donor")
     trained = trained_methods(methods)
     if trained and data.train is None:
         raise ValueError(f"the {', '.join(trained)} methods train on clean data; give the training split")
     if victim.trigger is None:
         raise ValueError(f"transfer measures backdoor removal, but target {victim.name!r} has no trigger "
                          f"({victim.trigger_source or 'the clean model'})")
-    engine = TargetEngine(bundle.task, bundle.layout, victim, data.test, device=device)
-    defence = replace(settings.defence, k=settings.defence.k or len(bundle.originals))
+    run = _Run(bundle, TargetEngine(bundle.task, bundle.layout, victim, data.test, device=device), settings, methods,
+               device)
     # the defences draw from their own generator per seed (budget first): the same whatever n is. Budgets are
     # drawn before anything runs: a bad one fails at once
     gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
     budgets = {seed: data.budget(gens[seed]) if trained else None for seed in seeds}
-    runs = {m: [] for m in methods}      # per method, one metrics dict per seed
-    extra = {m: {"seconds": [], "run_mean": [], "details": []} for m in ("generated", *methods)}
-    timings, nonfinite = {"sample": 0.0, "evaluate": 0.0}, 0
-    stitched, stitch_info = _stitched(engine, bundle, budgets[seeds[0]], settings, extra)
     for seed in seeds:
-        first = seed == seeds[0]
-        sets = control_sets(bundle, methods) if first else {}
-        if "generated" in methods or "stitch+generated" in methods:
-            samples = _timed(extra["generated"], draw, bundle, replace(sampling, seed=seed), device)
-            sets["generated"], nonfinite = samples.vectors[samples.finite], nonfinite + int((~samples.finite).sum())
-
-        def defend(name: str, seed=seed) -> Defended:  # this seed's budget and generator
-            return _defended(extra[name], run_defence(name, bundle.task, bundle.layout, victim.state, budgets[seed],
-                                                      gens[seed], defence, device))
-        for name in (m for m in LAYER_DEFENCES if m in methods):
-            sets[name] = defend(name).vectors
-        t0 = time.perf_counter()
-        _measure_sets(bundle, engine, stitched, sets, methods, first, runs, extra)
-        timings["evaluate"] += time.perf_counter() - t0
-        for name in (m for m in MODEL_DEFENCES if m in methods and (source(m).seeded or first)):
-            runs[name].append(engine.measure_state(defend(name).state, name))
-    timings["sample"] = sum(extra["generated"]["seconds"])  # also when only stitch+generated sampled
+        run.seed(replace(sampling, seed=seed), budgets[seed], gens[seed], seed == seeds[0])
     images = len(next(iter(budgets.values())).labels) if trained else 0
-    victim_info = {"name": victim.name, **engine.as_is(), "trigger": victim.trigger.to_dict(),
-                   "trigger_source": victim.trigger_source}
+    return _report(run, data, sampling, seeds, images)
+
+
+def _report(run: _Run, data: RunData, sampling: SamplingSpec, seeds: list[int], images: int) -> dict:
+    bundle, engine = run.bundle, run.engine
+    ledger = {m: clean_resources(m, images, bundle.clean_model()[1] if m == "clean-model" else bundle.train_size,
+                                 len(bundle.originals), bundle.conditions) for m in run.methods}
+    victim = engine.target
     return {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "settings": settings_dict(sampling, data.spec, settings), "task": bundle.task.name, "victim": victim_info,
+            "settings": settings_dict(sampling, data.spec, run.settings), "task": bundle.task.name,
+            "victim": {"name": victim.name, **engine.as_is(), "trigger": victim.trigger.to_dict(),
+                       "trigger_source": victim.trigger_source},
             "n": sampling.n, "seeds": seeds, "sampler": sampling.sampler, "layers": bundle.names,
             "clean_budget": {"fraction": data.spec.budget, "images": images,
-                             "drawn": "at random from the training split, per seed"},
-            "defence_settings": hyper_parameters(defence),
-            "methods": {name: {**_pooled(runs[name], extra[name]), "clean_data": clean_data(name, images),
-                               "clean_images": images if name in trained else 0} for name in methods},
-            "nonfinite": nonfinite, "device": str(device), **({"stitch": stitch_info} if stitch_info else {}),
-            "timings_s": {**timings, "per_method": {m: sum(extra[m]["seconds"]) for m in methods}}}
-
-
-def _measure_sets(bundle: Bundle, engine: TargetEngine, stitched: TargetEngine | None, sets: dict, methods,
-                  first_seed: bool, runs: dict, extra: dict) -> None:
-    """One seed's parameter sets measured on the victim (and, for the stitch methods, on the stitched victim);
-    each method's metrics appended to `runs`. A layer defence's run: its last checkpoint is the defence, the
-    run's mean a labelled extra."""
-    if stitched is not None:
-        for name, metrics in measure(stitched, _stitched_sets(bundle, sets, methods, first_seed),
-                                     reference=None)["metrics"].items():
-            runs[name].append(metrics)
-    sets = {k: v for k, v in sets.items() if k in methods}
-    for name, metrics in measure(engine, sets, reference=None)["metrics"].items():
-        if name in LAYER_DEFENCES:
-            extra[name]["run_mean"].append({k: sum(v) / len(v) for k, v in metrics.items()})
-            metrics = {k: v[-1:] for k, v in metrics.items()}
-        runs[name].append(metrics)
-
-
-def _stitched(engine: TargetEngine, bundle: Bundle, budget, settings: TransferSettings,
-              extra: dict) -> tuple[TargetEngine | None, dict | None]:
-    """Where a stitch method is asked for: the victim stitched onto the clean base's tail, the stitch fitted on
-    `budget` (its seconds counted to both stitch methods); else (None, None)."""
-    if not set(STITCHED) & set(check_methods(settings.methods)):
-        return None, None
-    t0 = time.perf_counter()
-    stitched, info = stitched_engine(engine, bundle.base_state, budget, settings.stitch)
-    for name in STITCHED:
-        extra[name]["seconds"].append(time.perf_counter() - t0)
-    return stitched, {**info, "clean_images": len(budget.labels)}
-
-
-def _stitched_sets(bundle: Bundle, sets: dict, methods: tuple[str, ...], first_seed: bool) -> dict:
-    """The parameter sets that go after the stitch: the generated ones, and the base's own layers (one
-    model, the same whatever the seed: evaluated with the first seed only)."""
-    out = {"stitch+generated": sets["generated"]} if "stitch+generated" in methods else {}
-    if "stitch+clean-layers" in methods and first_seed:
-        out["stitch+clean-layers"] = own_vector(bundle.base_state, bundle.layout)
-    return out
-
-
-def _timed(extra: dict, fn, *args):
-    """fn(*args), its wall time appended to extra["seconds"]."""
-    t0 = time.perf_counter()
-    out = fn(*args)
-    extra["seconds"].append(time.perf_counter() - t0)
-    return out
-
-
-def _defended(extra: dict, d: Defended) -> Defended:
-    """d, its wall time (and what it did, for a whole-model defence) recorded in `extra`."""
-    extra["seconds"].append(d.seconds)
-    if d.details is not None:
-        extra["details"].append(d.details)
-    return d
+                             "drawn": (f"once, with seed {data.spec.budget_seed}: the images the donor was trained on"
+                                       if data.spec.budget_seed is not None else "at random, per seed")
+                                      + " (from the training split less the validation images)"},
+            "donor": bundle.budget_donor, "revival": {**REVIVAL, "models": run.settings.revived},
+            "defence_settings": hyper_parameters(replace(run.settings.defence,
+                                                         k=run.settings.defence.k or len(bundle.originals))),
+            "methods": {name: {**_pooled(run.runs[name], run.extra[name]), "clean_data": clean_data(name, images),
+                               "clean_images": ledger[name]["images"], "clean_resources": ledger[name]}
+                        for name in run.methods},
+            "nonfinite": run.extra["generated"].get("nonfinite", 0), "device": str(run.device),
+            **({"stitch": run.stitch[0], "stitch_per_seed": run.stitch} if run.stitch else {}),
+            "timings_s": {"sample": sum(run.extra["generated"]["seconds"]),
+                          "per_method": {m: sum(run.extra[m]["seconds"]) for m in run.methods}}}
 
 
 def _pooled(per_seed: list[dict], extra: dict) -> dict:
@@ -197,6 +276,11 @@ def _pooled(per_seed: list[dict], extra: dict) -> dict:
                                         for run in per_seed] for metric in METRICS}
     m["model_std"] = {metric: _mean_std(v)["mean"] for metric, v in m["per_seed_model_std"].items()}
     m["seconds"] = extra["seconds"]
+    if extra["revived"]:  # the revival attack on the first few models of each seed
+        m["revived"] = {metric: [v for run in extra["revived"] for v in run[metric]] for metric in ("acc", "asr", "ra")}
+        m["revived"]["per_seed"] = {metric: [summary(run[metric])["mean"] for run in extra["revived"]]
+                                    for metric in ("acc", "asr", "ra")}
+        m["revived"]["spread"] = {metric: _mean_std(v) for metric, v in m["revived"]["per_seed"].items()}
     if extra["run_mean"]:
         m["run_mean"] = {metric: _mean_std([r[metric] for r in extra["run_mean"]])["mean"] for metric in METRICS}
     if extra["details"]:
@@ -215,21 +299,28 @@ def _round(value, digits):
     return None if value is None else round(value, digits)
 
 
+def _ledger_cells(m: dict) -> list:
+    """A method's clean images, model images and checkpoints (from its ledger; older reports: its clean images)."""
+    r = m.get("clean_resources") or {"images": m.get("clean_images", 0), "model_images": None, "checkpoints": None}
+    return [r["images"], r["model_images"], r["checkpoints"]]
+
+
 def table_rows(target: dict, sources: dict[str, dict]) -> list[list]:
-    """The transfer table (TABLE_HEADERS): the target as-is, then every source's clean data, means, best DER,
-    DER std over models (within a seed), run-mean DER (finetune / reinit) and wall time per run."""
-    rows = [[f"target as-is ({target['name']})", "-", 1, round(target["acc"], 2), round(target["asr"], 2),
+    """The transfer table (TABLE_HEADERS): the target as-is, then every source's clean resources, means, best DER,
+    DER std over models (within a seed), ASR after the revival attack and wall time per run."""
+    rows = [[f"target as-is ({target['name']})", None, None, None, 1, round(target["acc"], 2), round(target["asr"], 2),
              round(target["ra"], 2), 0.5, 0.5, None, None, None]]
     for name, m in sources.items():
-        data = m.get("clean_data", clean_data(name, m.get("clean_images", 0)))
         if not m.get("acc"):
-            rows.append([name, data, 0, *[None] * (len(TABLE_HEADERS) - 3)])
+            rows.append([name, *_ledger_cells(m), 0, *[None] * (len(TABLE_HEADERS) - 5)])
             continue
         acc, asr, ra, d = (sum(m[k]) / len(m[k]) for k in METRICS)
         std = m["model_std"]["der"] if "model_std" in m else (summary(m["der"])["std"] if len(m["der"]) > 1 else None)
+        revived_asr = (m.get("revived") or {}).get("asr")
         seconds = m.get("seconds") or []
-        rows.append([name, data, len(m["acc"]), round(acc, 2), round(asr, 2), round(ra, 2), round(d, 3),
-                     round(max(m["der"]), 3), _round(std, 3), _round(m.get("run_mean", {}).get("der"), 3),
+        rows.append([name, *_ledger_cells(m), len(m["acc"]), round(acc, 2), round(asr, 2), round(ra, 2), round(d, 3),
+                     round(max(m["der"]), 3), _round(std, 3),
+                     _round(sum(revived_asr) / len(revived_asr), 2) if revived_asr else None,
                      _round(sum(seconds) / len(seconds), 1) if seconds else None])
     return rows
 
@@ -241,22 +332,26 @@ def table(report: dict) -> str:
     lines = [f"victim {v['name']}: ACC {v['acc']:.2f}  ASR {v['asr']:.2f}  RA {v['ra']:.2f}"
              + (f"  (seeds {', '.join(map(str, report['seeds']))}: mean ± std over seeds)" if several else ""),
              trigger_line(v),
-             f"clean budget: {b.get('fraction')} of the training split = {b.get('images')} images per seed; "
-             "each defence at its final checkpoint",
-             f"{'method':<19} {'clean data':<33} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} {'DER':>13} "
-             f"{'DER best':>8} {'DER std':>7} {'run-mean':>8} {'time s':>7}"]
+             f"clean budget: {b.get('fraction')} of the training split = {b.get('images')} images, drawn "
+             f"{b.get('drawn', 'per seed')}; each defence at its final checkpoint",
+             f"{'method':<20} {'images':>6} {'model':>6} {'ckpts':>5} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} "
+             f"{'DER':>13} {'DER std':>7} {'revived':>7} {'time s':>7}"]
     for row, (name, m) in zip(table_rows(v, report["methods"])[1:], report["methods"].items()):
-        if not row[2]:
-            lines.append(f"{name:<19} {row[1]:<33} {0:>5}  (no finite parameter sets)")
+        ledger = " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(row[1:4], (6, 6, 5)))
+        if not row[4]:
+            lines.append(f"{name:<20} {ledger} {0:>5}  (no finite parameter sets)")
             continue
         cells = [f"{m['spread'][k]['mean']:{f}} ± {m['spread'][k]['std']:{f}}" if several else f"{cell:{f}}"
-                 for k, f, cell in zip(METRICS, (".2f", ".2f", ".2f", ".3f"), row[3:7])]
-        tail = [f"{c:>{w}{f}}" if c is not None else f"{'-':>{w}}" for c, w, f in zip(row[7:], (8, 7, 8, 7),
-                                                                                     (".3f", ".3f", ".3f", ".1f"))]
-        lines.append(f"{name:<19} {row[1]:<33} {row[2]:>5} " + " ".join(f"{c:>13}" for c in cells) + " "
-                     + " ".join(tail))
+                 for k, f, cell in zip(METRICS, (".2f", ".2f", ".2f", ".3f"), row[5:9])]
+        tail = [f"{c:>{w}{f}}" if c is not None else f"{'-':>{w}}" for c, w, f in zip(row[10:], (7, 7, 7),
+                                                                                      (".3f", ".2f", ".1f"))]
+        lines.append(f"{name:<20} {ledger} {row[4]:>5} " + " ".join(f"{c:>13}" for c in cells) + " " + " ".join(tail))
     if "stitch" in report:
         st = report["stitch"]
         lines.append(f"stitch: fitted on {st['images']} clean images at stage {st['stage']}, R^2 {st['r2']:.3f}, "
                      f"shrink {st.get('shrink', 0.0):g}, {st['tune_epochs']} cross-entropy epochs")
+    r = report.get("revival")
+    if r:
+        lines.append(f"revived: ASR after {r['steps']} SGD steps (lr {r['lr']}) on batches of {r['batch']} budget images, "
+                     f"{r['poisoned']} of them triggered, on the first {r['models']} models of each method")
     return "\n".join(lines)

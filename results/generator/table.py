@@ -19,15 +19,6 @@ HEADER = ["| bundle, seed | acc mean | acc std | IoU within (gg) | max-IoU to or
           "|---|---|---|---|---|---|---|---|---|"]
 
 
-def curve_at(points, x):
-    """Accuracy of a baseline curve [(max_iou, acc), ...] at max-IoU x, linearly interpolated (None outside it)."""
-    pts = sorted(points)
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= x <= x1:
-            return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-    return None
-
-
 def row(name, r, sweep):
     """One generated set's row; the curves come from `sweep`, the report holding the seed's baselines."""
     nov, g = sweep["novelty"], r["novelty"]["generated"]
@@ -36,7 +27,7 @@ def row(name, r, sweep):
     noise = [(nov[k]["max_iou_mean"], nov[k]["acc_mean"]) for k in ("noise_0.01", "noise_0.05", "noise_0.15")]
     noise.append((1.0, nov["originals"]["acc_mean"]))  # sigma 0: the originals themselves
     cells = [g["acc_mean"], g["acc_std"], g["self_iou"], g["max_iou_mean"], g["coverage"],
-             curve_at(gauss, g["max_iou_mean"]), curve_at(noise, g["max_iou_mean"])]
+             tables.curve_at(gauss, g["max_iou_mean"]), tables.curve_at(noise, g["max_iou_mean"])]
     fmt = [".2f", ".3f", ".3f", ".3f", ".2f", ".2f", ".2f"]
     sel = (r.get("validation") or {}).get("selected", {}).get("generated", {})
     return (f"| {name} | " + " | ".join("-" if c is None else f"{c:{f}}" for c, f in zip(cells, fmt))

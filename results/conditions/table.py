@@ -1,0 +1,124 @@
+"""The tables of docs/conditions.md from the reports run.sh writes.
+
+python results/conditions/table.py [conditions-acc|conditions-sweep|conditions-trunks|conditions-victim|conditions-speed] [--write]
+"""
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]  # results/ (tables) and the checkout (pdiff)
+import tables  # noqa: E402
+from tables import curve_at  # noqa: E402
+
+from pdiff.studies.formats import read  # noqa: E402
+
+PAGE = tables.DOCS / "conditions.md"
+SEEDS = (0, 1, 2)
+FRACTIONS = ("top10", "top25", "top50")
+
+
+def _missing(what: str) -> str:
+    return f"(no {what} yet: results/conditions/run.sh makes it)"
+
+
+def _top_curve(nov: dict, q: str) -> list:
+    """The top-q Gaussian's accuracy-novelty curve [(max-IoU, acc)], its temperature-0 point (the mean of the top q)
+    included."""
+    return [(v["max_iou_mean"], v["acc_mean"]) for k, v in nov.items() if k.startswith(f"gaussian_{q}_t")]
+
+
+def acc_table() -> str:
+    """acc=best, seed by seed: the generated mean beside the originals' top q (chosen on validation; and the top 10 %
+    by test accuracy, the stricter bar), the max-IoU bound and the top-q Gaussians at the generated max-IoU."""
+    reports = {s: read(HERE / f"acc-best-seed{s}.json") for s in SEEDS if (HERE / f"acc-best-seed{s}.json").exists()}
+    if not reports:
+        return _missing("accuracy-conditional reports")
+    lines = ["| run | acc mean | max-IoU | bound: nearest other + 0.03 | originals top 10 % (validation) | "
+             "top 10 % (test) | Gaussian top 10 % at that max-IoU | top 25 % | top 50 % | all originals' Gaussian |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    runs = {f"acc=best, seed {s}": r for s, r in reports.items()}
+    none = HERE / "acc-none-seed0.json"
+    if none.exists():
+        runs["none (same bundle), seed 0"] = read(none)
+    for name, r in runs.items():
+        nov, g = r["novelty"], r["novelty"]["generated"]
+        tops = (r.get("condition") or {}).get("originals_top_by_validation", {})
+        test = sorted(r["originals"]["acc"], reverse=True)
+        strict = sum(test[:len(test) // 10]) / (len(test) // 10)
+        curves = [curve_at(_top_curve(nov, q), g["max_iou_mean"]) for q in FRACTIONS]
+        plain = [(v["max_iou_mean"], v["acc_mean"]) for k, v in nov.items() if k.startswith("gaussian_t")]
+        cells = [g["acc_mean"], g["max_iou_mean"], nov["originals"]["nearest_other_iou_mean"] + 0.03,
+                 tops.get("top10"), strict, *curves, curve_at(plain, g["max_iou_mean"]) if plain else None]
+        fmt = [".2f", ".3f", ".3f", ".2f", ".2f", ".2f", ".2f", ".2f", ".2f"]
+        lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:{f}}" for c, f in zip(cells, fmt)) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table() -> str:
+    path = HERE / "acc-sweep.json"
+    if not path.exists():
+        return _missing("sweep")
+    s = json.loads(path.read_text())
+    lines = [f"{s['n_per_value']} sets per asked value ({s['sampler']}, seed {s['seed']}, guidance {s['guidance']}); "
+             f"validation {s['validation_size']} images. Spearman's rho, asked against measured validation accuracy: "
+             f"**{s['spearman_per_set']:.3f}** over every set, **{s['spearman_of_means']:.3f}** over the means.", "",
+             "| asked | validation acc mean | test acc mean | test acc min |", "|---|---|---|---|"]
+    for asked, m in s["measured"].items():
+        val, test = m["validation"], m["test"]
+        lines.append(f"| {asked} | {sum(val) / len(val):.2f} | {sum(test) / len(test):.2f} | {min(test):.2f} |")
+    return "\n".join(lines)
+
+
+def trunks_table() -> str:
+    path = HERE / "trunks.json"
+    if not path.exists():
+        return _missing("trunk study")
+    r = read(path)
+    held = r["held_out_trunks"]
+    lines = [f"Held-out trunks {held}; each trunk's signature from {r['probe_images']} clean training images "
+             f"(20 per class); guidance {r['guidance']}; N = {r['n']} ({r['sampler']}).", "",
+             "| source | " + " | ".join(f"trunk {h}" for h in held) + " | mean |",
+             "|---|" + "---|" * (len(held) + 1)]
+    for name, s in r["summary_over_trunks"].items():
+        cells = " | ".join(f"{r['trunks'][str(h)]['sources'][name]['mean']:.2f}" for h in held)
+        lines.append(f"| {name} | {cells} | {s['mean']:.2f} |")
+    return "\n".join(lines)
+
+
+def victim_table() -> str:
+    path = HERE / "trunk-victim.json"
+    if not path.exists():
+        return _missing("scratch-victim transfer")
+    r = read(path)
+    v = r["victim"]
+    lines = [f"Victim {v['name']}: ACC {v['acc']:.2f}, ASR {v['asr']:.2f}. N = {r['n']}, seeds {r['seeds']}, "
+             f"condition {r['settings']['sampling'].get('condition')}.", "",
+             "| method | clean images | condition images | model images | checkpoints | ACC | ASR | DER |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, m in r["methods"].items():
+        res, s = m["clean_resources"], m["summary"]
+        lines.append(f"| {name} | {res['images']} | {res.get('condition_images', 0)} | {res['model_images'] or '-'} | "
+                     f"{res['checkpoints']} | {s['acc']['mean']:.2f} | {s['asr']['mean']:.2f} | {s['der']['mean']:.3f} |")
+    return "\n".join(lines)
+
+
+def speed_table() -> str:
+    path = HERE / "sample-bench.json"
+    if not path.exists():
+        return _missing("sampling bench")
+    b = json.loads(path.read_text())
+    t = [k for k in b if k.startswith("guided_ddpm")][0]
+    plain = t.replace("guided_", "")
+    return "\n".join([
+        "| what | seconds | ratio |", "|---|---|---|",
+        f"| {b['n']} sets, {plain.removesuffix('_s')}, unconditional | {b[plain]:.2f} | 1 |",
+        f"| the same, guided ({b['condition']}, scale {b['guidance']:g}) | {b[t]:.2f} | {b['guided_over_unconditional']:.2f} |",
+        f"| one trunk signature ({b['signature_probe_images']} images) | {b['signature_s']:.3f} | |"])
+
+
+TABLES = {"conditions-acc": acc_table, "conditions-sweep": sweep_table, "conditions-trunks": trunks_table,
+          "conditions-victim": victim_table, "conditions-speed": speed_table}
+
+if __name__ == "__main__":
+    tables.main({name: (PAGE, build) for name, build in TABLES.items()})
