@@ -1,4 +1,5 @@
-"""A real browser (Debian's Chromium, driven by Playwright) opens the app, clicks Run, waits for the plots."""
+"""A real browser (Debian's Chromium, driven by Playwright) opens the app, sees the example run, clicks Run and
+watches the results come in stages."""
 import os
 import shutil
 import time
@@ -26,12 +27,20 @@ def test_click_run_draws_both_plots(tmp_path):
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1500, "height": 1400})
             page.goto(demo.local_url, wait_until="networkidle")
+            # the first view: a finished example run, its plots drawn before anything is pressed
+            assert page.locator("#status").inner_text().startswith("Example run")
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
             page.get_by_role("button", name="Run").click()
             t0 = time.perf_counter()
-            # the accuracy distribution and the t-SNE (and the IoU view) are drawn by plotly
-            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=300_000)
+            # the stages come in: the example's status goes, the run's own stays without anything still coming
+            page.wait_for_function("!document.querySelector('#status').innerText.startsWith('Example run')",
+                                   timeout=300_000)
+            page.wait_for_function("document.querySelector('#status').innerText.includes('generated models') && "
+                                   "!document.querySelector('#status').innerText.includes('Still coming')",
+                                   timeout=300_000)
             seconds = time.perf_counter() - t0
             page.wait_for_timeout(500)
+            assert page.locator(".js-plotly-plot").count() >= 3
             status = page.locator("#status").inner_text()
             assert "accuracy best" in status
             out = SCREENSHOT if os.environ.get("PDIFF_UPDATE_SCREENSHOT") else tmp_path / "screenshot.png"
@@ -41,8 +50,8 @@ def test_click_run_draws_both_plots(tmp_path):
             # the victim: the backdoor views appear and get drawn too
             page.get_by_label("victim", exact=True).check()
             page.get_by_role("button", name="Run").click()
-            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 5", timeout=300_000)
-            page.wait_for_function("document.querySelector('#status').innerText.includes('on victim')", timeout=60_000)
+            page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 5", timeout=900_000)
+            page.wait_for_function("document.querySelector('#status').innerText.includes('on victim') && !document.querySelector('#status').innerText.includes('Still coming')", timeout=900_000)
             assert page.locator(".js-plotly-plot").count() == 5
             assert page.get_by_text("Transfer: backdoor removal by method").first.is_visible()
             # an upload: its trigger fields appear beside the upload box

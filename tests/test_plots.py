@@ -30,9 +30,9 @@ def test_plots_build_from_a_real_report(victim_report):
     assert {t.name for t in iou.data} == set(victim_report["similarity"]["per_model"])
     assert iou.layout.shapes[0].x0 == victim_report["novelty"]["originals"]["nearest_other_iou_mean"]
     transfer = table_rows(victim_report["target"], sources(victim_report))
-    assert transfer[0][0].startswith("target as-is") and transfer[0][4] == round(victim_report["target"]["asr"], 2)
+    assert transfer[0][0].startswith("target as-is") and transfer[0][6] == round(victim_report["target"]["asr"], 2)
     gen = victim_report["generated"]
-    assert transfer[1][:3] == ["generated", "0 (+ clean checkpoints)", len(gen["acc"])]
+    assert transfer[1][:5] == ["generated", 0, 1024, 8, len(gen["acc"])]  # no budget images, the clean model's, K
     assert len(transfer[1]) == len(TABLE_HEADERS)
-    assert transfer[1][6] == round(sum(gen["der"]) / len(gen["der"]), 3) and transfer[1][7] == round(max(gen["der"]), 3)
-    assert {"clean-layers": "0 (+ clean model)"}.items() <= {row[0]: row[1] for row in transfer}.items()
+    assert transfer[1][8] == round(sum(gen["der"]) / len(gen["der"]), 3) and transfer[1][9] == round(max(gen["der"]), 3)
+    assert {"clean-layers": [0, 1024, 0], "clean-model": [0, 1024, 0]}.items() <= {row[0]: row[1:4] for row in transfer}.items()

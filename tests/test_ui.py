@@ -44,6 +44,34 @@ def test_generate_on_default_bundle(client):
     assert "generated models" in out[7]
 
 
+def test_results_come_in_stages(client):
+    """The generated models and the originals first, then the baselines, then the t-SNE; the files with the last."""
+    job = client.submit(n=6, sampler="ddim", steps=5, seed=1, api_name="/generate")
+    job.result(timeout=600)
+    stages = job.outputs()
+    assert len(stages) == 3
+    first, second, last = stages
+    assert [row[0] for row in first[2]["data"]] == ["generated", "originals"]
+    assert "Still coming: baselines and t-SNE" in first[7] and first[0] is None
+    assert {"average", "gaussian", "interpolation"} <= {row[0] for row in second[2]["data"]}
+    assert "Still coming: t-SNE" in second[7] and "computing the joint t-SNE" in second[5]["plot"]
+    assert "Still coming" not in last[7] and last[0] is not None
+    assert json.loads(open(last[0]).read())["tsne"]["source"]  # the finished report has its t-SNE
+    assert first[2]["data"][0][1:] == last[2]["data"][0][1:]  # the generated row was final from the start
+
+
+def test_the_examples_are_the_shipped_bundles_and_refused_when_stale():
+    from pdiff.app.examples import load_example
+    from pdiff.app.ui import example_views, load_bundle
+
+    digest = load_bundle("fmnist-convnet").digest
+    for target in ("clean", "victim"):
+        example = load_example("fmnist-convnet", target, digest)
+        assert example["report"]["target"]["name"] == target and example["example"]["bundle_digest"] == digest
+        assert example_views("fmnist-convnet", target)[7].startswith("**Example run**")
+    assert load_example("fmnist-convnet", "clean", "another bundle's digest") is None
+
+
 def test_uploaded_victim_state_dict(client, tmp_path):
     from pdiff.app.ui import load_bundle
 

@@ -111,3 +111,13 @@ def summary_rows(report: dict) -> list[list]:
 def summary_headers(report: dict) -> list[str]:
     return ["source", "n", "ACC best", "ACC mean", "ACC median", "ACC min", "ACC std", "IoU within",
             "max-IoU to originals", "coverage"]
+
+
+def waiting(title: str, what: str) -> go.Figure:
+    """An empty plot that says what is still being computed (a run's later stages)."""
+    fig = go.Figure()
+    fig.add_annotation(text=f"{what}…", showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
+                       font=dict(size=16, color="grey"))
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    return _layout(fig, title, "", "")

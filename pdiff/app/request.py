@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pdiff.core.settings import EvalSettings, SamplingSpec
+from pdiff.core.settings import DefenceSettings, EvalSettings, SamplingSpec
 from pdiff.core.splice import ALL_LAYERS
 from pdiff.data.triggers import trigger_from_fields
 from pdiff.generator.bundle import Bundle
@@ -22,8 +22,40 @@ UPLOAD = "upload"
 FORM = {"bundle": "", "target": "clean", "victim_file": None, "trigger_kind": "assumed", "trigger_target": 0,
         "patch_size": 3, "patch_corner": "bottom-right", "blend_opacity": 0.1, "blend_seed": 0,
         "layers": [ALL_LAYERS], "n": APP_SAMPLING.n, "sampler": APP_SAMPLING.sampler, "steps": APP_SAMPLING.steps,
-        "seed": APP_SAMPLING.seed, "defences": False}
+        "seed": APP_SAMPLING.seed, "defences": False, "condition": "default", "acc": None, "guidance": ""}
 TRIGGER_FIELDS = ("trigger_kind", "trigger_target", "patch_size", "patch_corner", "blend_opacity", "blend_seed")
+
+
+def condition_choices(bundle: Bundle) -> list[str]:
+    """What the bundle can be asked for: default (what it is for) and none; an accuracy-conditional bundle also
+    acc=best and acc (the value of the accuracy slider); a trunk-conditional one trunk=target."""
+    c = bundle.conditions
+    if c is None:
+        return ["default"]
+    return ["default", "none", *(("acc=best", "acc") if c.kind == "acc" else ("trunk=target",))]
+
+
+def _condition(form: dict, bundle: Bundle) -> str:
+    """The form's condition as SamplingSpec takes it: `acc` becomes acc=<the slider's value>."""
+    choice = form["condition"] or "default"
+    if choice not in condition_choices(bundle):
+        raise ValueError(f"condition {choice!r}: this bundle offers {', '.join(condition_choices(bundle))}")
+    if choice != "acc":
+        return choice
+    try:
+        return f"acc={float(form['acc']):g}"
+    except (TypeError, ValueError):
+        raise ValueError(f"condition acc needs an accuracy (percent), got {form['acc']!r}") from None
+
+
+def _guidance(value) -> float | None:
+    """The guidance field: blank (None) for the bundle's own scale, else a number."""
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"guidance must be a number (or blank: the bundle's own scale), got {value!r}") from None
 
 
 def target_choices(bundle: Bundle) -> list[str]:
@@ -56,11 +88,13 @@ class RunRequest:
         n = _whole(form, "n")
         if not 1 <= n <= MAX_N:
             raise ValueError(f"N must be between 1 and {MAX_N}, got {n}")
-        sampling = SamplingSpec(n=n, sampler=form["sampler"], steps=_whole(form, "steps"), seed=_whole(form, "seed"))
+        guidance = _guidance(form["guidance"])
+        sampling = SamplingSpec(n=n, sampler=form["sampler"], steps=_whole(form, "steps"), seed=_whole(form, "seed"),
+                                condition=_condition(form, bundle), guidance=guidance)
         layers = form["layers"]
         if layers is not None and len(layers) == 0:
             raise ValueError("choose at least one layer to splice")
-        settings = EvalSettings(layers=tuple(layers or ()), defences=bool(form["defences"]))
+        settings = EvalSettings(layers=tuple(layers or ()), defences=DefenceSettings() if form["defences"] else None)
         return cls(bundle, _target(form, bundle), sampling, settings)
 
 

@@ -11,7 +11,8 @@ import gradio as gr
 from pdiff.app import plots
 from pdiff.app import texts as text
 from pdiff.app.allowlist import allowed_roots
-from pdiff.app.request import FORM, MAX_N, RunRequest, target_choices
+from pdiff.app.examples import EXAMPLE_TARGETS, load_example
+from pdiff.app.request import FORM, MAX_N, RunRequest, condition_choices, target_choices
 from pdiff.core.runtime import resolve_device
 from pdiff.core.settings import SAMPLERS, DataSpec
 from pdiff.core.splice import ALL_LAYERS
@@ -24,7 +25,7 @@ from pdiff.generator.locate import shipped_bundles
 from pdiff.generator.sampling import Samples
 from pdiff.measure.engine import EngineCache
 from pdiff.models.loading import TargetError
-from pdiff.studies.report import run_report
+from pdiff.studies.report import report_stages
 from pdiff.studies.transfer import TABLE_HEADERS, table_rows
 
 # per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
@@ -74,30 +75,37 @@ def _run_data(dataset: str) -> RunData:
 
 
 @_gpu
-def _compute(request: RunRequest, progress):
-    """The GPU part: sample, splice, evaluate. Returns plain data; figures are built outside."""
+def _stages(request: RunRequest, progress):
+    """The GPU part: sample, splice, evaluate, as studies.report.report_stages yields it (plain data; figures are
+    built outside)."""
     data = _run_data(request.bundle.task.dataset)
     if request.settings.defences and request.target.trigger is not None and data.train is None:
         _train_split(request.bundle.task.dataset)  # raises: the defences need the training split
-    return run_report(request.bundle, request.target, data, request.sampling, request.settings, ENGINES,
-                      progress=lambda frac, desc: progress(frac, desc=desc), device=resolve_device("auto"))
+    yield from report_stages(request.bundle, request.target, data, request.sampling, request.settings, ENGINES,
+                             progress=lambda frac, desc: progress(frac, desc=desc), device=resolve_device("auto"))
 
 
 def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
-    """Run: sample parameter sets, splice into the target, evaluate; return report, files, tables and figures.
+    """Run: sample parameter sets, splice into the target, evaluate; show the results as they come (the generated
+    models and the originals first, then every baseline, control and defence, then the t-SNE), then the report and
+    parameter files.
 
     The form's fields (request.FORM; an API client passes only those it changes): bundle; target (clean, victim, one
     of the bundle's named victims such as finetuned-blended, or upload with `victim_file`); trigger_*, patch_*,
     blend_*: the uploaded model's trigger (data.triggers.trigger_from_fields; 'assumed' scores it against the
     bundle's BadNets trigger and says so in the report; named victims use their own); layers; n, sampler, steps,
-    seed; defences (fine-tune, re-init, FT, FP, CLP on a 5 % clean budget: needs the training split).
+    seed; defences (fine-tune, re-init, FT, FP, ANP, CLP on a 5 % clean budget: needs the training split);
+    condition (default, none, acc=best, acc with the `acc` value, trunk=target) and guidance, for a conditional
+    bundle. An API client receives every stage; the last is the finished run.
     """
     from pdiff.core.files import write_json
 
     try:
         bundle = load_bundle(form.get("bundle", ""))
         request = RunRequest.from_form({**form, "victim_file": victim_file}, bundle)
-        report, vectors = _compute(request, progress)
+        for report, vectors in _stages(request, progress):
+            if report.get("pending"):
+                yield views(report)
     except (ValueError, BundleError, TargetError, DataError, OSError) as e:
         raise gr.Error(str(e)) from None
     except Exception as e:  # never a stack trace in the page; the app keeps serving
@@ -106,14 +114,21 @@ def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
     report_path = out / "report.json"
     write_json(report_path, report)
     params_path = Samples(vectors, request.sampling, bundle).save(out / "generated.safetensors")
+    yield views(report, (str(report_path), str(params_path)))
+
+
+def views(report: dict, files: tuple[str | None, str | None] = (None, None), example: dict | None = None) -> list:
+    """Every output of the page for a report (finished, a stage of one, or a shipped example), in OUTPUT_ORDER."""
     backdoor = report["backdoor"] == "applicable"
+    pending = report.get("pending", [])
     table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
     sources = {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
-               **report.get("defences", {})}
+               **report.get("controls", {}), **report.get("defences", {})}
     transfer = {"headers": TABLE_HEADERS, "data": table_rows(report["target"], sources) if backdoor else []}
-    return (str(report_path), str(params_path), table, plots.accuracy_distribution(report),
-            plots.asr_distribution(report) if backdoor else None, plots.tsne_scatter(report),
-            plots.accuracy_vs_iou(report), _status(report), plots.acc_vs_asr(report) if backdoor else None, transfer)
+    tsne = plots.waiting("t-SNE", "computing the joint t-SNE") if "t-SNE" in pending else plots.tsne_scatter(report)
+    return [*files, table, plots.accuracy_distribution(report), plots.asr_distribution(report) if backdoor else None,
+            tsne, plots.accuracy_vs_iou(report), _status(report, example),
+            plots.acc_vs_asr(report) if backdoor else None, transfer]
 
 
 KEEP_RUNS_S = 3600
@@ -142,7 +157,7 @@ def _run_folder() -> Path:
     return Path(tempfile.mkdtemp(dir=runs))
 
 
-def _status(report: dict) -> str:
+def _status(report: dict, example: dict | None = None) -> str:
     s, o, t = report["summary"]["generated"], report["summary"]["originals"], report["target"]
     if s["mean"] is None:
         return f"All {report['n']} generated parameter sets had non-finite values; nothing to evaluate."
@@ -155,24 +170,52 @@ def _status(report: dict) -> str:
         line += f" {report['generated']['nonfinite']} sets had non-finite values and were left out."
     if report["backdoor"] != "applicable":
         line += f" Backdoor metrics {report['backdoor']}."
+    condition = report.get("condition")
+    if condition:
+        line += f" Asked for {condition['asked']} (guidance {condition['guidance']:g})."
     described = trigger_line(t)
-    return line + (f" The {described}." if described else "")
+    line += f" The {described}." if described else ""
+    if report.get("pending"):
+        line += f" *Still coming: {' and '.join(report['pending'])}.*"
+    if example:
+        made = example["example"]
+        line = (f"**Example run** (made on {made['made_on']} with the app's defaults, shipped with the app): press "
+                f"**Run** for a run of your own.\n\n{line}")
+    return line
 
 
 def bundle_changed(bundle: str):
-    """When the bundle changes: its layers become the choices, all selected; its victims become targets."""
+    """When the bundle changes: its layers become the choices, all selected; its victims become targets; its
+    conditions the condition choices (the group hidden for an unconditional bundle), the accuracy slider its range."""
     try:
         b = load_bundle(bundle)
     except (ValueError, BundleError, OSError) as e:
         raise gr.Error(str(e)) from None
-    return gr.update(choices=[ALL_LAYERS, *b.names], value=[ALL_LAYERS]), gr.update(choices=target_choices(b), value="clean")
+    return (gr.update(choices=[ALL_LAYERS, *b.names], value=[ALL_LAYERS]),
+            gr.update(choices=target_choices(b), value="clean"), *_condition_updates(b))
 
 
-def _inputs(shipped: dict, default_bundle: str) -> tuple[dict, gr.Group]:
-    """The left column: bundle, target, upload and its trigger, layers, sampling settings, the defence box
-    (the API's parameters, request.FORM's order and defaults); and the group of trigger fields, shown for an upload."""
-    default_layers = [ALL_LAYERS, *(load_bundle(default_bundle).names if default_bundle else [])]
-    targets = target_choices(load_bundle(default_bundle)) if default_bundle else ["clean", "upload"]
+def _condition_updates(b: Bundle) -> tuple:
+    """The condition group's visibility, the condition choices, and the accuracy slider's range (an acc bundle)."""
+    low, high = _acc_range(b)
+    return (gr.update(visible=b.conditions is not None), gr.update(choices=condition_choices(b), value="default"),
+            gr.update(minimum=low, maximum=high, value=high, visible=False))
+
+
+def _acc_range(b: Bundle | None) -> tuple[float, float]:
+    """The validation accuracies an accuracy-conditional bundle saw, rounded for the slider (else 0 to 100)."""
+    c = b.conditions if b is not None else None
+    low, high = c.meta["range"] if c is not None and c.kind == "acc" else (0.0, 100.0)
+    return round(low, 2), round(high, 2)
+
+
+def _inputs(shipped: dict, default_bundle: str) -> tuple[dict, gr.Group, gr.Group]:
+    """The left column: bundle, target, upload and its trigger, layers, sampling settings, the defence box, the
+    condition (the API's parameters, request.FORM's order and defaults); the group of trigger fields, shown for an
+    upload, and the group of condition fields, shown for a conditional bundle."""
+    b = load_bundle(default_bundle) if default_bundle else None
+    default_layers = [ALL_LAYERS, *(b.names if b else [])]
+    targets = target_choices(b) if b else ["clean", "upload"]
     inp = dict(
         bundle=gr.Dropdown(choices=list(shipped), value=default_bundle, allow_custom_value=True, label="Bundle",
                            info="a shipped bundle, a Hub repo id (owner/name), or a folder under the server's "
@@ -196,12 +239,27 @@ def _inputs(shipped: dict, default_bundle: str) -> tuple[dict, gr.Group]:
                               "DDPM)"),
         steps=gr.Slider(1, 1000, value=FORM["steps"], step=1, label="DDIM steps"),
         seed=gr.Number(value=FORM["seed"], precision=0, label="Seed"),
-        defences=gr.Checkbox(FORM["defences"], label="Defences (fine-tune, re-init, FT, FP, CLP)",
+        defences=gr.Checkbox(FORM["defences"], label="Defences (fine-tune, re-init, FT, FP, ANP, CLP)",
                              info="for a backdoored target, on 5% of the training images: the target's own layers "
                                   "fine-tuned or re-initialised, the whole target fine-tuned (FT), fine-pruning (FP), "
-                                  "and the data-free CLP; needs the training split, adds a few minutes on a CPU"),
+                                  "adversarial neuron pruning (ANP) and the data-free CLP; needs the training split, "
+                                  "adds a few minutes on a CPU"),
     )
-    return inp, trigger_box
+    low, high = _acc_range(b)
+    with gr.Group(visible=b is not None and b.conditions is not None) as condition_box:
+        inp.update(
+            condition=gr.Radio(condition_choices(b) if b else ["default"],
+                               value=FORM["condition"], label="Condition",
+                               info="what a conditional bundle is asked for. default: what it is for (the best "
+                                    "accuracy it saw; or the target's own trunk); none: its unconditional model; "
+                                    "acc: the accuracy on the slider (validation accuracy, percent)"),
+            acc=gr.Slider(low, high, value=high, step=0.01,
+                          label="Asked validation accuracy (%)", visible=False),
+            # a text box: blank (the bundle's own scale) is a value an API client can leave as it is
+            guidance=gr.Textbox(value=FORM["guidance"], label="Guidance scale", placeholder="the bundle's own",
+                                info="classifier-free guidance; blank: the scale the bundle chose on its validation "
+                                     "split; 0: the unconditional model"))
+    return inp, trigger_box, condition_box
 
 
 def _trigger_inputs() -> dict:
@@ -220,19 +278,24 @@ def _trigger_inputs() -> dict:
     )
 
 
-def _outputs() -> dict:
-    """The right column, in the order `generate` returns its values."""
-    out = {"status": gr.Markdown("Press **Run** to sample and evaluate.", elem_id="status"),
-           "transfer_table": gr.Dataframe(label="Transfer: backdoor removal by method", interactive=False,
+def _outputs(first: list | None) -> dict:
+    """The right column, in the order `generate` returns its values; `first`: the values it opens on (an example
+    run's views), or None."""
+    first = dict(zip(OUTPUT_ORDER, first)) if first else {}
+    empty = {"headers": plots.summary_headers({}), "data": []}
+    out = {"status": gr.Markdown(first.get("status", "Press **Run** to sample and evaluate."), elem_id="status"),
+           "transfer_table": gr.Dataframe(first.get("transfer_table", {"headers": TABLE_HEADERS, "data": []}),
+                                          label="Transfer: backdoor removal by method", interactive=False,
                                           visible=False),
-           "table": gr.Dataframe(label="Accuracy, spread and novelty by source", interactive=False)}
+           "table": gr.Dataframe(first.get("table", empty), label="Accuracy, spread and novelty by source",
+                                 interactive=False)}
     with gr.Row():
-        out["acc_plot"] = gr.Plot(label="Accuracy distribution")
-        out["asr_plot"] = gr.Plot(label="ASR distribution", visible=False)
-    out["asr_scatter"] = gr.Plot(label="ACC vs. ASR", visible=False)
+        out["acc_plot"] = gr.Plot(first.get("acc_plot"), label="Accuracy distribution")
+        out["asr_plot"] = gr.Plot(first.get("asr_plot"), label="ASR distribution", visible=False)
+    out["asr_scatter"] = gr.Plot(first.get("asr_scatter"), label="ACC vs. ASR", visible=False)
     with gr.Row():
-        out["tsne_plot"] = gr.Plot(label="t-SNE")
-        out["iou_plot"] = gr.Plot(label="Accuracy vs. novelty")
+        out["tsne_plot"] = gr.Plot(first.get("tsne_plot"), label="t-SNE")
+        out["iou_plot"] = gr.Plot(first.get("iou_plot"), label="Accuracy vs. novelty")
     with gr.Row():
         out["report_file"] = gr.File(label="JSON report")
         out["params_file"] = gr.File(label="Generated parameters (safetensors)")
@@ -244,6 +307,29 @@ OUTPUT_ORDER = ["report_file", "params_file", "table", "acc_plot", "asr_plot", "
                 "asr_scatter", "transfer_table"]
 
 
+def example_views(bundle_name: str, target: str) -> list | None:
+    """The page's views of the shipped example run of `bundle_name` on `target` (None: no example of this bundle)."""
+    if not bundle_name:
+        return None
+    example = load_example(bundle_name, target, load_bundle(bundle_name).digest)
+    return views(example["report"], example=example) if example else None
+
+
+def _example_buttons(inp: dict, out: dict) -> None:
+    """One button per shipped example: its target chosen in the form and its finished run shown (no queue)."""
+    with gr.Row():
+        for target in EXAMPLE_TARGETS:
+            button = gr.Button(f"Example: {target} target", size="sm", variant="secondary")
+
+            def show(bundle: str, target=target):
+                shown = example_views(bundle, target)
+                if shown is None:
+                    raise gr.Error(f"no shipped example for bundle {bundle!r}; press Run")
+                return [target, *shown]
+            button.click(show, inp["bundle"], [inp["target"], *(out[k] for k in OUTPUT_ORDER)], api_name=False,
+                         queue=False)
+
+
 def build_demo(default_bundle: str | None = None) -> gr.Blocks:
     shipped = shipped_bundles()
     default_bundle = default_bundle or next(iter(shipped), "")
@@ -252,20 +338,26 @@ def build_demo(default_bundle: str | None = None) -> gr.Blocks:
         gr.Markdown(text.INTRO)
         with gr.Row():
             with gr.Column(scale=1, min_width=320):
-                inp, trigger_box = _inputs(shipped, default_bundle)
+                inp, trigger_box, condition_box = _inputs(shipped, default_bundle)
                 run = gr.Button("Run", variant="primary")
             with gr.Column(scale=2):
-                out = _outputs()
+                out = _outputs(example_views(default_bundle, "clean"))  # the page opens on a finished run
+                _example_buttons(inp, out)
         # light events skip the queue: they never wait behind (or get refused by) a full queue of runs
-        inp["bundle"].change(bundle_changed, inp["bundle"], [inp["layers"], inp["target"]], api_name=False, queue=False)
+        inp["bundle"].change(bundle_changed, inp["bundle"],
+                             [inp["layers"], inp["target"], condition_box, inp["condition"], inp["acc"]],
+                             api_name=False, queue=False)
         # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
         inp["target"].change(lambda t: [gr.update(visible=t != "clean")] * 3, inp["target"],
                              [out["asr_plot"], out["asr_scatter"], out["transfer_table"]], api_name=False, queue=False)
         inp["target"].change(lambda t: gr.update(visible=t == "upload"), inp["target"], trigger_box, api_name=False,
                              queue=False)
-        # the form's fields reach `generate` by name: they are the API's parameters (request.FORM)
+        inp["condition"].change(lambda c: gr.update(visible=c == "acc"), inp["condition"], inp["acc"],
+                                api_name=False, queue=False)
+        # the form's fields reach `generate` by name: they are the API's parameters (request.FORM). Its stages
+        # stream in: the generated models first, then the baselines, then the t-SNE
         run.click(generate, inputs_kwargs=inp, outputs=[out[k] for k in OUTPUT_ORDER],
-                  api_name="generate", concurrency_limit=1)  # one GPU / CPU job at a time
+                  api_name="generate", concurrency_limit=1, show_progress="full")  # one GPU / CPU job at a time
     # a classroom's worth of runs wait their turn; a waiting browser shows "queue: k/n" and an ETA. Beyond
     # MAX_QUEUE a browser is told "This application is currently busy. Please try again." and an API client
     # gets "Queue is full! Please try again."
