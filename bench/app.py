@@ -54,11 +54,17 @@ def _click_to_plots(url: str) -> dict | None:
 
 
 def main() -> None:
+    import argparse
+
     from pdiff.app.ui import free_port
 
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--no-warm", action="store_true", help="launch with PDIFF_WARM=0: the default run's engines are "
+                                                            "built on the first click, not at launch")
+    args = ap.parse_args()
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+           "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PDIFF_WARM": "0" if args.no_warm else "1"}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -78,7 +84,7 @@ def main() -> None:
     print(json.dumps({"name": "app", "device": "cuda" if torch.cuda.is_available() else "cpu",
                       "ready_s": round(ready_s, 2), "idle_rss_mb": round(idle_rss, 1),
                       **(click_s or {"click_to_first_stage_s": None, "click_to_plots_s": None}),
-                      "n": 100, "sampler": "ddim50", "rss_after_run_mb": round(after_rss, 1)}))
+                      "n": 100, "sampler": "ddim50", "warm": not args.no_warm, "rss_after_run_mb": round(after_rss, 1)}))
 
 
 if __name__ == "__main__":

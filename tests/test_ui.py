@@ -72,6 +72,20 @@ def test_the_examples_are_the_shipped_bundles_and_refused_when_stale():
     assert load_example("fmnist-convnet", "clean", "another bundle's digest") is None
 
 
+def test_the_default_run_is_prepared_ahead_and_a_bad_name_only_logs(monkeypatch, capsys):
+    from pdiff.app import ui
+    from pdiff.measure.engine import EngineCache
+
+    monkeypatch.setattr(ui, "ENGINES", EngineCache(4))
+    ui.warm_default("fmnist-convnet")
+    assert len(ui.ENGINES) == 2  # the clean target's engines on the validation and the test split
+    built = dict(ui.ENGINES._entries)
+    ui.warm_default("fmnist-convnet")  # the same keys a run asks for: found, not rebuilt
+    assert {k: v[0] for k, v in ui.ENGINES._entries.items()} == {k: v[0] for k, v in built.items()}
+    ui.warm_default("no-such-bundle")
+    assert "could not prepare the default run ahead" in capsys.readouterr().err and len(ui.ENGINES) == 2
+
+
 def test_uploaded_victim_state_dict(client, tmp_path):
     from pdiff.app.ui import load_bundle
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
+import threading
 from functools import lru_cache
 from pathlib import Path
 
@@ -26,6 +28,7 @@ from pdiff.generator.sampling import Samples
 from pdiff.measure.engine import EngineCache
 from pdiff.models.loading import TargetError
 from pdiff.studies.report import report_stages
+from pdiff.studies.report import warm as warm_engines
 from pdiff.studies.transfer import TABLE_HEADERS, table_rows
 
 # per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
@@ -83,6 +86,17 @@ def _stages(request: RunRequest, progress):
         _train_split(request.bundle.task.dataset)  # raises: the defences need the training split
     yield from report_stages(request.bundle, request.target, data, request.sampling, request.settings, ENGINES,
                              progress=lambda frac, desc: progress(frac, desc=desc), device=resolve_device("auto"))
+
+
+def warm_default(bundle_name: str) -> None:
+    """Load the default run's bundle and data and build its engines (studies.report.warm) before the first click:
+    a thread at launch. A failure here only costs the first run its head start, so it is logged, not raised."""
+    try:
+        bundle = load_bundle(bundle_name)
+        request = RunRequest.from_form({"bundle": bundle_name}, bundle)
+        warm_engines(bundle, request.target, _run_data(bundle.task.dataset), request.settings, ENGINES, resolve_device("auto"))
+    except Exception as e:  # noqa: BLE001
+        print(f"pdiff: could not prepare the default run ahead ({type(e).__name__}: {e})", file=sys.stderr)
 
 
 def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
@@ -330,9 +344,12 @@ def _example_buttons(inp: dict, out: dict) -> None:
                          queue=False)
 
 
-def build_demo(default_bundle: str | None = None) -> gr.Blocks:
+def build_demo(default_bundle: str | None = None, warm: bool = False) -> gr.Blocks:
+    """The page. With `warm`, the default run's engines are built in a thread meanwhile (warm_default)."""
     shipped = shipped_bundles()
     default_bundle = default_bundle or next(iter(shipped), "")
+    if warm and default_bundle:
+        threading.Thread(target=warm_default, args=(default_bundle,), daemon=True, name="pdiff-warm").start()
     # delete_cache: gradio's copies of uploads and downloads older than an hour go, checked hourly
     with gr.Blocks(title="pdiff: parameter diffusion", delete_cache=(KEEP_RUNS_S, KEEP_RUNS_S)) as demo:
         gr.Markdown(text.INTRO)
