@@ -134,6 +134,17 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
     yield report, vectors
 
 
+def warm(bundle: Bundle, target: Target, data: RunData, settings: EvalSettings, engines: EngineCache,
+         device="cpu") -> TargetEngine:
+    """The seed-free work of a report on `target` (its engines on the test and validation splits: trunk features,
+    triggered images) built into `engines` ahead of a request, so that report_stages finds them there; returns the
+    test split's engine."""
+    layers = select_layers(bundle.layout, list(settings.layers))
+    if data.validation is not None:
+        engines.get(bundle, target, layers, data.validation, device, data.bn)
+    return engines.get(bundle, target, layers, data.test, device, data.bn)
+
+
 def _sample(bundle: Bundle, sampling: SamplingSpec | Samples, target: Target, device,
             say: Progress) -> tuple[Samples, float]:
     """The generated sets (the Samples given, or drawn now as the spec says, trunk=target meaning `target`'s trunk)
