@@ -44,7 +44,10 @@ def main() -> None:
     a = ap.parse_args()
     subset = ["--train-subset", "6000" if a.quick else "15000", "--device", "cpu"]
     tmp = Path(tempfile.mkdtemp(prefix="pdiff-dist-"))
-    out = {"name": "distributed", "device": "cpu", "threads_per_rank": 1, "backend": "gloo"}
+    out = {"name": "distributed", "device": "cpu", "threads_per_rank": 1, "backend": "gloo", "cores": os.cpu_count(),
+           "load_average_before": os.getloadavg()[0]}
+    if out["load_average_before"] > 0.5:  # two ranks on a busy machine measure the other jobs as much as ours
+        out["note"] = f"measured beside other jobs (load average {out['load_average_before']:.1f} before)"
     # collect: four trunks trained from scratch (the many-trunk case: each trunk a whole training run)
     collect = ["collect", "--trunks", "4", "--trunk-mode", "scratch", "--epochs", "1", "--k", "40", *subset, "--seed", "0"]
     times = {r: _run([*collect, "--out", str(tmp / f"collect{r}")], r) for r in (1, 2)}

@@ -49,9 +49,10 @@ def _time(bundle: Bundle, n: int, sampler: str, steps: int | None, device: str, 
 
 def _guided(bundle: Bundle, n: int, device: str, repeats: int) -> dict:
     """A conditional bundle's DDPM time asked for its condition (acc=best, or the trunk of its own base) beside
-    the same network unconditional."""
+    the same network unconditional. At scale 1: any scale above 0 costs the same (one 2N batch per step); the
+    bundle's own scale may be 0, which samples unconditionally and would time nothing of the guidance."""
     condition = "acc=best" if bundle.conditions.kind == "acc" else "trunk=target"
-    guide = guide_for(SamplingSpec(n, condition=condition), bundle.conditions, bundle.task, bundle.names,
+    guide = guide_for(SamplingSpec(n, condition=condition, guidance=1.0), bundle.conditions, bundle.task, bundle.names,
                       bundle.base_state, device)
     T = bundle.ddpm_cfg.timesteps
     guided = _time(bundle, n, "ddpm", None, device, repeats, guide)

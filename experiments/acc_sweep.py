@@ -53,9 +53,13 @@ def main() -> None:
     ap.add_argument("--values", type=int, default=6, help="asked values, evenly across the range the bundle saw")
     ap.add_argument("--sampler", default="ddpm")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "conditions" / "acc-sweep.json")
+    ap.add_argument("--guidance", type=float, default=None,
+                    help="guidance scale (default: the bundle's, chosen on validation; 0 is the unconditional model)")
+    ap.add_argument("--out", type=Path, default=None, help="default: results/conditions/acc-sweep[-wG].json")
     args = ap.parse_args()
     bundle = load_bundle(args.bundle)
+    suffix = "" if args.guidance is None else f"-w{args.guidance:g}"
+    args.out = args.out or ROOT / "results" / "conditions" / f"acc-sweep{suffix}.json"
     c = bundle.conditions
     if c is None or c.kind != "acc":
         raise SystemExit(f"error: {args.bundle} is not an accuracy-conditional bundle (train --condition acc)")
@@ -65,23 +69,32 @@ def main() -> None:
     clean = Target("clean", bundle.base_state, None)
     engines = {name: TargetEngine(bundle.task, bundle.layout, clean, split)
                for name, split in (("validation", data.validation), ("test", data.test))}
-    spec = SamplingSpec(args.n, args.sampler, seed=args.seed)
+    spec = SamplingSpec(args.n, args.sampler, seed=args.seed, guidance=args.guidance)
     rows = {}
     for condition in [f"acc={a:.4f}" for a in asked] + ["acc=best", "none"]:
         samples = draw(bundle, replace(spec, condition=condition), target_state=bundle.base_state)
         v = samples.vectors[samples.finite]
         rows[condition] = {split: measure(e, {"g": v}, reference=None)["metrics"]["g"]["acc"] for split, e in engines.items()}
         print(condition, {k: round(sum(a) / len(a), 2) for k, a in rows[condition].items()}, flush=True)
+    # the ceiling of any accuracy condition on one trajectory: how well the originals' validation accuracy (what the
+    # condition is) ranks their test accuracy
+    originals = {split: measure(e, {"o": bundle.originals}, reference=None)["metrics"]["o"]["acc"]
+                 for split, e in engines.items()}
     swept = [f"acc={a:.4f}" for a in asked]
     per_set = ([a for a, k in zip(asked, swept) for _ in rows[k]["validation"]],
                [x for k in swept for x in rows[k]["validation"]])
     means = [sum(rows[k]["validation"]) / len(rows[k]["validation"]) for k in swept]
+    test_per_set = [x for k in swept for x in rows[k]["test"]]
+    test_means = [sum(rows[k]["test"]) / len(rows[k]["test"]) for k in swept]
     write_json(args.out, {
         "bundle": str(args.bundle), "n_per_value": args.n, "sampler": args.sampler, "seed": args.seed,
-        "guidance": c.meta.get("guidance"), "validation_range": [low, high], "asked": asked,
+        "guidance": c.meta.get("guidance") if args.guidance is None else args.guidance, "validation_range": [low, high], "asked": asked,
         "validation_size": len(data.validation.labels), "measured": rows,
         "originals_validation": {"mean": c.values.mean().item(), "best": high, "worst": low},
-        "spearman_per_set": spearman(*per_set), "spearman_of_means": spearman(asked, means),
+        "originals_measured": originals,
+        "originals_spearman_validation_test": spearman(originals["validation"], originals["test"]),
+        "spearman_per_set": spearman(*per_set),
+        "spearman_test_per_set": spearman(per_set[0], test_per_set), "spearman_test_of_means": spearman(asked, test_means), "spearman_of_means": spearman(asked, means),
         "command": "python experiments/acc_sweep.py " + " ".join(sys.argv[1:])})
     print(f"spearman per set {spearman(*per_set):.3f}, of means {spearman(asked, means):.3f}")
 

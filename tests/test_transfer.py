@@ -4,7 +4,7 @@ import torch
 from pdiff.data.triggers import der
 from pdiff.core.params import unflatten
 from pdiff.measure.sources import source
-from pdiff.studies.transfer import METHODS, STITCHED, TABLE_HEADERS, control_sets, table, table_rows
+from pdiff.studies.transfer import METHODS, TABLE_HEADERS, control_sets, table, table_rows
 
 from helpers import transfer, with_recipe
 

@@ -37,7 +37,7 @@ def acc_table() -> str:
     lines = ["| run | acc mean | max-IoU | bound: nearest other + 0.03 | originals top 10 % (validation) | "
              "top 10 % (test) | Gaussian top 10 % at that max-IoU | top 25 % | top 50 % | all originals' Gaussian |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    runs = {f"acc=best, seed {s}": r for s, r in reports.items()}
+    runs = {f"acc=best, guidance {r['condition']['guidance']:g}, seed {s}": r for s, r in reports.items()}
     none = HERE / "acc-none-seed0.json"
     if none.exists():
         runs["none (same bundle), seed 0"] = read(none)
@@ -56,18 +56,28 @@ def acc_table() -> str:
 
 
 def sweep_table() -> str:
-    path = HERE / "acc-sweep.json"
-    if not path.exists():
+    """One table per guidance scale swept (acc-sweep-wG.json; acc-sweep.json at the bundle's own scale)."""
+    paths = sorted(HERE.glob("acc-sweep*.json"))
+    if not paths:
         return _missing("sweep")
-    s = json.loads(path.read_text())
-    lines = [f"{s['n_per_value']} sets per asked value ({s['sampler']}, seed {s['seed']}, guidance {s['guidance']}); "
-             f"validation {s['validation_size']} images. Spearman's rho, asked against measured validation accuracy: "
-             f"**{s['spearman_per_set']:.3f}** over every set, **{s['spearman_of_means']:.3f}** over the means.", "",
-             "| asked | validation acc mean | test acc mean | test acc min |", "|---|---|---|---|"]
-    for asked, m in s["measured"].items():
-        val, test = m["validation"], m["test"]
-        lines.append(f"| {asked} | {sum(val) / len(val):.2f} | {sum(test) / len(test):.2f} | {min(test):.2f} |")
-    return "\n".join(lines)
+    out = []
+    for path in paths:
+        s = json.loads(path.read_text())
+        out += [f"Guidance {s['guidance']:g}: {s['n_per_value']} sets per asked value ({s['sampler']}, seed {s['seed']}); "
+                f"validation {s['validation_size']} images. Spearman's rho, asked against measured validation "
+                f"accuracy: **{s['spearman_per_set']:.3f}** over every set, **{s['spearman_of_means']:.3f}** over "
+                "the means."
+                + (f" Against the measured test accuracy: {s['spearman_test_per_set']:.3f} and "
+                   f"{s['spearman_test_of_means']:.3f}." if "spearman_test_per_set" in s else "")
+                + (f" The originals' own validation accuracy ranks their test accuracy at rho "
+                   f"**{s['originals_spearman_validation_test']:.3f}**." if "originals_spearman_validation_test" in s
+                   else ""), "",
+                "| asked | validation acc mean | test acc mean | test acc min |", "|---|---|---|---|"]
+        for asked, m in s["measured"].items():
+            val, test = m["validation"], m["test"]
+            out.append(f"| {asked} | {sum(val) / len(val):.2f} | {sum(test) / len(test):.2f} | {min(test):.2f} |")
+        out.append("")
+    return "\n".join(out).strip()
 
 
 def trunks_table() -> str:

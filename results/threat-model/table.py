@@ -1,8 +1,9 @@
 """The tables of docs/threat-model.md from the reports run.sh writes: one row per method and trigger.
 
 python results/threat-model/table.py [threat-badnets|threat-blended|threat-goals] [--write]
-Each trigger has three scratch victims (seeds 1, 2, 3) and three generator seeds g (the donor's bundle trained with
-seed g, sampling and the defences' training with seed g): nine runs per method. A cell is the mean over the nine;
+The design gives each trigger three scratch victims (seeds 1, 2, 3) and three generator seeds g (the donor's bundle
+trained with seed g, sampling and the defences' training with seed g); a table uses the runs that exist and says
+which. A cell is the mean over the runs;
 "± victims" is the std over the victims of their means over g, "± seeds" the std over g of the means over victims.
 """
 import sys
@@ -57,6 +58,13 @@ def _fmt(cell, digits):
     return f"{value:.{digits}f} (± {spread})"
 
 
+def _which(reports: dict) -> str:
+    victims = sorted({v for v, _ in reports})
+    seeds = sorted({g for _, g in reports})
+    return (f"{len(reports)} of the design's {len(VICTIMS) * len(SEEDS)} (victims {', '.join(victims)}; generator "
+            f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))})")
+
+
 def trigger_table(trigger: str) -> str:
     reports = runs(trigger)
     if not reports:
@@ -64,7 +72,7 @@ def trigger_table(trigger: str) -> str:
     first = next(iter(reports.values()))
     victims = {v: r["victim"] for (v, g), r in reports.items()}
     lines = ["Victims as they are: " + "; ".join(f"{v} ACC {x['acc']:.2f} / ASR {x['asr']:.2f}"
-                                                   for v, x in sorted(victims.items())) + f". Runs: {len(reports)} of 9.",
+                                                   for v, x in sorted(victims.items())) + f". Runs: {_which(reports)}.",
              "",
              "| method | clean images | model images | checkpoints | ACC | ASR | DER | ASR after revival |",
              "|---|---|---|---|---|---|---|---|"]
