@@ -9,7 +9,8 @@ A failure on any rank is shared (`agree`): every rank stops with the same one-li
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -48,12 +49,27 @@ def init_from_env(device: str = "cpu") -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     timeout = float(os.environ.get("PDIFF_DIST_TIMEOUT_S", "600"))
     try:
-        td.init_process_group("nccl" if cuda else "gloo", timeout=__import__("datetime").timedelta(seconds=timeout))
+        with _native_stderr_silenced():
+            td.init_process_group("nccl" if cuda else "gloo", timeout=__import__("datetime").timedelta(seconds=timeout))
     except Exception as e:  # a rendezvous that cannot be reached, a port taken, a rank that never came
         raise RankError(f"rank {os.environ.get('RANK', '?')} could not join the process group at "
                         f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}: "
                         f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
     return True
+
+
+@contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """c10d's C++ side writes a line to stderr for every failed connection attempt (dozens before the timeout); the
+    one line that matters is ours, so file descriptor 2 points at /dev/null while the group forms."""
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def close() -> None:
