@@ -73,7 +73,8 @@ def collect_checkpoints(model: nn.Module, task: Task, train: Split, test: Split,
         p.requires_grad_(True)
     del train_feats
     params = {n: torch.stack(v) for n, v in saved.items()}
-    evaluator = BatchedEvaluator(model, test.normalized(device), task.train_layer, device)
+    # each rank evaluates its own trunk's checkpoints here: sharding them with the other ranks would mix trunks
+    evaluator = BatchedEvaluator(model, test.normalized(device), task.train_layer, device, shard=False)
     accs = accuracies(evaluator.predict_many({n: v.float() for n, v in params.items()}), test.labels)
     return params, accs
 

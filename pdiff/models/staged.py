@@ -91,8 +91,10 @@ class BatchedEvaluator:
     CACHE_ELEMENTS, MIN_IMAGES = 2**21, 256
 
     def __init__(self, model: nn.Module, images: torch.Tensor, layers: list[str],
-                 device: str | torch.device = "cpu", max_elements: int = 2**26, feature_map: Callable | None = None):
+                 device: str | torch.device = "cpu", max_elements: int = 2**26, feature_map: Callable | None = None,
+                 shard: bool = True):
         self.model = model.to(device).eval()
+        self.shard = shard  # False where each rank evaluates models of its own (a rank's trunk in collect)
         self.start = first_stage(model, layers) if feature_map is None else stitch_point(model, layers)
         self.features = _mapped(tail_input(self.model, images.to(device), self.start), feature_map)  # the trunk, once
         # numbers per image and model in the vmapped part; a whole model's largest activation bounds it
@@ -119,7 +121,8 @@ class BatchedEvaluator:
     @torch.no_grad()
     def predict_many(self, stacked: dict[str, torch.Tensor], models_per_chunk: int = 64) -> torch.Tensor:
         """{name: (N, *shape)} -> predicted classes (N, n_images), int64, on the CPU. Under torchrun the chunks of
-        models are shared out by stride and gathered: every rank gets the one-process result."""
+        models are shared out by stride and gathered: every rank gets the one-process result. With `shard` off
+        each rank evaluates every model it is given, alone."""
         n = len(next(iter(stacked.values())))
         device = self.features.device
         starts = list(range(0, n, models_per_chunk))
@@ -132,6 +135,8 @@ class BatchedEvaluator:
                      for i in range(0, len(self.features), images_per_chunk)]
             return torch.cat(preds, dim=1).cpu()
 
+        if not self.shard:
+            return torch.cat([chunk(m0) for m0 in starts])
         return torch.cat(dist.gather([chunk(starts[i]) for i in dist.mine(len(starts))], len(starts)))
 
 
