@@ -9,17 +9,28 @@ import pytest
 pytestmark = pytest.mark.slow  # three full reports on the 10k test images
 
 import pdiff
+from pdiff.studies import formats
 from pdiff.app import ui
 
 REQUEST = {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0}
 VOLATILE = ("timings_s",)
 
 
-def _same(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        if key not in VOLATILE:
-            assert a[key] == pytest.approx(b[key], abs=1e-9) if isinstance(a[key], float) else a[key] == b[key], key
+def _same(a, b, path: str = "report") -> None:
+    """a and b equal at every depth (floats to 1e-9), timings aside; a failure names the first path that differs."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{path}: keys {sorted(a)} against {sorted(b)}"
+        for key in a:
+            if key not in VOLATILE:
+                _same(a[key], b[key], f"{path}/{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), f"{path}: {len(a)} items against {len(b) if isinstance(b, list) else b}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{path}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, abs=1e-9, nan_ok=True), f"{path}: {a} against {b}"
+    else:
+        assert a == b, f"{path}: {a!r} against {b!r}"
 
 
 @pytest.fixture(scope="module")
@@ -31,14 +42,15 @@ def reports(tmp_path_factory, small_train):  # small_train: the training split i
     assert cli.returncode == 0, cli.stderr
     bundle = pdiff.load("fmnist-convnet")
     api = pdiff.evaluate(pdiff.sample(bundle, **REQUEST), target="victim")
-    app_outputs = ui.generate(bundle="fmnist-convnet", target="victim", **REQUEST, progress=lambda *a, **k: None)
+    *_, app_outputs = ui.generate(bundle="fmnist-convnet", target="victim", **REQUEST, progress=lambda *a, **k: None)
     return json.loads((out / "cli.json").read_text()), dict(api), json.loads(open(app_outputs[0]).read())
 
 
 def test_the_cli_the_api_and_the_app_agree(reports):
     cli, api, app = reports
-    assert cli["format"] == "pdiff-report" and cli["format_version"] == 1
-    assert cli["settings"]["sampling"] == {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0, "condition": "none",
+    assert cli["format"] == "pdiff-report" and cli["format_version"] == formats.VERSION
+    # the default bundle is accuracy-conditional: "default" is resolved to what it is for, and recorded so
+    assert cli["settings"]["sampling"] == {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0, "condition": "acc=best",
                                            "guidance": None}
     assert cli["validation"]["size"] == 5000 and cli["target"]["name"] == "victim"
     _same(cli, api)
