@@ -121,6 +121,7 @@ def speed_table() -> str:
     t = [k for k in b if k.startswith("guided_ddpm")][0]
     plain = t.replace("guided_", "")
     return "\n".join([
+        *([f"({b['note']}.)", ""] if b.get("note") else []),
         "| what | seconds | ratio |", "|---|---|---|",
         f"| {b['n']} sets, {plain.removesuffix('_s')}, unconditional | {b[plain]:.2f} | 1 |",
         f"| the same, guided ({b['condition']}, scale {b['guidance']:g}) | {b[t]:.2f} | {b['guided_over_unconditional']:.2f} |",

@@ -8,7 +8,7 @@ EPOCHS=${EPOCHS:-$(python -c "import json; print(json.load(open('results/threat-
 D=checkpoints/fmnist-convnet-budget
 # The design is three scratch victims per trigger (s1 s2 s3) x three generator seeds (0 1 2); what the tables show
 # was run with the defaults below (two victims, generator seed 0: about 25 minutes a run on this 2-core machine)
-GENS=${GENS:-0} VICTIMS=${VICTIMS:-"s1 s2"}
+GENS=${GENS:-0} VICTIMS=${VICTIMS:-"s1 s2"}  # and GENS=1 VICTIMS=s1 (bundle-seed1)
 # 1. the budget donor: 3,000 images drawn with seed 0 from the first 55,000, its base and K = 200 checkpoints,
 #    the default collection's four victims beside it; its bundle at three generator seeds, each keeping the full
 #    clean model as the clean-model control
