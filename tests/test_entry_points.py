@@ -68,4 +68,9 @@ def test_the_defaults_are_the_settings_fields():
                                                              SamplingSpec.seed)
     assert (args.validation, args.bn_images) == (DataSpec.validation, DataSpec.bn_images)
     assert (FORM["n"], FORM["sampler"], FORM["steps"]) == (APP_SAMPLING.n, APP_SAMPLING.sampler, APP_SAMPLING.steps)
-    assert APP_SAMPLING != SamplingSpec()  # the app's one difference, stated where it is made
+    assert APP_SAMPLING != SamplingSpec()  # the app's differences, stated where they are made
+    from pdiff.app.request import APP_DEFENCES
+    from pdiff.core.settings import DefenceSettings
+
+    assert APP_DEFENCES.anp_iterations < DefenceSettings().anp_iterations  # a browser waits; nothing else differs
+    assert {**vars(APP_DEFENCES), "anp_iterations": 0} == {**vars(DefenceSettings()), "anp_iterations": 0}
