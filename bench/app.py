@@ -42,11 +42,12 @@ def _click_to_plots(url: str) -> dict | None:
         page.goto(url, wait_until="networkidle")
         page.get_by_role("button", name="Run").click()
         t0 = time.perf_counter()
-        page.wait_for_function(f"!{STATUS}.startsWith('Example run') && {STATUS}.includes('generated models')",
-                               timeout=600_000)
+        # the example's text stays in the status (under gradio's progress overlay) until the run's first stage
+        # replaces it: "Example run" anywhere in it means the run has not shown yet
+        mine = f"!{STATUS}.includes('Example run') && {STATUS}.includes('generated models')"
+        page.wait_for_function(mine, timeout=600_000)
         first = time.perf_counter() - t0
-        page.wait_for_function(f"{STATUS}.includes('generated models') && !{STATUS}.includes('Still coming')",
-                               timeout=600_000)
+        page.wait_for_function(f"{mine} && !{STATUS}.includes('Still coming')", timeout=600_000)
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=600_000)
         every = time.perf_counter() - t0
         browser.close()
