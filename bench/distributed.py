@@ -15,6 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -30,7 +32,17 @@ def _run(args: list[str], ranks: int) -> float:
 
 
 def _digest(path: Path, skip=("timings_s", "ranks", "wall_s")) -> str:
-    """A file's content digest; for JSON, without its timings (and rank count), which differ by nature."""
+    """A file's content digest; for JSON, without its timings (and rank count), which differ by nature; for
+    safetensors, of the tensors alone (the header's metadata may record how the file was made)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        h = hashlib.sha256()
+        for name in sorted(tensors):
+            h.update(name.encode())
+            h.update(tensors[name].contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()
     if path.suffix == ".json":
         data = json.loads(path.read_text())
         data = {k: v for k, v in data.items() if k not in skip}
