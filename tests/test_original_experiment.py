@@ -57,7 +57,8 @@ def test_collect_train_evaluate_transfer(task, cifar_dir, tmp_path, monkeypatch)
     assert main(collect) == 0
     manifest = json.loads((coll / "manifest.json").read_text())
     assert manifest["task"]["name"] == task and len(manifest["accs"]) == 4
-    assert manifest["train_size"] == 64 and manifest["base_given"] == (task != "cifar10-resnet18")
+    # of a 64-image subset, the last half is the validation split no model trains on (data.plan.RunData)
+    assert manifest["train_size"] == 32 and manifest["base_given"] == (task != "cifar10-resnet18")
 
     assert main(["train", "--collection", str(coll), "--out", str(bundle), "--ae-steps", "10", "--ddpm-steps", "10",
                  "--ddpm-channels", "16", "--ddpm-blocks", "1", "--behaviour-images", "16", *data]) == 0
@@ -73,7 +74,7 @@ def test_collect_train_evaluate_transfer(task, cifar_dir, tmp_path, monkeypatch)
     transfer_path = tmp_path / "transfer.json"
     assert main(["transfer", "--bundle", str(bundle), "--victim", str(victim), *SAMPLING, "--methods",
                  "generated,originals,finetune", "--k-defence", "2", "--json", str(transfer_path), *data,
-                 "--train-subset", "200", "--clean-budget", "0.7"]) == 0  # a defence trains on at least one batch
+                 "--train-subset", "200", "--validation", "0", "--clean-budget", "0.7"]) == 0  # one batch for a defence
     transfer = json.loads(transfer_path.read_text())
     assert transfer["victim"]["name"] == victim.name and transfer["victim"]["trigger"]["name"] == "badnets"
     assert {k: len(transfer["methods"][k]["der"]) for k in transfer["methods"]} == {

@@ -153,11 +153,12 @@ def test_named_victim_with_the_defences(client):
     assert report["target"]["name"] == "finetuned-blended" and report["target"]["trigger"]["name"] == "blended"
     transfer = out[9]
     rows = {row[0]: row for row in transfer["data"]}
-    assert transfer["headers"][:3] == ["method", "clean data", "n"]
-    assert rows["finetune"][2] == rows["reinit"][2] == rows["ft"][2] == 1 and rows["generated"][2] == 4
-    assert rows["ft"][1] == rows["fp"][1] == rows["finetune"][1] == "3000 images"  # 5% of the training split
-    assert rows["clp"][1] == "0" and rows["clean-layers"][1] == "0 (+ clean model)"
-    assert rows["target as-is (finetuned-blended)"][4] == pytest.approx(report["target"]["asr"], abs=0.01)
+    assert transfer["headers"][:5] == ["method", "clean images", "model images", "checkpoints", "n"]
+    assert rows["finetune"][4] == rows["reinit"][4] == rows["ft"][4] == 1 and rows["generated"][4] == 4
+    assert rows["ft"][1] == rows["fp"][1] == rows["finetune"][1] == 3000  # 5 % of the training split
+    assert rows["clp"][1] == 0 and rows["clean-layers"][1:4] == [0, 55000, 0]  # the clean model's own layers
+    assert rows["clean-model"][1:4] == [0, 55000, 0] and rows["clean-model"][6] < 5  # the control: no backdoor
+    assert rows["target as-is (finetuned-blended)"][6] == pytest.approx(report["target"]["asr"], abs=0.01)
     names = [t["name"] for t in json.loads(out[8]["plot"])["data"]]
     assert {f"{s} (mean)" for s in ("finetune", "reinit", "ft", "fp", "clp", "clean-layers")} <= set(names)
     assert names[-1] == "target as-is (finetuned-blended)"  # the victim as-is: its own marker and legend entry
