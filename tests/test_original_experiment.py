@@ -74,9 +74,11 @@ def test_collect_train_evaluate_transfer(task, cifar_dir, tmp_path, monkeypatch)
     transfer_path = tmp_path / "transfer.json"
     assert main(["transfer", "--bundle", str(bundle), "--victim", str(victim), *SAMPLING, "--methods",
                  "generated,originals,finetune", "--k-defence", "2", "--json", str(transfer_path), *data,
-                 "--train-subset", "200", "--validation", "0", "--clean-budget", "0.7"]) == 0  # one batch for a defence
+                 "--train-subset", "200", "--validation", "0", "--clean-budget", "0.7",  # one batch for a defence
+                 "--revived", "1"]) == 0  # the revival attack on one ResNet-18 per method: minutes on a CPU otherwise
     transfer = json.loads(transfer_path.read_text())
     assert transfer["victim"]["name"] == victim.name and transfer["victim"]["trigger"]["name"] == "badnets"
     assert {k: len(transfer["methods"][k]["der"]) for k in transfer["methods"]} == {
         "generated": 3, "originals": 4, "finetune": 1}  # a defence: its final checkpoint
     assert all(0 <= v <= 100 for m in transfer["methods"].values() for v in m["acc"] + m["asr"])
+    assert all(len(m["revived"]["asr"]) == 1 for m in transfer["methods"].values())

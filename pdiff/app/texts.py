@@ -33,9 +33,11 @@ The *transfer table* sets the generated layers beside what clean weights alone d
 originals spliced in as they are, their average, and *clean-layers*: the clean model's own layers)
 and, when ticked, the field's defences on a clean budget of 5 % of the training images, each at its
 final checkpoint: the target's own layers fine-tuned (*finetune*) or re-initialised and retrained
-(*reinit*), the whole target fine-tuned (*ft*), fine-pruning (*fp*) and the data-free channel-Lipschitz
-pruning (*clp*). Each row states the clean data it used; the generator saw no clean images, but it was
-trained on the clean model's checkpoints. In *ACC vs. ASR* the black cross is the target as-is.
+(*reinit*), the whole target fine-tuned (*ft*), fine-pruning (*fp*), adversarial neuron pruning (*anp*, 200
+mask steps here) and the data-free channel-Lipschitz pruning (*clp*). The *clean-model* row is the clean model as
+it is: a defender who holds it has nothing to repair. Each row states its clean resources: the clean images it
+trained or fitted on, the images behind the clean model or checkpoints it uses, and how many checkpoints. In
+*ACC vs. ASR* the black cross is the target as-is.
 
 Data: Fashion-MNIST (Zalando Research, MIT licence).
 """
