@@ -285,6 +285,11 @@ def _add_train(sub) -> None:
                         "training images). The default guidance scale is then chosen on the validation split")
     p.add_argument("--validation", type=int, default=DataSpec.validation,
                    help="the last N training images, on which acc conditions and the guidance scale are measured")
+    p.add_argument("--guidance-sampler", choices=SAMPLERS, default=SamplingSpec.sampler,
+                   help="the sampler the guidance scale is chosen with (default: the reports' sampler; ddim is faster "
+                        "and may choose another scale; the bundle records which)")
+    p.add_argument("--guidance-steps", type=int, default=SamplingSpec.steps,
+                   help="DDIM steps for --guidance-sampler ddim (DDPM runs the bundle's T)")
     p.add_argument("--clean-model", type=Path, default=None,
                    help="a collection folder whose base model the bundle keeps as the `clean-model` control (a budget "
                         "donor's bundle keeps the full clean model so that its tables can show it beside the donor)")
@@ -344,7 +349,9 @@ def cmd_train(args) -> int:
         if args.fold < 1:
             raise ValueError(f"--fold must be at least 1, got {args.fold}")
         ae_cfg.fold = args.fold
-    collection = Collection.load(args.collection, args.hold_out_trunk, trunks=False)
+    # every trunk (a multi-trunk collection's checkpoints are scored on their own: behaviour term, reconstruction
+    # report, trunk signatures); --victims-only reads none but the base
+    collection = Collection.load(args.collection, args.hold_out_trunk, trunks=not args.victims_only)
     if args.victims_only:
         return _replace_victims(args.out, collection)
     from pdiff.core.runtime import resolve_device
@@ -359,14 +366,16 @@ def cmd_train(args) -> int:
         train = train.budget(torch.Generator())
     conditions, data = None, None
     if args.condition != "none":
-        collection = Collection.load(args.collection, args.hold_out_trunk)  # the trunks: signatures, acc on each
+        from pdiff.generator.guidance import GUIDANCE_SAMPLING
+
+        guidance_sampling = GUIDANCE_SAMPLING.changed(sampler=args.guidance_sampler, steps=args.guidance_steps)
         data = _data(args, collection.task, DataSpec(validation=args.validation), train=True)
         conditions = _conditions(args.condition, collection, data, device)
     bundle = train_bundle(collection, ae_cfg, ddpm_cfg, args.seed, device, train, conditions)
     if conditions is not None:
         from pdiff.generator.guidance import set_guidance
 
-        set_guidance(bundle, data.validation, device)
+        set_guidance(bundle, data.validation, device, guidance_sampling)
     if args.clean_model is not None:
         reference = Collection.load(args.clean_model, trunks=False)
         bundle.references["clean-model"] = reference.base
@@ -374,7 +383,7 @@ def cmd_train(args) -> int:
                                                      "acc": reference.trunk_accs[0], "from": args.clean_model.name}}
     if not args.no_recon_eval:
         test = _split(args, collection.task, "test")
-        bundle.meta["training"]["reconstruction"] = reconstruction_report(bundle, test, device)
+        bundle.meta["training"]["reconstruction"] = reconstruction_report(bundle, test, device, collection.trunks)
     if dist.is_main():  # under torchrun every rank holds the same bundle; one writes it
         bundle.save(args.out)
     tr = bundle.meta["training"]

@@ -119,11 +119,13 @@ def test_an_acc_conditional_bundle_from_the_cli_samples_what_it_is_asked(tiny_co
     out = tmp_path / "acc"
     args = ["--train-subset", "1024", "--test-subset", "300"]
     assert cli.main(["train", "--collection", str(tiny_collection), "--out", str(out), "--condition", "acc",
-                     "--validation", "200", "--ae-steps", "30", "--ddpm-steps", "30", "--no-recon-eval", *args]) == 0
+                     "--validation", "200", "--ae-steps", "30", "--ddpm-steps", "30", "--no-recon-eval",
+                     "--guidance-sampler", "ddim", "--guidance-steps", "5", *args]) == 0
     bundle = Bundle.load(out)
     c = bundle.conditions
     assert c.kind == "acc" and c.values.shape == (len(bundle.originals), 1)
     assert c.meta["guidance"] in (0.0, 0.5, 1.0, 2.0, 3.0) and len(c.meta["guidance_on_validation"]["mean_validation_acc"]) == 5
+    assert (c.meta["guidance_on_validation"]["sampler"], c.meta["guidance_on_validation"]["steps"]) == ("ddim", 5)
     assert c.meta["range"] == [c.values.min().item(), c.values.max().item()]
     report = tmp_path / "r.json"
     assert cli.main(["evaluate", "--bundle", str(out), "--target", "clean", "--n", "6", "--sampler", "ddim", "--steps",

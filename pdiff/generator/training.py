@@ -38,39 +38,70 @@ def _noise(shape, scale: float, generator: torch.Generator, device) -> torch.Ten
 
 class BehaviourLoss:
     """How far reconstructed vectors are from their originals in function, not in parameters: the logits
-    of the base model with a reconstruction spliced in, against the original's, on the first `n_images`
-    training images (trunk computed once, the generated tail under vmap). Measured in units of the
+    of each original's own trunk with a reconstruction spliced in, against the original's, on the first `n_images`
+    training images (each trunk computed once, the generated tail under vmap). Measured in units of the
     originals' own logit spread over the K, so weight 1 puts it on the scale of the normalised MSE.
 
     Why: the K checkpoints' deviations from their mean are 91% one direction (the collection run's drift);
     what tells one checkpoint's predictions from another's lives in the remaining few per cent, which an
-    MSE-trained autoencoder drops first. Multi-trunk collections are scored on the base trunk.
+    MSE-trained autoencoder drops first. A multi-trunk collection's checkpoints are scored on their own trunks
+    (`collection.trunk_of`): on another trunk's features a head's logits say nothing about the head.
     """
 
     def __init__(self, collection: Collection, mean: torch.Tensor, std: torch.Tensor, n_images: int, device="cpu",
                  train: Split | None = None):
         task, layout = collection.task, collection.layout
-        model = check_architecture(task, collection.base).to(device).eval()
-        start = first_stage(model, [n for n, _ in layout])
         images = (train if train is not None else Split.load(task.dataset, "train")).subset(n_images)
-        self.features = tail_input(model, images.normalized(device), start)
+        self.trunk_of = torch.tensor(collection.trunk_of, device=device)
+        self._tails = {t: _tail(task, layout, state, images, device)
+                       for t, state in _trunk_states(collection).items()}
         self.layout, self.mean, self.std = layout, mean.to(device), std.to(device)
-        kwargs = tail_kwargs(start)
-        self._tail = vmap(lambda params, f: functional_call(model, params, (f,), kwargs), in_dims=(0, None))
         with torch.no_grad():
             originals = collection.vectors().to(device)
-            self.targets = self.logits(normalize(originals, self.mean, self.std, layout))  # (K, n_images, classes)
+            idx = torch.arange(len(originals), device=device)
+            self.targets = self.logits(normalize(originals, self.mean, self.std, layout), idx)  # (K, n_images, classes)
         self.scale = self.targets.var(0).mean()
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, P) normalised vectors -> (B, n_images, classes)."""
+    def logits(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """(B, P) normalised vectors, (B,) the checkpoints they stand for -> (B, n_images, classes), each row on
+        its checkpoint's trunk."""
         params = unflatten(denormalize(x, self.mean, self.std, self.layout), self.layout)
         # BatchNorm statistics are inputs batch_norm cannot differentiate: their reconstruction is the MSE's job
         params = {n: v.detach() if n.rsplit(".", 1)[-1] in BN_STATISTICS else v for n, v in params.items()}
-        return self._tail(params, self.features)
+        trunks = self.trunk_of[idx]
+        if len(self._tails) == 1:  # one trunk: the whole batch in one call
+            return next(iter(self._tails.values()))(params)
+        out = None
+        for t in trunks.unique().tolist():
+            rows = (trunks == t).nonzero().squeeze(1)
+            part = self._tails[t]({n: v[rows] for n, v in params.items()})
+            out = part.new_empty(len(idx), *part.shape[1:]) if out is None else out
+            out = out.index_copy(0, rows, part)  # out of place: gradients flow to every trunk's rows
+        return out
 
     def __call__(self, recon: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        return F.mse_loss(self.logits(recon), self.targets[idx]) / self.scale
+        return F.mse_loss(self.logits(recon, idx), self.targets[idx]) / self.scale
+
+
+def _trunk_states(collection: Collection) -> dict[int, dict[str, torch.Tensor]]:
+    """{trunk id: its state} for every trunk the collection's checkpoints come from; fails if one was not loaded."""
+    used = sorted(set(collection.trunk_of))
+    missing = [t for t in used if t >= len(collection.trunks)]
+    if missing:
+        raise ValueError(f"the collection's checkpoints come from trunks {used}, but trunks {missing} are not loaded "
+                         "(Collection.load(..., trunks=True))")
+    return {t: collection.trunks[t] for t in used}
+
+
+def _tail(task, layout, state: dict[str, torch.Tensor], images: Split, device):
+    """{name: (B, *shape)} generated layers -> (B, n_images, classes): the model `state` with each set spliced into
+    its tail, the trunk's features on `images` computed once."""
+    model = check_architecture(task, state).to(device).eval()
+    start = first_stage(model, [n for n, _ in layout])
+    features = tail_input(model, images.normalized(device), start)
+    kwargs = tail_kwargs(start)
+    tail = vmap(lambda params, f: functional_call(model, params, (f,), kwargs), in_dims=(0, None))
+    return lambda params: tail(params, features)
 
 
 def train_autoencoder(x: torch.Tensor, cfg: AEConfig, generator: torch.Generator, device="cpu",
@@ -232,15 +263,28 @@ def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig,
 
 
 @torch.no_grad()
-def reconstruction_report(bundle: Bundle, test: Split, device="cpu") -> dict:
-    """Decode the K originals, splice each into the base model, compare test accuracies (percent)."""
+def reconstruction_report(bundle: Bundle, test: Split, device="cpu",
+                          trunks: list[dict[str, torch.Tensor]] | None = None) -> dict:
+    """Decode the K originals, splice each into its own trunk, compare test accuracies (percent). `trunks`: the
+    collection's trunk states by id, needed when the bundle's originals come from trunks other than the base."""
     ae = bundle.autoencoder.to(device).eval()
     x = normalize(bundle.originals, bundle.norm_mean, bundle.norm_std, bundle.layout)
     recon = denormalize(ae.decode(ae.encode(x.to(device))).cpu(), bundle.norm_mean, bundle.norm_std, bundle.layout)
-    model = check_architecture(bundle.task, bundle.base_state)
-    evaluator = BatchedEvaluator(model, test.normalized(device), bundle.names, device)
-    acc = accuracies(evaluator.predict_many(stacked_params(recon, bundle.layout, bundle.base_state)), test.labels)
-    orig = accuracies(evaluator.predict_many(stacked_params(bundle.originals, bundle.layout, bundle.base_state)),
-                      test.labels)
+    trunk_of = torch.tensor(bundle.meta.get("trunk_of") or [0] * len(recon))
+    states = trunks or [bundle.base_state]
+    used = trunk_of.unique().tolist()
+    if max(used) >= len(states):
+        raise ValueError(f"the bundle's originals come from trunks {used}; give every trunk's state (trunks=), got "
+                         f"{len(states)}")
+    acc, orig = torch.empty(len(recon), dtype=torch.float64), torch.empty(len(recon), dtype=torch.float64)
+    for t in used:
+        rows = (trunk_of == t).nonzero().squeeze(1)
+        state = states[t]
+        evaluator = BatchedEvaluator(check_architecture(bundle.task, state), test.normalized(device), bundle.names,
+                                     device)
+        for out, vectors in ((acc, recon), (orig, bundle.originals)):
+            pred = evaluator.predict_many(stacked_params(vectors[rows], bundle.layout, state))
+            out[rows] = torch.tensor(accuracies(pred, test.labels), dtype=torch.float64)
+    acc, orig = acc.tolist(), orig.tolist()
     diffs = [abs(a - b) for a, b in zip(acc, orig)]
     return {"acc": acc, "originals_acc": orig, "mean_abs_diff": sum(diffs) / len(diffs), "max_abs_diff": max(diffs)}
