@@ -1,8 +1,11 @@
-"""Model files loaded safely: safetensors, .pth state dicts, allowlisted whole modules; checked against a task.
+"""Model files loaded safely: safetensors, .pth state dicts, allowlisted whole modules, BackdoorBench results;
+checked against a task.
 
 Nothing is unpickled except through `torch.load(weights_only=True)`; a whole pickled module
 is accepted only when every class in it is on SAFE_MODULE_CLASSES, and then only its state
-dict is kept and copied into a freshly built model of the task's architecture.
+dict is kept and copied into a freshly built model of the task's architecture. numpy arrays of
+numbers and strings (what BackdoorBench's attack_result.pt holds beside the model) are read by
+the stand-ins in models/backdoorbench.py, never by numpy's unpickling.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from pdiff.core.config import Task
+from pdiff.models import backdoorbench
 from pdiff.models.archs import SAFE_MODULE_CLASSES
 from pdiff.models.statedicts import looks_like, translate
 from pdiff.models.tasks import build_model
@@ -93,10 +97,11 @@ def _sniff(path: Path) -> str:
     return f"binary data of an unknown kind (first bytes {head[:8].hex(' ')})"
 
 
-def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
+def load_state_file(path: str | Path, task: Task | None = None) -> dict[str, torch.Tensor]:
     """Read a model file into a plain state dict, refusing anything that could run code or is not finite.
 
-    What the file holds decides how it is read, whatever its suffix."""
+    What the file holds decides how it is read, whatever its suffix. A BackdoorBench result is checked
+    against its own model_name and, given one, the task."""
     path = Path(path)
     if not path.is_file():
         raise TargetError(f"no model file at {path}")
@@ -104,7 +109,7 @@ def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
     if kind not in ("torch", "safetensors"):
         raise TargetError(f"{path} is not a model checkpoint: expected a safetensors file or a PyTorch state dict "
                           f"(torch.save), found {kind}")
-    state = _read_safetensors(path) if kind == "safetensors" else _read_torch(path)
+    state = _read_safetensors(path) if kind == "safetensors" else _read_torch(path, task)
     check_finite(state, path)
     return state
 
@@ -124,17 +129,19 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise TargetError(f"{path} is not a readable safetensors file: {e}") from None
 
 
-def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+def _read_torch(path: Path, task: Task | None = None) -> dict[str, torch.Tensor]:
     try:
         # an open file, not the path: torch.load would hand any *.safetensors path to safetensors
-        with torch.serialization.safe_globals(SAFE_MODULE_CLASSES), open(path, "rb") as f:
+        with (torch.serialization.safe_globals(SAFE_MODULE_CLASSES + backdoorbench.NUMPY_GLOBALS),
+              open(path, "rb") as f):
             obj = torch.load(f, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         try:
             unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # not even a readable checkpoint archive
             unsafe = []
-        unsafe = [g for g in unsafe if g not in {f"{c.__module__}.{c.__qualname__}" for c in SAFE_MODULE_CLASSES}]
+        allowed = {f"{c.__module__}.{c.__qualname__}" for c in SAFE_MODULE_CLASSES} | backdoorbench.NUMPY_NAMES
+        unsafe = [g for g in unsafe if g not in allowed]
         if unsafe:
             raise TargetError(f"refusing to load {path}: unpickling it would need {', '.join(unsafe)}, which is not "
                               "on the allowlist of known model classes. Save a state dict "
@@ -146,6 +153,11 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     except Exception as e:  # a damaged file makes the unpickler fail in many ways (EOFError, IndexError, ...)
         first = (str(e).splitlines() or [""])[0]
         raise TargetError(f"{path} is not a readable PyTorch checkpoint: {type(e).__name__}: {first}") from None
+    if backdoorbench.is_result(obj):
+        try:
+            return backdoorbench.result_state(obj, path, task)
+        except ValueError as e:
+            raise TargetError(str(e)) from None
     state = _unwrap(obj, path)
     # a model saved from DataParallel / DDP prefixes every name with "module."
     if all(k.startswith("module.") for k in state):
@@ -189,4 +201,4 @@ def _short(items: list[str], limit: int = 12) -> str:
 
 def load_target(task: Task, path: str | Path) -> nn.Module:
     """A model file -> a checked model of the task's architecture."""
-    return check_architecture(task, load_state_file(path))
+    return check_architecture(task, load_state_file(path, task))
