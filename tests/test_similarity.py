@@ -39,11 +39,19 @@ def test_coverage_on_constructed_masks():
 
 
 def test_comparison_space_leaves_out_tensors_without_spread():
-    from pdiff.generator.bundle import Bundle
-    from pdiff.core.params import comparison_space
+    from pdiff.core.params import comparison_space, flatten, norm_stats
 
-    deep = Bundle.load("checkpoints/fmnist-convnet-deep/bundle")
-    space = comparison_space(deep.originals, deep.norm_mean, deep.norm_std, deep.layout)
-    assert space.shape[1] == deep.originals.shape[1] - 2 * 128  # bn3's running statistics are constant
+    # a generated conv, a BatchNorm whose running statistics are frozen (no spread over the K), and a head
+    layout = [("conv3.weight", (8, 4, 3, 3)), ("bn3.weight", (8,)), ("bn3.running_mean", (8,)),
+              ("bn3.running_var", (8,)), ("linear.weight", (10, 8))]
+    g = torch.Generator().manual_seed(0)
+    stacked = {name: torch.randn(40, *shape, generator=g) for name, shape in layout}
+    # stored as float16, like a deep collection's: their mean over the K is exact
+    stacked["bn3.running_mean"] = torch.randn(8, generator=g).half().float().expand(40, 8)
+    stacked["bn3.running_var"] = (torch.rand(8, generator=g) + 0.5).half().float().expand(40, 8)
+    vectors = flatten(stacked, layout)
+    mean, std = norm_stats(stacked, layout)
+    space = comparison_space(vectors, mean, std, layout)
+    assert space.shape[1] == vectors.shape[1] - 2 * 8  # bn3's running statistics are constant
     xy = tsne_2d(space[:20], seed=0)
     assert torch.isfinite(xy).all() and xy.abs().max() < 1000 and space.abs().max() < 100

@@ -183,8 +183,8 @@ def test_bundle_box_refuses_server_paths_alike(client, tmp_path):
     escape = f"{shipped_bundles()['fmnist-convnet']}/{os.path.relpath(outside, shipped_bundles()['fmnist-convnet'])}"
     messages = {_refusal(client, b) for b in (str(tmp_path / "absent"), str(outside), escape, "/etc", "../..")}
     assert messages == {"no shipped bundle or allowed bundle folder named X"}
-    out = _run(client, bundle="fmnist-convnet-deep", n=2)  # a shipped name still works
-    assert json.loads(open(out[0]).read())["task"] == "fmnist-convnet-deep"
+    out = _run(client, bundle="fmnist-convnet-budget", n=2)  # a shipped name still works
+    assert json.loads(open(out[0]).read())["bundle"].endswith("fmnist-convnet-budget/bundle")
 
 
 def test_bundle_box_takes_folders_under_the_allowed_roots(client, tmp_path, monkeypatch):

@@ -13,8 +13,7 @@ Pick a bundle and a target, press **Run**. The target may be the bundle's clean 
 its backdoored victims (`victim`: BadNets, trained from scratch; `finetuned-*`: the clean model
 fine-tuned on BadNets or blended poison), or a model you upload (a `.pth` state dict, a whole
 module of a known architecture, BackdoorBench's `attack_result.pt`, or `.safetensors`): uploads
-are loaded without running any pickled code. The `fmnist-convnet-deep` bundle generates the last convolution too, which is
-what removes a fine-tuned victim's backdoor.
+are loaded without running any pickled code.
 """
 
 HOW_TO_READ = """

@@ -21,11 +21,3 @@ json.dump(r, open(p, "w"), indent=1)
 PY
 rm -rf "$old"
 python bench/sample.py > results/generator/sample-bench.json
-# the deep bundle (K = 40, conv3 + bn3 + head; bn3's statistics re-estimated per model on 512 training images):
-# seed 0 with the Gaussian temperature sweep, seeds 1 and 2 without it
-python -m pdiff evaluate --bundle checkpoints/fmnist-convnet-deep/bundle --target clean --n 200 --seed 0 \
-  --sampler ddpm --curves --no-tsne --json results/generator/deep-seed0.json
-for seed in 1 2; do
-  python -m pdiff evaluate --bundle checkpoints/fmnist-convnet-deep/bundle --target clean --n 200 --seed $seed \
-    --sampler ddpm --no-tsne --json results/generator/deep-seed$seed.json
-done

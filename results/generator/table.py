@@ -41,7 +41,7 @@ def baseline_rows(task):
         return []
     r = read(path)["novelty"]
     o = r["originals"]
-    k = {"default": 200, "deep": 40}[task]
+    k = 200
     lines = [f"| {task}: originals (K = {k}) | {o['acc_mean']:.2f} | {o['acc_std']:.3f} | {o['self_iou']:.3f} | "
              f"nearest other {o['nearest_other_iou_mean']:.3f} | - | - | - | - |"]
     for name in (b for b in BASELINES if b in r):
@@ -54,15 +54,13 @@ def baseline_rows(task):
 
 def generator():
     """One row per report (each seed's curves from that seed's own sweep; a report without a sweep, such as the
-    DDIM-50 one, takes its task's seed-0 sweep), then each task's baselines."""
+    DDIM-50 one, takes the seed-0 sweep), then the baselines."""
     lines = list(HEADER)
     for f in sorted(HERE.glob("*-seed*.json")):
         r = read(f)
         own = any(k.startswith("gaussian_t") for k in r["novelty"])
-        task = "deep" if f.stem.startswith("deep") else "default"
-        lines.append(row(f.stem, r, r if own else read(HERE / f"{task}-seed0.json")))
-    for task in ("default", "deep"):
-        lines += baseline_rows(task)
+        lines.append(row(f.stem, r, r if own else read(HERE / "default-seed0.json")))
+    lines += baseline_rows("default")
     return "\n".join(lines)
 
 

@@ -8,19 +8,10 @@ for v in finetuned-badnets finetuned-blended scratch-badnets scratch-blended; do
   python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim $v --n 200 --seeds 0 1 2 $T \
     --json results/transfer-v3/shallow-$v.json
 done
-for v in finetuned-badnets scratch-badnets scratch-blended; do  # 40 to 60 min each on one thread beside other jobs
-  python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim $v --n 200 --seeds 0 1 2 $T \
-    --json results/transfer-v3/deep-$v.json
-done
-python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim finetuned-blended --n 100 --seeds 0 1 2 $T \
-  --json results/transfer-v3/deep-finetuned-blended.json  # N = 100: the session's time ran short
 # the stitch with its uniform shrink chosen on the clean budget (--stitch-shrink auto); the stitch methods only
 S="--methods stitch+generated,stitch+clean-layers --stitch-shrink auto --n 200 --seeds 0 1 2 --sampler ddpm"
 for v in finetuned-badnets finetuned-blended scratch-badnets scratch-blended; do
   python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim $v $S --json results/transfer-v3/shrink-shallow-$v.json
-done
-for v in scratch-badnets scratch-blended; do
-  python -m pdiff transfer --bundle checkpoints/fmnist-convnet-deep/bundle --victim $v $S --json results/transfer-v3/shrink-deep-$v.json
 done
 # tried and dropped: the stitch refined by 5 epochs of cross-entropy (scratch blended: DER 0.806 against 0.863 without)
 python -m pdiff transfer --bundle checkpoints/fmnist-convnet/bundle --victim scratch-blended --methods stitch+generated,stitch+clean-layers \

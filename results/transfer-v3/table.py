@@ -1,6 +1,6 @@
 """The transfer tables of docs/transfer.md from the reports in this folder: one row per method and victim.
 
-python results/transfer-v3/table.py [transfer-shallow|transfer-deep|transfer-shrink|transfer-sweep] [--write]
+python results/transfer-v3/table.py [transfer-shallow|transfer-shrink|transfer-sweep] [--write]
 Cells: mean ± std over seeds of the per-seed means (one seed: the mean); "models" is the std over models within a
 seed (averaged over seeds); time is the method's wall time per seed on this CPU (beside other jobs: see the note).
 """
@@ -67,7 +67,7 @@ def methods_table(prefix):
     return "\n".join(lines)
 
 
-TABLES = {**{f"transfer-{name}": (lambda name=name: methods_table(name)) for name in ("shallow", "deep", "shrink")},
+TABLES = {**{f"transfer-{name}": (lambda name=name: methods_table(name)) for name in ("shallow", "shrink")},
           "transfer-sweep": sweep}
 
 if __name__ == "__main__":
