@@ -5,6 +5,7 @@ conditions-bar reads the shipped default bundle itself (its originals' test accu
 they were conditioned on); the others read the reports run.sh writes.
 """
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def acc_table() -> str:
         test = sorted(r["originals"]["acc"], reverse=True)
         strict = sum(test[:len(test) // 10]) / (len(test) // 10)
         curves = [curve_at(_top_curve(nov, q), g["max_iou_mean"]) for q in FRACTIONS]
-        plain = [(v["max_iou_mean"], v["acc_mean"]) for k, v in nov.items() if k.startswith("gaussian_t")]
+        plain = [(v["max_iou_mean"], v["acc_mean"]) for k, v in nov.items() if re.fullmatch(r"gaussian_t[\d.]+", k)]
         cells = [g["acc_mean"], g["max_iou_mean"], nov["originals"]["nearest_other_iou_mean"] + 0.03,
                  tops.get("top10"), strict, *curves, curve_at(plain, g["max_iou_mean"]) if plain else None]
         fmt = [".2f", ".3f", ".3f", ".2f", ".2f", ".2f", ".2f", ".2f", ".2f"]
