@@ -15,7 +15,7 @@ import torch
 
 from pdiff.models.archs import StagedNet
 from pdiff.data.triggers import Trigger, apply_trigger, asr_ra, poison_indices, triggered_test_set
-from pdiff.models.fit import BatchHook, Schedule, fit, init_model, test_accuracy
+from pdiff.models.fit import BatchHook, Objective, Schedule, fit, init_model, test_accuracy
 from pdiff.collection.folder import BASE_FILE, Victim, save_victim, victim_files, victim_name
 from pdiff.core.config import Task
 from pdiff.data.datasets import Split
@@ -38,12 +38,12 @@ def train_victim(task: Task, trigger: Trigger, data: RunData, seed: int, device:
     poisoned, stamp = poisoned_training(train, trigger, g)
     t0 = time.perf_counter()
     if kind == "scratch":
-        model = fit(init_model(task, g), poisoned, Schedule.of(task.recipe), g, device, "victim", batch_hook=stamp)
+        model = fit(init_model(task, g), poisoned, Schedule.of(task.recipe), g, device, "victim", objective=Objective(batch_hook=stamp))
     else:
         if base is None:
             raise ValueError("a finetuned victim starts from the clean base; give its state dict")
         schedule = Schedule.of(task.recipe, task.recipe.finetune_epochs, task.recipe.lr / 4)
-        model = fit(check_architecture(task, base), poisoned, schedule, g, device, "finetune victim", batch_hook=stamp)
+        model = fit(check_architecture(task, base), poisoned, schedule, g, device, "finetune victim", objective=Objective(batch_hook=stamp))
     seconds = time.perf_counter() - t0
     report = {"format": "pdiff-victim", "format_version": 1, "task": task.to_dict(), "kind": kind,
               "trigger": trigger.to_dict(), "poisoned": "after augmentation", "seed": seed,

@@ -105,13 +105,17 @@ class DataSpec(_Settings):
 @dataclass(frozen=True)
 class DefenceSettings(_Settings):
     """The defences' training lengths; their other hyper-parameters are measure.defences' constants."""
-    epochs: int = DEFENCE_EPOCHS    # ft and fp fine-tuning epochs on the clean budget
+    epochs: int = DEFENCE_EPOCHS    # ft, fp and fst fine-tuning epochs on the clean budget
     k: int | None = None            # checkpoints along a finetune / reinit run (None: the bundle's K)
     anp_iterations: int = 2000      # ANP's mask steps (BackdoorBench's default)
+    anp_threshold: float | None = None  # prune below this mask value; None: the budget-accuracy rule (fine-pruning's)
 
     def __post_init__(self):
         _whole("defence", "epochs", self.epochs, 1)
         _whole("defence", "anp_iterations", self.anp_iterations, 1)
+        if self.anp_threshold is not None and (isinstance(self.anp_threshold, bool) or not isinstance(
+                self.anp_threshold, (int, float)) or not 0 < self.anp_threshold <= 1):
+            raise ValueError(f"defence.anp_threshold must be a mask value in (0, 1], got {self.anp_threshold!r}")
         if self.k is not None:
             _whole("defence", "k", self.k, 1)
 

@@ -62,6 +62,8 @@ _add(
     Source("reinit", "defence", "#e377c2", budget=True, label="the spliced layers re-initialised and trained"),
     Source("ft", "defence", "#fd8d3c", budget=True, kind="whole", label="the whole target fine-tuned"),
     Source("fp", "defence", "#843c39", budget=True, kind="whole", label="fine-pruning"),
+    Source("fst", "defence", "#d6616b", budget=True, kind="whole",
+           label="feature shift tuning (the head re-initialised and pushed from the victim's)"),
     Source("clp", "defence", "#6b6ecf", seeded=False, kind="whole", label="channel Lipschitz pruning (no data)"),
     Source("anp", "defence", "#9c9ede", budget=True, kind="whole", label="adversarial neuron pruning"),
     Source("stitch+generated", "stitch", "#ff9896", budget=True, model=True, checkpoints=True,

@@ -22,6 +22,17 @@ BatchHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]      # indices,
 
 
 @dataclass(frozen=True)
+class Objective:
+    """What a training run does beyond the cross-entropy of each batch. batch_hook(indices into the split, the batch's
+    augmented images) -> the images trained on (a victim stamps its trigger there, after augmentation, so it learns
+    the trigger it is scored on); penalty() -> a term added to every batch's loss; after_step() runs after every
+    optimiser step (a projection, as FST's norm constraint)."""
+    batch_hook: BatchHook | None = None
+    penalty: Callable[[], torch.Tensor] | None = None
+    after_step: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
 class Schedule:
     """One training run's optimiser and length: AdamW, or SGD with `momentum`, under cosine decay."""
     epochs: int
@@ -38,13 +49,12 @@ class Schedule:
 
 
 def fit(model: nn.Module, train: Split, schedule: Schedule, generator: torch.Generator, device: str = "cpu",
-        desc: str = "train", augment: Augment | None = random_flip, batch_hook: BatchHook | None = None) -> nn.Module:
+        desc: str = "train", augment: Augment | None = random_flip, objective: Objective = Objective()) -> nn.Module:
     """Train the whole model on `train` as `schedule` says; returns it in eval mode.
 
-    `augment(images, generator)` changes each raw batch before normalisation (None: no augmentation).
-    batch_hook(indices into `train`, the batch's augmented images) -> the images trained on: a victim
-    stamps its trigger there, after augmentation, so it learns the trigger it is scored on."""
-    s = schedule
+    `augment(images, generator)` changes each raw batch before normalisation (None: no augmentation); `objective`
+    adds to the loop what a victim or a defence needs (see Objective)."""
+    s, o = schedule, objective
     model.to(device).train()
     opt = (torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay) if s.momentum is None else
            torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay))
@@ -57,9 +67,11 @@ def fit(model: nn.Module, train: Split, schedule: Schedule, generator: torch.Gen
             idx = order[i:i + s.batch_size]
             images = train.images[idx]
             images = augment(images, generator) if augment is not None else images
-            x = train.prepare(images if batch_hook is None else batch_hook(idx, images), device)
+            x = train.prepare(images if o.batch_hook is None else o.batch_hook(idx, images), device)
             loss = F.cross_entropy(model(x), train.labels[idx].to(device))
-            optimizer_step(loss, opt, sched)
+            optimizer_step(loss if o.penalty is None else loss + o.penalty(), opt, sched)
+            if o.after_step is not None:
+                o.after_step()
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
     bar.close()
