@@ -103,14 +103,14 @@ def sources(report: dict) -> dict:
 
 
 def transfer(bundle, victim, train, test, *, n=3, seeds=(0,), steps=3, methods=(), budget=0.05, shrink=0.0,
-             stitch_epochs=0, epochs=10, k=None, trigger=None, anp_iterations=20, revived=1):
+             stitch_epochs=0, epochs=10, k=None, trigger=None, anp_iterations=20, revived=1, anp_threshold=None):
     """studies.transfer.run_transfer with its objects built as the CLI builds them (no validation split held out)."""
     from pdiff.core.settings import DataSpec, DefenceSettings, SamplingSpec, StitchSettings, TransferSettings
     from pdiff.data.plan import RunData
     from pdiff.measure.targets import resolve_target
     from pdiff.studies.transfer import run_transfer
 
-    settings = TransferSettings(tuple(methods), tuple(seeds), DefenceSettings(epochs, k, anp_iterations),
+    settings = TransferSettings(tuple(methods), tuple(seeds), DefenceSettings(epochs, k, anp_iterations, anp_threshold),
                                 StitchSettings(shrink, stitch_epochs), revived)
     data = RunData(test, train, DataSpec(validation=0, budget=budget))
     return run_transfer(bundle, resolve_target(bundle, victim, trigger), data, SamplingSpec(n, "ddim", steps), settings)

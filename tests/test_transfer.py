@@ -4,7 +4,7 @@ import torch
 from pdiff.data.triggers import der
 from pdiff.core.params import unflatten
 from pdiff.measure.sources import source
-from pdiff.studies.transfer import METHODS, TABLE_HEADERS, control_sets, table, table_rows
+from pdiff.studies.transfer import FIRST_LOOK, METHODS, TABLE_HEADERS, check_methods, control_sets, table, table_rows
 
 from helpers import transfer, with_recipe
 
@@ -12,7 +12,7 @@ from helpers import transfer, with_recipe
 @pytest.fixture(scope="module")
 def transfer_report(tiny_bundle, small_train, small_test):
     return transfer(with_recipe(tiny_bundle, save_every=3), "scratch", small_train, small_test, n=4, k=5, budget=0.25,
-                    epochs=1)
+                    epochs=1, methods=("all",))
 
 
 def test_every_method_returns_the_report_keys(transfer_report):
@@ -107,3 +107,19 @@ def test_several_seeds_report_a_spread_and_the_originals_once(tiny_bundle, small
     assert "±" in table(r)
     with pytest.raises(ValueError, match="unknown methods"):
         transfer(tiny_bundle, "scratch", None, small_test, n=1, seeds=[0], methods=("nope",))
+
+
+def test_the_default_methods_are_the_first_look_and_all_is_every_method():
+    assert check_methods(()) == FIRST_LOOK and check_methods(("all",)) == METHODS
+    assert "anp" not in FIRST_LOOK and {"fst", "fp", "probe", "stitch+generated"} <= set(FIRST_LOOK)
+
+
+def test_a_failed_defence_is_marked_and_the_run_goes_on(tiny_bundle, small_train, small_test, capsys):
+    r = transfer(tiny_bundle, "scratch", small_train, small_test, n=1, seeds=[0], methods=("generated", "anp"),
+                 budget=0.25, anp_iterations=2, revived=0, anp_threshold=1.0)  # every mask is below 1 after a step
+    err = capsys.readouterr().err
+    assert "transfer: anp seed 0 done" in err and "min left" in err
+    if r["methods"]["anp"].get("failed"):  # the threshold pruned every neuron: one line, the run went on
+        assert "would prune all 224 neurons" in r["methods"]["anp"]["failed"][0] and r["methods"]["anp"]["acc"] == []
+        assert "note: anp: threshold 1.0 would prune all 224 neurons" in err
+    assert len(r["methods"]["generated"]["acc"]) == 1

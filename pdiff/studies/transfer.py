@@ -9,14 +9,20 @@ whether its low ASR holds (measure.revival):
   model as it is: the bundle's reference model, else its base), `donor` (a budget donor's bundle: its base as it
   is), `probe` (a linear head on the victim's own features, fitted on the budget);
 - defences (measure.defences) on the clean budget, each at its final checkpoint: `finetune`, `reinit`, `ft`, `fp`,
-  `anp` and the data-free `clp`;
+  `fst`, `anp` and the data-free `clp`;
 - through a stitch fitted on each seed's budget from the victim's features to the clean model's: `stitch+generated`,
   `stitch+clean-layers` and `stitch+victim-tail` (the victim's own layers after the stitch).
 With a budget donor's bundle every clean-weights method takes the donor's weights, and every method that trains
-takes the same budget the donor was trained on (data.plan.DataSpec.budget_seed).
+takes the same budget the donor was trained on (data.plan.DataSpec.budget_seed). The revival attack's length is
+calibrated per seed on the validation split (measure.revival.calibrate); each revived ASR is also given as its excess
+over the floor, a model that never held the backdoor under the same attack.
+
+By default a run measures FIRST_LOOK, the methods a first look can wait for on two CPU cores; `--methods all` adds
+ANP (2,000 mask steps) and the layer defences. Each method prints one progress line with an estimate of what is left.
 """
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field, replace
 
@@ -32,10 +38,11 @@ from pdiff.generator.bundle import Bundle
 from pdiff.generator.conditions import resolved
 from pdiff.generator.sampling import draw
 from pdiff.measure.baselines import average
-from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, MODEL_DEFENCES, Defended, hyper_parameters, run_defence
+from pdiff.measure.defences import (DEFENCES, LAYER_DEFENCES, MODEL_DEFENCES, Defended, DefenceFailed,
+                                    hyper_parameters, run_defence)
 from pdiff.measure.engine import TargetEngine, measure
 from pdiff.measure.probe import probe_for
-from pdiff.measure.revival import REVIVAL, Composed, Stages, measured, revived
+from pdiff.measure.revival import REVIVAL, Composed, Stages, calibrate, measured, revived
 from pdiff.measure.similarity import summary
 from pdiff.measure.sources import clean_resources, names, source
 from pdiff.measure.stitch import STITCHED, StitchLayer, stitched_engine
@@ -46,6 +53,12 @@ from pdiff.studies import formats
 FORMAT, FORMAT_VERSION = formats.TRANSFER, formats.VERSION
 CONTROLS = names("control")   # what clean weights (or the budget with the victim's own features) alone do
 METHODS = ("generated", *CONTROLS, *DEFENCES, *STITCHED)
+# the default set: every control, the whole-model defences but ANP, the stitch; about 15 minutes on two CPU cores at
+# n 20 (ANP's 2,000 mask steps add about 10, the layer defences about 2 each: `--methods all`)
+FIRST_LOOK = tuple(m for m in METHODS if m not in ("anp", *LAYER_DEFENCES))
+# rough relative cost of each unit of a run on a CPU (seconds at the defaults, quiet): the progress line's estimate
+_COST = {"generated": 20, "probe": 40, "ft": 60, "fp": 65, "fst": 60, "clp": 1, "anp": 300, "finetune": 60,
+         "reinit": 60, "stitch": 90, "revival": 4, "calibration": 30}
 METRICS = ("acc", "asr", "ra", "der")
 TABLE_HEADERS = ["method", "clean images", "model images", "checkpoints", "n", "ACC mean", "ASR mean", "RA mean",
                  "DER mean", "DER best", "DER std (models)", "ASR revived", "time (s)"]
@@ -59,8 +72,10 @@ def clean_data(name: str, images: int = 0) -> str:
 
 
 def check_methods(methods) -> tuple[str, ...]:
-    """The methods asked for (empty: all), unknown names refused."""
-    methods = tuple(methods) or METHODS
+    """The methods asked for (empty: FIRST_LOOK; "all": every method), unknown names refused."""
+    methods = tuple(methods) or FIRST_LOOK
+    if methods == ("all",):
+        methods = METHODS
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown methods {unknown}; known: {', '.join(METHODS)}")
@@ -79,6 +94,41 @@ def control_sets(bundle: Bundle, methods) -> dict[str, torch.Tensor]:
     return {name: v for name, v in sets.items() if name in methods}
 
 
+class Progress:
+    """One line on stderr per finished unit of a run (a method, the stitch, the revival of a method's models), with
+    the time it took and an estimate of what is left: the units' rough costs (_COST) scaled by the pace so far."""
+
+    def __init__(self, units: list[str], stream=None):
+        self.left, self.t0, self.spent, self.stream = list(units), time.perf_counter(), 0.0, stream or sys.stderr
+        self.last = self.t0
+
+    def done(self, unit: str) -> None:
+        if unit in self.left:
+            self.left.remove(unit)
+        now = time.perf_counter()
+        self.spent += _COST.get(unit.split(" ")[0], 10)
+        pace = (now - self.t0) / self.spent
+        left = sum(_COST.get(u.split(" ")[0], 10) for u in self.left) * pace
+        print(f"transfer: {unit} done in {now - self.last:.0f} s; about {left / 60:.0f} min left "
+              f"({len(self.left)} steps)", file=self.stream, flush=True)
+        self.last = now
+
+
+def progress_units(methods: tuple[str, ...], seeds: list[int], revived: int) -> list[str]:
+    """The units a run will report, in order, for its estimate."""
+    units = []
+    for i, seed in enumerate(seeds):
+        wanted = [m for m in methods if i == 0 or source(m).seeded]
+        if {"generated", "stitch+generated"} & set(wanted):
+            units.append(f"generated seed {seed}")
+        units += [f"{m} seed {seed}" for m in wanted if m in DEFENCES or m == "probe"]
+        if set(STITCHED) & set(wanted):
+            units.append(f"stitch seed {seed}")
+        if revived:
+            units += [f"calibration seed {seed}"] + [f"revival {m} seed {seed}" for m in wanted]
+    return units
+
+
 @dataclass
 class _Run:
     """One transfer run: the bundle, the victim's engine and what every method measured, seed by seed."""
@@ -87,21 +137,29 @@ class _Run:
     settings: TransferSettings
     methods: tuple[str, ...]
     device: str = "cpu"
+    validation: Split | None = None              # where the revival attack is calibrated
+    progress: Progress | None = None
     runs: dict = field(default_factory=dict)     # method -> one metrics dict per seed
-    extra: dict = field(default_factory=dict)    # method -> seconds, run_mean, details, revived per seed
+    extra: dict = field(default_factory=dict)    # method -> seconds, run_mean, details, revived, failed per seed
     stitch: list = field(default_factory=list)   # the stitch's info, per seed
+    calibration: list = field(default_factory=list)  # the revival attack's calibration, per seed
 
     def __post_init__(self):
         self.runs = {m: [] for m in self.methods}
-        self.extra = {m: {"seconds": [], "run_mean": [], "details": [], "revived": []}
+        self.extra = {m: {"seconds": [], "run_mean": [], "details": [], "revived": [], "failed": []}
                       for m in ("generated", *self.methods)}
+
+    def tick(self, unit: str, seed: int) -> None:
+        if self.progress is not None:
+            self.progress.done(f"{unit} seed {seed}")
 
     def wanted(self, name: str, first: bool) -> bool:
         return name in self.methods and (first or source(name).seeded)
 
     def seed(self, spec: SamplingSpec, budget: Split | None, g: torch.Generator, first: bool) -> None:
-        """Every method of one seed: measured, then (given a budget) attacked by the revival recipe."""
+        """Every method of one seed: measured, then (given a budget) attacked by the calibrated revival recipe."""
         models = {}   # method -> the first few repaired models, built when revived
+        self.seed_number = spec.seed
         vectors = self.layer_sets(spec, budget, g, first)
         on_victim = {k: v for k, v in vectors.items() if k in self.methods}  # generated may be for the stitch only
         for name, metrics in measure(self.engine, on_victim, reference=None)["metrics"].items():
@@ -112,13 +170,16 @@ class _Run:
             models[name] = self.spliced(self.engine, vectors[name])
         if budget is not None and set(STITCHED) & set(self.methods):
             models.update(self.through_stitch(vectors.get("generated"), budget, first))
-        for name, state in self.whole_models(budget, g, first).items():
+            self.tick("stitch", spec.seed)
+        states = self.whole_models(budget, g, first)
+        for name, state in states.items():
             self.runs[name].append(self.engine.measure_state(state, name))
             models[name] = [lambda state=state: check_architecture(self.bundle.task, state)]
         if "probe" in self.methods and budget is not None:
             models["probe"] = self.probe(budget)
+            self.tick("probe", spec.seed)
         if budget is not None and self.settings.revived:
-            self.revive(models, budget, torch.Generator().manual_seed(10_000 + spec.seed))
+            self.revive(models, budget, 10_000 + spec.seed, states.get("fp"), g)
 
     def layer_sets(self, spec: SamplingSpec, budget: Split | None, g: torch.Generator, first: bool) -> dict:
         """The layout vectors measured on the victim itself: generated, the layer controls, the layer defences."""
@@ -127,17 +188,31 @@ class _Run:
             t0 = time.perf_counter()
             samples = draw(self.bundle, spec, self.device, target_state=self.engine.target.state)
             self.extra["generated"]["seconds"].append(time.perf_counter() - t0)
+            self.tick("generated", spec.seed)
             sets["generated"] = samples.vectors[samples.finite]
             self.extra["generated"]["nonfinite"] = (self.extra["generated"].get("nonfinite", 0)
                                                     + int((~samples.finite).sum()))
         for name in (m for m in LAYER_DEFENCES if m in self.methods):
-            sets[name] = self.defend(name, budget, g).vectors
+            d = self.defend(name, budget, g)
+            if d is not None:
+                sets[name] = d.vectors
         return {k: v for k, v in sets.items() if k in self.methods or k == "generated"}
 
-    def defend(self, name: str, budget: Split | None, g: torch.Generator) -> Defended:
-        d = run_defence(name, self.bundle.task, self.bundle.layout, self.engine.target.state, budget, g,
-                        replace(self.settings.defence, k=self.settings.defence.k or len(self.bundle.originals)),
-                        self.device)
+    def defend(self, name: str, budget: Split | None, g: torch.Generator) -> Defended | None:
+        """One defence, timed; None (the defence marked, its reason said in one line) where it could not give a
+        model."""
+        t0 = time.perf_counter()
+        try:
+            d = run_defence(name, self.bundle.task, self.bundle.layout, self.engine.target.state, budget, g,
+                            replace(self.settings.defence, k=self.settings.defence.k or len(self.bundle.originals)),
+                            self.device)
+        except DefenceFailed as e:
+            print(f"note: {e}", file=sys.stderr, flush=True)
+            self.extra[name]["failed"].append(str(e))
+            self.extra[name]["seconds"].append(time.perf_counter() - t0)
+            return None
+        finally:
+            self.tick(name, self.seed_number)
         self.extra[name]["seconds"].append(d.seconds)
         if d.details is not None:
             self.extra[name]["details"].append(d.details)
@@ -151,7 +226,9 @@ class _Run:
         if self.wanted("donor", first) and self.bundle.budget_donor:
             out["donor"] = self.bundle.base_state
         for name in (m for m in MODEL_DEFENCES if self.wanted(m, first)):
-            out[name] = self.defend(name, budget, g).state
+            d = self.defend(name, budget, g)
+            if d is not None:
+                out[name] = d.state
         return out
 
     def through_stitch(self, generated: torch.Tensor | None, budget: Split, first: bool) -> dict:
@@ -197,11 +274,34 @@ class _Run:
             return Composed(trunk, engine.clean.start, StitchLayer(engine.feature_map.fn), Stages(tail, engine.clean.start))
         return [lambda v=v: build(v) for v in vectors[:self.settings.revived]]
 
-    def revive(self, models: dict, budget: Split, g: torch.Generator) -> None:
+    def revive(self, models: dict, budget: Split, seed: int, fp_state: dict | None, g: torch.Generator) -> None:
+        """The revival attack on the first few models of every method, its length calibrated on the validation split
+        first: the victim repaired by fine-pruning (run here if the methods hold no fp) against a model that never
+        held the backdoor (the budget donor, else the clean model)."""
+        t = self.engine.trigger
+        steps = REVIVAL["steps"]
+        if self.validation is not None:
+            if fp_state is None:
+                fp_state = run_defence("fp", self.bundle.task, self.bundle.layout, self.engine.target.state, budget,
+                                       g, self.settings.defence, self.device).state
+            never_held = self.bundle.base_state if self.bundle.budget_donor else self.bundle.clean_model()[0]
+            c = calibrate(check_architecture(self.bundle.task, fp_state), check_architecture(self.bundle.task,
+                                                                                              never_held),
+                          budget, self.validation, t, seed, self.device)
+            c["never_held"] = "the budget donor" if self.bundle.budget_donor else "the clean model"
+            if not c["reached"]:
+                print(f"note: the revival attack did not bring the fine-pruned victim back to {c['target_asr']:g} % "
+                      f"ASR within {c['ladder'][-1]} steps on the validation split; it runs {c['steps']} steps, marked "
+                      "not calibrated", file=sys.stderr, flush=True)
+            self.calibration.append(c)
+            steps = c["steps"]
+            self.tick("calibration", self.seed_number)
         for name, builders in models.items():
-            t = self.engine.trigger
-            self.extra[name]["revived"].append(revived([b() for b in builders], budget, self.engine.test, t, g,
-                                                       self.device))
+            r = revived([b() for b in builders], budget, self.engine.test, t, seed, steps, self.device)
+            if self.calibration:
+                r["asr_excess"] = [a - self.calibration[-1]["floor_asr"] for a in r["asr"]]
+            self.extra[name]["revived"].append(r)
+            self.tick(f"revival {name}", self.seed_number)
 
 
 def run_transfer(bundle: Bundle, victim: Target, data: RunData, sampling: SamplingSpec,
@@ -217,7 +317,7 @@ def run_transfer(bundle: Bundle, victim: Target, data: RunData, sampling: Sampli
     methods, seeds = check_methods(settings.methods), list(settings.seeds)
     sampling = replace(sampling, condition=resolved(sampling.condition, bundle.conditions))
     if "donor" in methods and not bundle.budget_donor:
-        if settings.methods:
+        if settings.methods and settings.methods != ("all",):  # named by the user, not by a default set
             raise ValueError("the donor row is a budget donor's clean model: give a donor's bundle (collect --train-on "
                              "budget), or leave `donor` out")
         methods = tuple(m for m in methods if m != "donor")
@@ -228,7 +328,8 @@ def run_transfer(bundle: Bundle, victim: Target, data: RunData, sampling: Sampli
         raise ValueError(f"transfer measures backdoor removal, but target {victim.name!r} has no trigger "
                          f"({victim.trigger_source or 'the clean model'})")
     run = _Run(bundle, TargetEngine(bundle.task, bundle.layout, victim, data.test, device=device), settings, methods,
-               device)
+               device, data.validation if trained else None,
+               Progress(progress_units(methods, seeds, settings.revived if trained else 0)))
     # the defences draw from their own generator per seed (budget first): the same whatever n is. Budgets are
     # drawn before anything runs: a bad one fails at once
     gens = {seed: torch.Generator().manual_seed(seed) for seed in seeds}
@@ -253,7 +354,10 @@ def _report(run: _Run, data: RunData, sampling: SamplingSpec, seeds: list[int], 
                              "drawn": (f"once, with seed {data.spec.budget_seed}: the images the donor was trained on"
                                        if data.spec.budget_seed is not None else "at random, per seed")
                                       + " (from the training split less the validation images)"},
-            "donor": bundle.budget_donor, "revival": {**REVIVAL, "models": run.settings.revived},
+            "donor": bundle.budget_donor,
+            "revival": {**REVIVAL, "models": run.settings.revived,
+                        **({"steps": run.calibration[0]["steps"], "calibration": run.calibration}
+                           if run.calibration else {})},
             "defence_settings": hyper_parameters(replace(run.settings.defence,
                                                          k=run.settings.defence.k or len(bundle.originals))),
             "methods": {name: {**_pooled(run.runs[name], run.extra[name]), "clean_data": clean_data(name, images),
@@ -268,6 +372,8 @@ def _report(run: _Run, data: RunData, sampling: SamplingSpec, seeds: list[int], 
 def _pooled(per_seed: list[dict], extra: dict) -> dict:
     """One method's seeds pooled: every value, a summary of each metric, each seed's means and their spread,
     the std over models within each seed; its wall time per seed, run-means and what it did, where it has them."""
+    if not per_seed:  # a defence that failed at every seed: its reasons only
+        return {metric: [] for metric in METRICS} | {"seconds": extra["seconds"], "failed": extra["failed"]}
     m = {metric: [v for run in per_seed for v in run[metric]] for metric in METRICS}
     m["summary"] = {metric: summary(m[metric]) for metric in METRICS}
     m["per_seed"] = {metric: [summary(run[metric])["mean"] for run in per_seed] for metric in METRICS}
@@ -277,14 +383,17 @@ def _pooled(per_seed: list[dict], extra: dict) -> dict:
     m["model_std"] = {metric: _mean_std(v)["mean"] for metric, v in m["per_seed_model_std"].items()}
     m["seconds"] = extra["seconds"]
     if extra["revived"]:  # the revival attack on the first few models of each seed
-        m["revived"] = {metric: [v for run in extra["revived"] for v in run[metric]] for metric in ("acc", "asr", "ra")}
+        keys = [k for k in ("acc", "asr", "ra", "asr_excess") if k in extra["revived"][0]]
+        m["revived"] = {metric: [v for run in extra["revived"] for v in run[metric]] for metric in keys}
         m["revived"]["per_seed"] = {metric: [summary(run[metric])["mean"] for run in extra["revived"]]
-                                    for metric in ("acc", "asr", "ra")}
+                                    for metric in keys}
         m["revived"]["spread"] = {metric: _mean_std(v) for metric, v in m["revived"]["per_seed"].items()}
     if extra["run_mean"]:
         m["run_mean"] = {metric: _mean_std([r[metric] for r in extra["run_mean"]])["mean"] for metric in METRICS}
     if extra["details"]:
         m["details"] = extra["details"]
+    if extra["failed"]:
+        m["failed"] = extra["failed"]
     return m
 
 
