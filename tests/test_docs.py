@@ -54,3 +54,13 @@ def test_every_docs_table_is_what_its_script_prints_from_the_json(script):
             assert tables.section(page, name) == build().strip(), f"{page.name}: run {script.relative_to(ROOT)} --write"
             found += 1
     assert found == len(module.TABLES), f"{script.relative_to(ROOT)} has tables no page shows"
+
+
+def test_the_threat_model_tables_weigh_every_victim_once():
+    module = _load(ROOT / "results" / "threat-model" / "table.py")
+    # victim s1 at two generator seeds (1 and 3), s2 at one (5): s1 counts once, with its mean 2
+    value, over_victims, over_seeds = module.balanced({("s1", 0): 1.0, ("s1", 1): 3.0, ("s2", 0): 5.0})
+    assert value == pytest.approx(3.5)                      # not (1 + 3 + 5) / 3
+    assert over_victims == pytest.approx(2.1213203, rel=1e-6)  # the std of the victim means 2 and 5
+    assert over_seeds == pytest.approx(1.4142136, rel=1e-6)    # s1's std over its seeds; s2 has one seed
+    assert module.balanced({("s1", 0): 1.0}) == (1.0, None, None)
