@@ -82,7 +82,8 @@ def test_report_with_the_defences_beside_the_generator(tiny_bundle, small_train,
     for name in ("finetune", "reinit"):  # the final checkpoint, with every backdoor metric and its clean data
         assert len(r["baselines"][name]["acc"]) == len(r["baselines"][name]["der"]) == 1
         assert r["baselines"][name]["clean_images"] == 154
-    assert list(r["defences"]) == ["ft", "fp", "clp", "anp"] and r["defences"]["clp"]["clean_images"] == 0
+    assert list(r["defences"]) == ["ft", "fp", "fst", "clp", "anp"] and r["defences"]["clp"]["clean_images"] == 0
+    assert r["defences"]["anp"]["details"]["prune_rule"]["name"] == "budget-accuracy"
     assert r["defences"]["anp"]["details"]["iterations"] == 20 and r["defences"]["anp"]["clean_images"] == 154
     assert list(r["controls"]) == ["clean-model"]  # the clean model as it is; no donor: not a donor's bundle
     assert r["controls"]["clean-model"]["clean_resources"] == {"images": 0, "model_images": 1024, "checkpoints": 0}

@@ -32,8 +32,10 @@ The *transfer table* sets the generated layers beside what clean weights alone d
 originals spliced in as they are, their average, and *clean-layers*: the clean model's own layers)
 and, when ticked, the field's defences on a clean budget of 5 % of the training images, each at its
 final checkpoint: the target's own layers fine-tuned (*finetune*) or re-initialised and retrained
-(*reinit*), the whole target fine-tuned (*ft*), fine-pruning (*fp*), adversarial neuron pruning (*anp*, 200
-mask steps here) and the data-free channel-Lipschitz pruning (*clp*). The *clean-model* row is the clean model as
+(*reinit*), the whole target fine-tuned (*ft*), fine-pruning (*fp*), feature shift tuning (*fst*: the head
+re-initialised and pushed away from the target's), adversarial neuron pruning (*anp*, 200 mask steps here where the
+CLI runs BackdoorBench's 2,000, pruned as far as the clean budget's accuracy allows) and the data-free
+channel-Lipschitz pruning (*clp*). The *clean-model* row is the clean model as
 it is: a defender who holds it has nothing to repair. Each row states its clean resources: the clean images it
 trained or fitted on, the images behind the clean model or checkpoints it uses, and how many checkpoints. In
 *ACC vs. ASR* the black cross is the target as-is.

@@ -108,7 +108,7 @@ def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
     of the bundle's named victims such as finetuned-blended, or upload with `victim_file`); trigger_*, patch_*,
     blend_*: the uploaded model's trigger (data.triggers.trigger_from_fields; 'assumed' scores it against the
     bundle's BadNets trigger and says so in the report; named victims use their own); layers; n, sampler, steps,
-    seed; defences (fine-tune, re-init, FT, FP, ANP, CLP on a 5 % clean budget: needs the training split);
+    seed; defences (fine-tune, re-init, FT, FP, FST, ANP, CLP on a 5 % clean budget: needs the training split);
     condition (default, none, acc=best, acc with the `acc` value, trunk=target) and guidance, for a conditional
     bundle. An API client receives every stage; the last is the finished run.
     """
@@ -253,10 +253,10 @@ def _inputs(shipped: dict, default_bundle: str) -> tuple[dict, gr.Group, gr.Grou
                               "DDPM)"),
         steps=gr.Slider(1, 1000, value=FORM["steps"], step=1, label="DDIM steps"),
         seed=gr.Number(value=FORM["seed"], precision=0, label="Seed"),
-        defences=gr.Checkbox(FORM["defences"], label="Defences (fine-tune, re-init, FT, FP, ANP, CLP)",
+        defences=gr.Checkbox(FORM["defences"], label="Defences (fine-tune, re-init, FT, FP, FST, ANP, CLP)",
                              info="for a backdoored target, on 5% of the training images: the target's own layers "
                                   "fine-tuned or re-initialised, the whole target fine-tuned (FT), fine-pruning (FP), "
-                                  "adversarial neuron pruning (ANP) and the data-free CLP; needs the training split, "
+                                  "feature shift tuning (FST), adversarial neuron pruning (ANP) and the data-free CLP; needs the training split, "
                                   "adds a few minutes on a CPU"),
     )
     low, high = _acc_range(b)

@@ -21,7 +21,7 @@ from pdiff.generator.bundle import Bundle
 from pdiff.generator.sampling import Samples, draw
 from pdiff.measure.baselines import (GAUSSIAN_TEMPERATURES, TOP_FRACTIONS, TOP_TEMPERATURES, baseline_sets, gaussian_sweep,
                                      match_noise_sigma, noisy_originals, top_gaussians)
-from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, run_defence
+from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, DefenceFailed, run_defence
 from pdiff.measure.engine import EngineCache, TargetEngine, measure
 from pdiff.measure.similarity import tsne_2d
 from pdiff.measure.sources import clean_resources, source
@@ -172,13 +172,17 @@ def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, dat
         controls["donor"] = engine.measure_state(bundle.base_state, "donor")
     if settings.defences is None or data.train is None:
         return controls, {}
-    say(0.65, "defences (fine-tune, re-init, FT, FP, ANP, CLP)")
+    say(0.65, "defences (fine-tune, re-init, FT, FP, FST, ANP, CLP)")
     g = torch.Generator().manual_seed(seed)
     budget = data.budget(g)
     defence = replace(settings.defences, k=settings.defences.k or len(bundle.originals))
     out = {}
     for name in DEFENCES:
-        d = run_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g, defence, device)
+        try:
+            d = run_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g, defence, device)
+        except DefenceFailed as e:  # marked in the report, its reason in one line; the others go on
+            out[name] = {"seconds": [], "failed": [str(e)], "clean_images": len(budget.labels)}
+            continue
         if d.vectors is not None:
             sets[name] = d.vectors[-1:]
             out[name] = {"seconds": [d.seconds]}
