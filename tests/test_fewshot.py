@@ -24,13 +24,15 @@ def test_every_control_runs_on_the_same_images_with_its_ledger_and_beats_chance(
             "linear.weight": centres[None], "linear.bias": -0.5 * centres.square().sum(1)[None]}
     donor = Donor("same", pool, head)
     out = controls(FewShotData(shots, labels, pool, 4), test, test_labels, [donor], FORM, seed=0)
-    assert set(out) == {"nearest_mean", "probe", "lda", "lda_pool", "self_trained", "stitch", "stitch_ensemble"}
+    assert set(out) == {"nearest_mean", "nearest_mean_pool", "probe", "lda", "lda_pool", "self_trained", "stitch",
+                        "stitch_ensemble", "matched_average"}
     for name, r in out.items():
         assert r["acc"] > 60, (name, r["acc"])
         assert r["logits"].shape == (800, 4)
         assert r["ledger"]["labelled"] in (0, 20) and r["ledger"]["unlabelled"] in (0, 400)
     assert out["probe"]["ledger"] == {"labelled": 20, "unlabelled": 0}
     assert out["stitch"]["ledger"] == {"labelled": 0, "unlabelled": 400}  # the stitch uses no label
+    assert out["matched_average"]["ledger"] == {"labelled": 0, "unlabelled": 400}
     assert out["self_trained"]["ledger"] == {"labelled": 20, "unlabelled": 400}
     assert out["probe"]["info"]["cv_folds"] == 5 and out["probe"]["info"]["C"] > 0
     assert "logits" not in public(out)["probe"]
@@ -48,6 +50,7 @@ def test_the_stitch_onto_a_permuted_copy_gives_the_donors_own_accuracy():
     out = controls(FewShotData(shots, labels, pool, 4), test, test_labels, [Donor("p", pool[:, perm], head)], FORM)
     own = accuracy_of(head_logits(test[:, perm], head, FORM)[0], test_labels)
     assert abs(out["stitch"]["acc"] - own) < 0.5 and out["stitch"]["info"]["accs"] == [out["stitch"]["acc"]]
+    assert out["matched_average"]["acc"] == own  # the matching finds the permutation: the donor's own head
 
 
 def test_one_shot_per_class_has_no_cross_validation_and_lda_falls_back_to_the_nearest_mean():

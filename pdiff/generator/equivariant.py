@@ -13,8 +13,8 @@ The condition (`condition`), from the target trunk's own features in its units (
   mean of the channel;
 - per channel: the unlabelled pool's mean and std, its mean after the ReLU, its share of positive values;
 - per class: the mean and std over channels of the class's means, its mean after the ReLU;
-- the pool's channel-by-channel correlation, through which the denoiser mixes channels (a graph over channels:
-  equivariant, and what a covariance-aware rule such as LDA needs);
+- the pool's channel-by-channel correlation (its top RANK eigenpairs), through which the denoiser mixes channels (a
+  graph over channels: equivariant, and what a covariance-aware rule such as LDA needs);
 - 1 / sqrt(shots per class), so the network knows how noisy the class means are.
 Classifier-free guidance as elsewhere: a `drop` share of training examples sees no condition (every feature zero, a
 flag off), and sampling mixes null + scale * (conditional - null).
@@ -44,13 +44,15 @@ from pdiff.generator.training import ema_decay
 from pdiff.models.heads import HeadForm
 
 ENTRY, CHANNEL, CLASS, GLOBAL = 4, 4, 3, 1  # condition features per entry, channel, class, and for the whole head
+REFINE_ROUNDS = 3
+RANK = 16  # the pool's correlation enters through its top RANK eigenvectors (C x RANK: 8x cheaper than C x C)
 FORMAT, FORMAT_VERSION = "pdiff-heads", 1
 CONFIG_FILE, WEIGHTS_FILE = "heads.json", "denoiser_ema.safetensors"
 
 
 @dataclass(frozen=True)
 class HeadGenConfig:
-    """The head generator's network and training; travels with its weights."""
+    """The head generator's network, condition and training; travels with its weights."""
     width: int = 64
     depth: int = 4
     steps: int = 2000
@@ -62,6 +64,9 @@ class HeadGenConfig:
     pools_per_trunk: int = 4                          # pools drawn once per training trunk
     ema_decay: float = 0.999
     timesteps: int = 1000
+    refine: bool = False     # the condition also reads class means refined on the pool (k-means from the shots')
+    prior: str = "none"      # "matched": the condition reads, and the diffusion generates the residual from, the
+                             # average of the training trunks' own heads with channels matched on the pool
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,11 +79,61 @@ class HeadGenConfig:
 # ---------------------------------------------------------------------------------------------- the condition
 
 @dataclass(frozen=True)
+class CondShape:
+    """How many condition features each entry, channel and class gets, and the flat condition's layout."""
+    classes: int
+    channels: int
+    refine: bool = False
+    prior: bool = False
+
+    @classmethod
+    def of(cls, form: HeadForm, cfg: HeadGenConfig) -> "CondShape":
+        if cfg.prior not in ("none", "matched"):
+            raise ValueError(f"HeadGenConfig.prior must be 'none' or 'matched', got {cfg.prior!r}")
+        return cls(form.classes, form.channels, cfg.refine, cfg.prior == "matched")
+
+    @property
+    def entry(self) -> int:
+        return ENTRY + 2 * self.refine + self.prior
+
+    @property
+    def channel(self) -> int:
+        return CHANNEL + 2 * self.prior
+
+    @property
+    def klass(self) -> int:
+        return CLASS + self.prior
+
+    @property
+    def dim(self) -> int:
+        k, c = self.classes, self.channels
+        return k * c * self.entry + c * self.channel + k * self.klass + c * RANK + GLOBAL
+
+    def unpack(self, cond: torch.Tensor):
+        """(B, D) -> entry (B, K, C, e), channel (B, C, c), class (B, K, k), mix (B, C, RANK), global (B, 1)."""
+        b, k, c = len(cond), self.classes, self.channels
+        sizes = [k * c * self.entry, c * self.channel, k * self.klass, c * RANK, GLOBAL]
+        entry, channel, klass, mix, glob = torch.split(cond, sizes, dim=1)
+        return (entry.view(b, k, c, self.entry), channel.view(b, c, self.channel), klass.view(b, k, self.klass),
+                mix.view(b, c, RANK), glob)
+
+    def permute(self, cond: torch.Tensor, class_perm: torch.Tensor, channel_perm: torch.Tensor) -> torch.Tensor:
+        """The condition of the same trunk with its classes and channels reordered (class_perm[i]: the old index
+        of new class i)."""
+        entry, channel, klass, mix, glob = self.unpack(cond)
+        entry = entry[:, class_perm][:, :, channel_perm]
+        return torch.cat([entry.flatten(1), channel[:, channel_perm].flatten(1), klass[:, class_perm].flatten(1),
+                          mix[:, channel_perm].flatten(1), glob], 1)
+
+
+@dataclass(frozen=True)
 class PoolStats:
     """What the condition takes from an unlabelled pool (M, C) of standardised features."""
-    mean: torch.Tensor    # (C,)
+    pool: torch.Tensor     # (M, C)
+    mean: torch.Tensor     # (C,)
     channel: torch.Tensor  # (C, CHANNEL)
-    corr: torch.Tensor    # (C, C)
+    mix: torch.Tensor      # (C, RANK): V sqrt(lambda / C) of the top eigenpairs of the correlation; mix @ mix.T
+                           # approximates corr / C, the same for either sign of an eigenvector
 
     @classmethod
     def of(cls, pool: torch.Tensor) -> "PoolStats":
@@ -86,47 +141,80 @@ class PoolStats:
         mean, std = pool.mean(0), pool.std(0)
         channel = torch.stack([mean, std, pool.relu().mean(0), (pool > 0).float().mean(0)], 1)
         z = (pool - mean) / std.clamp(min=1e-6)
-        return cls(mean, channel, (z.T @ z) / (len(pool) - 1))
+        values, vectors = torch.linalg.eigh((z.T @ z).double() / (len(pool) - 1))
+        top = values.flip(0)[:RANK].clamp(min=0)
+        mix = (vectors.flip(1)[:, :RANK] * (top / len(mean)).sqrt()).float()
+        return cls(pool, mean, channel, F.pad(mix, (0, RANK - mix.shape[1])))  # fewer channels than RANK: zeros
 
 
-def condition(shots: torch.Tensor, labels: torch.Tensor, pool: PoolStats | torch.Tensor, classes: int) -> torch.Tensor:
+def refined_means(shots: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor, classes: int,
+                  rounds: int = REFINE_ROUNDS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means refined on the unlabelled pool: k-means started from the shots' class means, each round every
+    pool image joins its nearest mean and the means are recomputed over the shots and the pool images they hold.
+    Returns (means (K, C), each pool image's class (M,))."""
+    onehot = F.one_hot(labels, classes).float()
+    means = onehot.T @ shots / onehot.sum(0)[:, None]
+    assigned = torch.cdist(pool, means).argmin(1)
+    for _ in range(rounds):
+        hard = F.one_hot(assigned, classes).float()
+        means = (onehot.T @ shots + hard.T @ pool) / (onehot.sum(0) + hard.sum(0))[:, None]
+        assigned = torch.cdist(pool, means).argmin(1)
+    return means, assigned
+
+
+def condition(shots: torch.Tensor, labels: torch.Tensor, pool: PoolStats | torch.Tensor, shape: CondShape,
+              prior: torch.Tensor | None = None) -> torch.Tensor:
     """The flat condition (D,) of one trunk from its standardised features of the shots (n, C) with their labels,
-    and its pool (M, C) or the pool's PoolStats."""
+    its pool (M, C) or the pool's PoolStats, and (shape.prior) a head (P,), normalised, to read."""
     stats = pool if isinstance(pool, PoolStats) else PoolStats.of(pool)
-    shots = shots.float()
+    shots, classes = shots.float(), shape.classes
     onehot = F.one_hot(labels, classes).float()                       # (n, K)
     count = onehot.sum(0)
     if (count == 0).any():
         raise ValueError(f"every class needs a shot; classes {count.eq(0).nonzero().flatten().tolist()} have none")
     z = onehot.T @ shots / count[:, None]                             # (K, C) class means
     r = onehot.T @ shots.relu() / count[:, None]
-    entry = torch.stack([z, r, z - stats.mean, r - stats.channel[:, 2]], -1)       # (K, C, ENTRY)
-    klass = torch.stack([z.mean(1), z.std(1), r.mean(1)], -1)                      # (K, CLASS)
+    entry = [z, r, z - stats.mean, r - stats.channel[:, 2]]
+    channel, klass = [stats.channel], [z.mean(1, keepdim=True), z.std(1, keepdim=True), r.mean(1, keepdim=True)]
+    if shape.refine:
+        means, assigned = refined_means(shots, labels, stats.pool, classes)
+        hard = F.one_hot(assigned, classes).float()
+        relu_means = (onehot.T @ shots.relu() + hard.T @ stats.pool.relu()) / (count + hard.sum(0))[:, None]
+        entry += [means, relu_means]
+    if shape.prior:
+        if prior is None:
+            raise ValueError("this head generator reads a prior head (prior='matched'); none was given")
+        c = shape.channels
+        g, b, w, bias = torch.split(prior.float(), [c, c, classes * c, classes])
+        entry.append(w.view(classes, c))
+        channel += [g[:, None], b[:, None]]
+        klass.append(bias[:, None])
     glob = torch.tensor([1.0 / math.sqrt(count.min().item())])
-    return torch.cat([entry.flatten(), stats.channel.flatten(), klass.flatten(), stats.corr.flatten(), glob])
+    return torch.cat([torch.stack(entry, -1).flatten(), torch.cat(channel, 1).flatten(), torch.cat(klass, 1).flatten(),
+                      stats.mix.flatten(), glob])
 
 
-def condition_dim(classes: int, channels: int) -> int:
-    return classes * channels * ENTRY + channels * CHANNEL + classes * CLASS + channels * channels + GLOBAL
+def match_channels(pool: torch.Tensor, donor_pool: torch.Tensor) -> torch.Tensor:
+    """For each channel of a trunk, the donor's channel it is matched to: the one-to-one assignment that maximises
+    the summed correlation of the two trunks' features of the same pool images (Hungarian)."""
+    from scipy.optimize import linear_sum_assignment
+
+    a = (pool - pool.mean(0)) / pool.std(0).clamp(min=1e-6)
+    b = (donor_pool - donor_pool.mean(0)) / donor_pool.std(0).clamp(min=1e-6)
+    rows, cols = linear_sum_assignment(-(a.T @ b).double().numpy())
+    return torch.as_tensor(cols)[torch.as_tensor(rows).argsort()]
 
 
-def _unpack_condition(cond: torch.Tensor, classes: int, channels: int):
-    b, k, c = len(cond), classes, channels
-    sizes = [k * c * ENTRY, c * CHANNEL, k * CLASS, c * c, GLOBAL]
-    entry, channel, klass, corr, glob = torch.split(cond, sizes, dim=1)
-    return (entry.view(b, k, c, ENTRY), channel.view(b, c, CHANNEL), klass.view(b, k, CLASS), corr.view(b, c, c),
-            glob)
+def permute_channels(x: torch.Tensor, form: HeadForm, channel_of: torch.Tensor) -> torch.Tensor:
+    """Heads (B, P) with channel c taken from channel channel_of[c]."""
+    return permute_heads(x, form, torch.arange(form.classes), channel_of)
 
 
-def permute_condition(cond: torch.Tensor, classes: int, channels: int, class_perm: torch.Tensor,
-                      channel_perm: torch.Tensor) -> torch.Tensor:
-    """The condition of the same trunk with its classes and channels reordered (class_perm[i]: the old index of
-    new class i)."""
-    entry, channel, klass, corr, glob = _unpack_condition(cond, classes, channels)
-    entry = entry[:, class_perm][:, :, channel_perm]
-    corr = corr[:, channel_perm][:, :, channel_perm]
-    return torch.cat([entry.flatten(1), channel[:, channel_perm].flatten(1), klass[:, class_perm].flatten(1),
-                      corr.flatten(1), glob], 1)
+def matched_average(pool: torch.Tensor, donors: list[tuple[torch.Tensor, torch.Tensor]], form: HeadForm) -> torch.Tensor:
+    """(P,): the average of the donors' heads (each (P,)), each with its channels matched to this trunk's on the
+    same pool images (donors: (donor's pool features, donor's head)). A head in this trunk's own channel order."""
+    return torch.stack([permute_channels(head[None].float(), form, match_channels(pool, donor_pool))[0]
+                        for donor_pool, head in donors]).mean(0)
 
 
 # ---------------------------------------------------------------------------------------------- heads as vectors
@@ -188,9 +276,12 @@ class _Exchange(nn.Module):
 
     def forward(self, h: torch.Tensor, mix: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         n = self.norm(h)
-        a = (self.own(n) + self.over_k(n.mean(1, keepdim=True)) + self.over_c(n.mean(2, keepdim=True))
-             + self.over_all(n.mean((1, 2), keepdim=True)) + self.mixed(torch.einsum("bce,bked->bkcd", mix, n))
-             + self.time(temb)[:, None, None])
+        over_k = n.mean(1, keepdim=True)                                           # (B, 1, C, d)
+        small = (self.over_k(over_k) + self.over_all(over_k.mean(2, keepdim=True))
+                 + self.time(temb)[:, None, None])                                 # (B, 1, C, d): one broadcast
+        # the class's row mixed over channels: mix (mix' n), with the linear map applied on the RANK side
+        mixed = torch.einsum("bcr,bkrd->bkcd", mix, torch.einsum("bcr,bkcd->bkrd", mix, self.mixed(n)))
+        a = self.own(n).add_(mixed).add_(small).add_(self.over_c(n.mean(2, keepdim=True)))
         return h + self.out(F.gelu(a))
 
 
@@ -199,8 +290,11 @@ class EquivariantDenoiser(nn.Module):
 
     def __init__(self, form: HeadForm, cfg: HeadGenConfig):
         super().__init__()
-        self.form, d = form, cfg.width
-        self.inp = nn.Linear(4 + ENTRY + CHANNEL + CLASS + GLOBAL + 1, d)
+        self.form, self.shape, d = form, CondShape.of(form, cfg), cfg.width
+        self.inp_entry = nn.Linear(1 + self.shape.entry, d)                  # W[k, c] and the entry's condition
+        self.inp_channel = nn.Linear(2 + self.shape.channel, d, bias=False)  # gamma[c], beta[c], the channel's
+        self.inp_class = nn.Linear(1 + self.shape.klass, d, bias=False)      # b[k] and the class's condition
+        self.inp_global = nn.Linear(GLOBAL + 1, d, bias=False)    # the shots' noise level and the condition flag
         self.temb = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.layers = nn.ModuleList(_Exchange(d) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(d)
@@ -215,21 +309,19 @@ class EquivariantDenoiser(nn.Module):
         b = len(x)
         g, beta, w, bias = unpack_heads(x, self.form).values()
         if cond is None:
-            cond = x.new_zeros(b, condition_dim(k, c))
+            cond = x.new_zeros(b, self.shape.dim)
             keep = torch.zeros(b, dtype=torch.bool, device=x.device)
         elif keep is None:
             keep = torch.ones(b, dtype=torch.bool, device=x.device)
         flag = keep.to(x.dtype)
         cond = cond * flag[:, None]  # the null condition: every feature zero, the flag off
-        entry, channel, klass, corr, glob = _unpack_condition(cond, k, c)
-        inputs = torch.cat([
-            w[..., None], g[:, None, :, None].expand(b, k, c, 1), beta[:, None, :, None].expand(b, k, c, 1),
-            bias[:, :, None, None].expand(b, k, c, 1), entry, channel[:, None].expand(b, k, c, CHANNEL),
-            klass[:, :, None].expand(b, k, c, CLASS), glob[:, None, None].expand(b, k, c, GLOBAL),
-            flag[:, None, None, None].expand(b, k, c, 1)], -1)
-        h = self.inp(inputs)
+        entry, channel, klass, mix, glob = self.shape.unpack(cond)
+        # one linear map of every entry's inputs, in parts: each part on the axis it lives on, then broadcast
+        h = self.inp_entry(torch.cat([w[..., None], entry], -1))
+        h = h + (self.inp_channel(torch.cat([g[..., None], beta[..., None], channel], -1))[:, None]
+                 + self.inp_class(torch.cat([bias[..., None], klass], -1))[:, :, None]
+                 + self.inp_global(torch.cat([glob, flag[:, None]], -1))[:, None, None])
         temb = self.temb(timestep_embedding(t, self.width))
-        mix = corr / c
         for layer in self.layers:
             h = layer(h, mix, temb)
         h = self.norm(h)
@@ -244,12 +336,26 @@ class EquivariantDenoiser(nn.Module):
 @dataclass
 class TrunkExamples:
     """One training trunk: its standardised features of the generator's own images (shot candidates with labels,
-    pool candidates) and its head checkpoints (n, P) in the layout's order."""
+    pool candidates, the same images for every trunk), its head checkpoints (n, P) in the layout's order and the
+    head it lends to other trunks' priors (P,) (its own; by default the mean of its checkpoints)."""
     shots: torch.Tensor
     labels: torch.Tensor
     pool: torch.Tensor
     heads: torch.Tensor
     name: str = ""
+    own: torch.Tensor | None = None
+
+    @property
+    def lent(self) -> torch.Tensor:
+        return self.heads.float().mean(0) if self.own is None else self.own.float()
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What a head generator is asked with: the condition (D,) and, for a prior generator, the prior head (P,) in
+    the trunk's units (the sets are prior + the generated residual)."""
+    cond: torch.Tensor
+    prior: torch.Tensor | None = None
 
 
 @dataclass
@@ -257,18 +363,41 @@ class HeadGenerator:
     """A trained head generator: the EMA denoiser, its config, the head scaling, and what it was trained on."""
     form: HeadForm
     cfg: HeadGenConfig
-    scale: HeadScale
+    scale: HeadScale                 # of what the diffusion generates: heads, or residuals from the prior
     denoiser: EquivariantDenoiser
     meta: dict = field(default_factory=dict)
+    inputs: HeadScale | None = None  # of the heads a prior generator reads as its prior
+
+    @property
+    def shape(self) -> CondShape:
+        return CondShape.of(self.form, self.cfg)
+
+    def ask(self, shots: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor | PoolStats,
+            donors: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Asked:
+        """The condition of a trunk from its standardised features of the shots (with labels) and of the pool; a
+        prior generator also needs the donors (each training trunk's features of the same pool images, its head)."""
+        prior = None
+        if self.shape.prior:
+            if not donors:
+                raise ValueError("this head generator starts from the training trunks' matched heads: give donors")
+            prior = matched_average(pool.pool if isinstance(pool, PoolStats) else pool.float(), donors, self.form)
+        return Asked(condition(shots, labels, pool, self.shape, self._read(prior)), prior)
+
+    def _read(self, prior: torch.Tensor | None) -> torch.Tensor | None:
+        return None if prior is None else self.inputs.normalise(prior[None], self.form)[0]
 
     @torch.no_grad()
-    def sample(self, cond: torch.Tensor | None, n: int, generator: torch.Generator, guidance: float = 1.0,
+    def sample(self, asked: Asked | None, n: int, generator: torch.Generator, guidance: float = 1.0,
                sampler: str = "ddim", steps: int | None = 50) -> dict[str, torch.Tensor]:
-        """n heads {name: (n, *shape)} for one condition (D,) (None: unconditional), DDIM-`steps` or DDPM."""
+        """n heads {name: (n, *shape)} for one trunk (None: unconditional; a prior generator then starts from the
+        prior's average over... nothing: it needs `asked`), DDIM-`steps` or DDPM."""
+        if asked is None and self.shape.prior:
+            raise ValueError("a prior head generator has no unconditional sets without a prior; ask it for a trunk")
         diffusion = Diffusion(self.cfg.timesteps)
-        guide = None if cond is None else Guide(cond.float()[None].expand(n, -1), guidance)
-        x = diffusion.sample(self.denoiser.eval(), (n, numel(self.form)), sampler, steps, generator, guide=guide)
-        return unpack_heads(self.scale.restore(x, self.form), self.form)
+        guide = None if asked is None else Guide(asked.cond.float()[None].expand(n, -1), guidance)
+        x = self.scale.restore(diffusion.sample(self.denoiser.eval(), (n, numel(self.form)), sampler, steps,
+                                                generator, guide=guide), self.form)
+        return unpack_heads(x if asked is None or asked.prior is None else x + asked.prior[None], self.form)
 
     def save(self, folder: str | Path) -> None:
         """heads.json (format, form, config, scaling, meta) and the EMA denoiser's weights."""
@@ -277,7 +406,8 @@ class HeadGenerator:
         write_safetensors(folder / WEIGHTS_FILE, self.denoiser.state_dict(), {"format": FORMAT})
         write_json(folder / CONFIG_FILE, {"format": FORMAT, "format_version": FORMAT_VERSION,
                                           "form": asdict(self.form), "config": self.cfg.to_dict(),
-                                          "scale": asdict(self.scale), "meta": self.meta})
+                                          "scale": asdict(self.scale), "meta": self.meta,
+                                          "inputs": None if self.inputs is None else asdict(self.inputs)})
 
     @classmethod
     def load(cls, folder: str | Path) -> "HeadGenerator":
@@ -293,7 +423,8 @@ class HeadGenerator:
         net = EquivariantDenoiser(form, cfg)
         net.load_state_dict(load_file(folder / WEIGHTS_FILE))
         scale = HeadScale(tuple(d["scale"]["mean"]), tuple(d["scale"]["std"]))
-        return cls(form, cfg, scale, net.eval().requires_grad_(False), d.get("meta", {}))
+        inputs = d.get("inputs") and HeadScale(tuple(d["inputs"]["mean"]), tuple(d["inputs"]["std"]))
+        return cls(form, cfg, scale, net.eval().requires_grad_(False), d.get("meta", {}), inputs or None)
 
 
 def numel(form: HeadForm) -> int:
@@ -311,15 +442,32 @@ def _draw_shots(ex: TrunkExamples, k: int, classes: int, generator: torch.Genera
 
 def train_heads(trunks: list[TrunkExamples], form: HeadForm, cfg: HeadGenConfig, generator: torch.Generator,
                 log=None) -> HeadGenerator:
-    """Fit the equivariant denoiser on every head of `trunks`, the shots redrawn at every step."""
+    """Fit the equivariant denoiser on every head of `trunks`, the shots redrawn at every step. A prior generator
+    (cfg.prior 'matched') learns each trunk's heads as residuals from the average of the other trunks' heads matched
+    to it on the same pool: what it will be given for a trunk it never saw."""
+    shape = CondShape.of(form, cfg)
+    if shape.prior and len(trunks) < 2:
+        raise ValueError("a prior head generator needs at least two training trunks (each one's prior is the others')")
     with torch.random.fork_rng():
         torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
         net = EquivariantDenoiser(form, cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
-    scale = HeadScale.fit(torch.cat([t.heads for t in trunks]), form)
-    heads = [scale.normalise(t.heads.float(), form) for t in trunks]
-    pools = [[PoolStats.of(t.pool[torch.randperm(len(t.pool), generator=generator)[:cfg.pool]])
-              for _ in range(cfg.pools_per_trunk)] for t in trunks]
+    # the pools: the same images for every trunk, so that each trunk's channels can be matched to the others'
+    n_pool = min(len(t.pool) for t in trunks)
+    picks = [torch.randperm(n_pool, generator=generator)[:cfg.pool] for _ in range(cfg.pools_per_trunk)]
+    stats = [[PoolStats.of(t.pool[i]) for i in picks] for t in trunks]
+    inputs = HeadScale.fit(torch.cat([t.heads.float() for t in trunks]), form)
+    if shape.prior:
+        priors = [[matched_average(stats[ti][p].pool, [(stats[d][p].pool, trunks[d].lent)
+                                                        for d in range(len(trunks)) if d != ti], form)
+                   for p in range(len(picks))] for ti in range(len(trunks))]
+        targets = [[t.heads.float() - priors[ti][p] for p in range(len(picks))] for ti, t in enumerate(trunks)]
+    else:
+        priors = [[None] * len(picks) for _ in trunks]
+        targets = [[t.heads.float()] * len(picks) for t in trunks]
+    scale = HeadScale.fit(torch.cat([x for per in targets for x in per]), form)
+    targets = [[scale.normalise(x, form) for x in per] for per in targets]
+    read = [[None if q is None else inputs.normalise(q[None], form)[0] for q in per] for per in priors]
     diffusion = Diffusion(cfg.timesteps)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.1)
@@ -328,21 +476,21 @@ def train_heads(trunks: list[TrunkExamples], form: HeadForm, cfg: HeadGenConfig,
         x0, conds = [], []
         for _ in range(cfg.batch_size):
             ti = int(torch.randint(len(trunks), (1,), generator=generator))
-            hi = int(torch.randint(len(heads[ti]), (1,), generator=generator))
+            hi = int(torch.randint(len(trunks[ti].heads), (1,), generator=generator))
             k = cfg.shots[int(torch.randint(len(cfg.shots), (1,), generator=generator))]
+            p = int(torch.randint(len(picks), (1,), generator=generator))
             shots, labels = _draw_shots(trunks[ti], k, form.classes, generator)
-            pool = pools[ti][int(torch.randint(cfg.pools_per_trunk, (1,), generator=generator))]
-            x0.append(heads[ti][hi])
-            conds.append(condition(shots, labels, pool, form.classes))
+            x0.append(targets[ti][p][hi])
+            conds.append(condition(shots, labels, stats[ti][p], shape, read[ti][p]))
         loss = diffusion.loss(net, torch.stack(x0), generator, guide=Guide(torch.stack(conds), drop=cfg.drop))
         optimizer_step(loss, opt, sched)
         with torch.no_grad():
             decay = ema_decay(step, cfg.ema_decay)
-            for e, p in zip(ema.parameters(), net.parameters()):
-                e.lerp_(p, 1 - decay)
+            for e, q in zip(ema.parameters(), net.parameters()):
+                e.lerp_(q, 1 - decay)
         losses.append(loss.item())
         if log is not None and (step % 100 == 0 or step == cfg.steps - 1):
             log(step, sum(losses[-100:]) / len(losses[-100:]))
-    meta = {"trunks": [t.name for t in trunks], "heads": sum(len(h) for h in heads),
+    meta = {"trunks": [t.name for t in trunks], "heads": sum(len(t.heads) for t in trunks),
             "loss_last_100": sum(losses[-100:]) / len(losses[-100:])}
-    return HeadGenerator(form, cfg, scale, ema.eval(), meta)
+    return HeadGenerator(form, cfg, scale, ema.eval(), meta, inputs)

@@ -3,7 +3,9 @@ own features with no generator. A head generated for that trunk from the same im
 
 Every control reads the trunk's features in its own units (models.heads.standardise) and returns its test logits,
 its test accuracy and its clean-image ledger (labelled shots, unlabelled images):
-- `nearest_mean`: each class's mean of the shots; the nearest one (squared Euclidean) wins;
+- `nearest_mean`: each class's mean of the shots; the nearest one (squared Euclidean) wins; `nearest_mean_pool`:
+  the same with the means refined on the unlabelled pool (k-means from the shots' means: what a head generator with
+  `refine` reads);
 - `probe`: multinomial logistic regression on the shots, its inverse regularisation C chosen by stratified k-fold
   cross-validation on the shots alone (k = min(K, 5); K = 1 leaves nothing to validate on: C = 1);
 - `lda`: shrinkage LDA on the shots (Ledoit-Wolf within-class covariance; sklearn's lsqr solver);
@@ -14,7 +16,10 @@ its test accuracy and its clean-image ledger (labelled shots, unlabelled images)
   class-balanced, a growing share each round;
 - `stitch`: for each donor trunk (a training trunk), a stitch from this trunk's features to the donor's fitted on
   the unlabelled pool (no labels; measure.stitch.fit_stitch), then the donor's own head; the mean accuracy over the
-  donors, each one's in `info`; `stitch_ensemble`: the mean of the donors' logits.
+  donors, each one's in `info`; `stitch_ensemble`: the mean of the donors' logits;
+- `matched_average`: the donors' own heads with their channels matched to this trunk's on the pool (a permutation
+  each, no labels), averaged: a head in this trunk's own form (what a head generator with prior 'matched' starts
+  from).
 """
 from __future__ import annotations
 
@@ -23,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from pdiff.models.heads import HeadForm, head_logits
+from pdiff.generator.equivariant import matched_average, pack_heads, refined_means, unpack_heads
 from pdiff.measure.stitch import fit_stitch
+from pdiff.models.heads import HeadForm, head_logits
 
 PROBE_CS = tuple(float(c) for c in np.logspace(-3, 2, 11))  # the probe's C grid (sklearn's inverse ridge)
 PROBE_FOLDS = 5
@@ -114,6 +120,8 @@ def controls(data: FewShotData, test: torch.Tensor, labels: torch.Tensor, donors
         out[name] = {"acc": accuracy_of(logits, labels), "ledger": ledger, "info": info, "logits": logits}
 
     put("nearest_mean", nearest_mean_logits(data, test), data.ledger())
+    means, _ = refined_means(data.shots.float(), data.labels, data.pool.float(), data.classes)
+    put("nearest_mean_pool", -torch.cdist(test, means).square(), data.ledger(unlabelled=True))
     probe, c = _probe(x, y, k, seed)
     put("probe", torch.as_tensor(probe.decision_function(test.double().numpy())).float(), data.ledger(),
         C=c, cv_folds=min(k, PROBE_FOLDS) if k >= 2 else 0)
@@ -133,6 +141,10 @@ def controls(data: FewShotData, test: torch.Tensor, labels: torch.Tensor, donors
         out["stitch"]["acc"] = float(np.mean(accs))  # the mean donor; the ensemble is the next entry
         put("stitch_ensemble", torch.stack(each).mean(0), data.ledger(labelled=False, unlabelled=True),
             donors=[d.name for d in donors])
+        pulled = matched_average(data.pool.float(), [(d.pool.float(), pack_heads(d.head, form)[0]) for d in donors],
+                                 form)
+        put("matched_average", head_logits(test, unpack_heads(pulled[None], form), form)[0],
+            data.ledger(labelled=False, unlabelled=True), donors=[d.name for d in donors])
     return out
 
 
