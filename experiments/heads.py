@@ -76,7 +76,7 @@ def train(args) -> None:
                         log=lambda s, loss: print(f"step {s}: loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)",
                                                   flush=True))
     model.meta.update(seed=args.seed, seconds=time.perf_counter() - t0, images_per_class=IMAGES_PER_CLASS,
-                      images_seed=IMAGES_SEED)
+                      images_seed=IMAGES_SEED, command="python experiments/heads.py " + " ".join(sys.argv[1:]))
     model.save(args.out)
     print(f"saved {args.out}")
 
