@@ -24,7 +24,7 @@ def make_model():  # any nn.Module; this one is not a pdiff StagedNet, so it is 
 
 task = pdiff.task(make_model, ["6.weight", "6.bias", "7.weight", "7.bias"], epochs=2, k=30, save_every=10)
 collection = pdiff.collect(task, train, test, seed=0)  # trains the base, then 30 checkpoints of layers 6 and 7
-bundle = pdiff.train(collection, train, autoencoder={"steps": 300}, ddpm={"steps": 600}, seed=0)
+bundle = pdiff.train(collection, train, test, autoencoder={"steps": 300}, ddpm={"steps": 600}, seed=0)
 samples = pdiff.sample(bundle, 50, seed=0)  # the CLI's sampler: the full DDPM chain
 report = pdiff.evaluate(samples, test)  # beside the 30 originals and the memorisation baselines
 print(report.text())

@@ -20,7 +20,7 @@ from pdiff.core.version import __version__
 from pdiff.api import Report, collect, evaluate, load, sample, task, train
 from pdiff.collection.folder import Collection
 from pdiff.core.config import AEConfig, DDPMConfig, Recipe, Task
-from pdiff.core.settings import DataSpec, EvalSettings, SamplingSpec
+from pdiff.core.settings import CollectSpec, DataSpec, EvalSettings, SamplingSpec, TrainSpec
 from pdiff.data.datasets import DatasetSpec, Split, register_dataset
 from pdiff.generator.bundle import Bundle
 from pdiff.generator.sampling import Samples
@@ -28,5 +28,5 @@ from pdiff.models.archs import register_arch
 from pdiff.models.tasks import register_task
 
 __all__ = ["task", "collect", "train", "sample", "evaluate", "load", "Split", "Task", "Recipe", "AEConfig",
-           "DDPMConfig", "SamplingSpec", "EvalSettings", "DataSpec", "Collection", "Bundle", "Samples", "Report",
-           "register_arch", "register_dataset", "DatasetSpec", "register_task", "__version__"]
+           "DDPMConfig", "CollectSpec", "TrainSpec", "SamplingSpec", "EvalSettings", "DataSpec", "Collection", "Bundle",
+           "Samples", "Report", "register_arch", "register_dataset", "DatasetSpec", "register_task", "__version__"]

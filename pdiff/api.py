@@ -3,13 +3,13 @@
     task = pdiff.task(MyNet, ["fc.weight", "fc.bias"], epochs=2, k=50)   # a factory (or a module) + layer names
     train, test = pdiff.Split(x, y, mean=(0.5,), std=(0.5,)), pdiff.Split(x_test, y_test, mean=(0.5,), std=(0.5,))
     coll = pdiff.collect(task, train, test)        # a Collection   (coll.save(folder))
-    bundle = pdiff.train(coll, train)               # a Bundle       (bundle.save(folder))
+    bundle = pdiff.train(coll, train, test)         # a Bundle       (bundle.save(folder))
     samples = pdiff.sample(bundle, 100)             # Samples        (samples.save(folder))
     report = pdiff.evaluate(samples, test, train=train)  # a Report (report.save(folder)); print(report.text())
 
 Each step is a thin layer over the functions the CLI runs (`collection.collect.run_collect`,
-`generator.training.train_bundle`, `generator.sampling.draw`, `studies.report.run_report`), with the CLI's
-defaults (core.settings). A model that is not a StagedNet is evaluated whole (functional_call
+`generator.recipe.build_bundle`, `generator.sampling.draw`, `studies.report.run_report`), with the CLI's
+defaults (core.settings: CollectSpec, TrainSpec, SamplingSpec, ...). A model that is not a StagedNet is evaluated whole (functional_call
 under vmap) and its named layers are collected on the whole forward pass, everything else frozen.
 """
 from __future__ import annotations
@@ -22,15 +22,15 @@ from torch import nn
 
 from pdiff.collection.collect import run_collect
 from pdiff.collection.folder import MANIFEST_FILE, Collection
-from pdiff.core.config import AEConfig, DDPMConfig, Recipe, Task
+from pdiff.core.config import Recipe, Task
 from pdiff.core.files import write_json
-from pdiff.core.settings import CollectSpec, DataSpec, EvalSettings, SamplingSpec
+from pdiff.core.settings import CollectSpec, DataSpec, EvalSettings, SamplingSpec, TrainSpec
 from pdiff.data.datasets import DATASETS, DataError, Split, random_flip
 from pdiff.data.plan import RunData
 from pdiff.generator.bundle import Bundle
 from pdiff.generator.locate import load_bundle
+from pdiff.generator.recipe import build_bundle
 from pdiff.generator.sampling import Samples, draw
-from pdiff.generator.training import train_bundle
 from pdiff.measure.targets import resolve_target
 from pdiff.models.fit import Augment
 from pdiff.models.tasks import build_model
@@ -63,27 +63,44 @@ def task(model, layers: list[str], name: str = "custom", dataset: str = "custom"
     return t
 
 
-def collect(task: Task, train: Split, test: Split, seed: int = 0, k: int | None = None, base=None,
-            augment: Augment | None = random_flip, device: str = "cpu") -> Collection:
+def collect(task: Task, train: Split, test: Split, seed: int = 0, base=None, augment: Augment | None = random_flip,
+            device: str = "cpu", spec: CollectSpec | None = None, **changes) -> Collection:
     """Train a base model from the task's factory (or take `base`, a trained module or state dict), then
-    collect K checkpoints of the task's layers with the rest frozen; in memory (`Collection.save(folder)`). All of
-    `train` is trained on: a split of your own holds no validation images out unless you cut them off."""
+    collect K checkpoints of the task's layers with the rest frozen; in memory (`Collection.save(folder)`). `spec`
+    (default: the CLI's) with `changes` to its fields: k, trunks, trunk_mode, budget and budget_seed (a budget donor:
+    every model trains on that share of `train` alone, recorded as `trained_on`). All of `train` is trained on: a
+    split of your own holds no validation images out unless you cut them off."""
     state = base.state_dict() if isinstance(base, nn.Module) else base
-    return run_collect(task, RunData(test, train, DataSpec(validation=0)), seed, CollectSpec(k=k), state, augment,
-                       device)
+    spec = (spec or CollectSpec()).changed(**changes)
+    return run_collect(task, RunData(test, train, DataSpec(validation=0)), seed, spec, state, augment, device)
 
 
-def train(collection: Collection, data: Split | None = None, autoencoder: dict | None = None,
-          ddpm: dict | None = None, seed: int = 0, device: str = "cpu") -> Bundle:
-    """The autoencoder and latent DDPM on a collection; `autoencoder` / `ddpm` override `AEConfig` /
-    `DDPMConfig` fields (e.g. {"steps": 500}); `data`: training images for the autoencoder's behaviour term
-    (needed unless the task's dataset is a named one or that term is off). In memory (`Bundle.save(folder)`)."""
-    ae_cfg = AEConfig.from_dict({**AEConfig().to_dict(), **(autoencoder or {})})
-    ddpm_cfg = DDPMConfig.from_dict({**DDPMConfig().to_dict(), **(ddpm or {})})
-    if data is None and ae_cfg.behaviour_weight > 0 and collection.task.dataset not in DATASETS:
-        raise ValueError(f"dataset {collection.task.dataset!r} is not a named one: give the training Split as "
-                         "`data` (the behaviour term runs on it), or autoencoder={'behaviour_weight': 0}")
-    return train_bundle(collection, ae_cfg, ddpm_cfg, seed, device, data)
+# what each split is read for when a bundle is built (a dataset of your own has no named split to fall back on)
+_READ_BY = {"train": " as `data` (the behaviour term and the conditions read it), or autoencoder={'behaviour_weight': 0}",
+            "test": " as `test` (the reconstruction check reads it), or reconstruction=False"}
+
+
+def train(collection: Collection, data: Split | None = None, test: Split | None = None, spec: TrainSpec | None = None,
+          seed: int = 0, device: str = "cpu", **changes) -> Bundle:
+    """A bundle built as `pdiff train` builds it (generator.recipe.build_bundle): `spec` (default: the CLI's) with
+    `changes` to its fields: autoencoder= / ddpm= take dicts of the AEConfig / DDPMConfig fields that change (e.g.
+    {"steps": 500}); condition ("acc" or "trunk"), validation, guidance_sampler, guidance_steps, hold_out_trunks,
+    clean_model (a collection folder), reconstruction. `data`: the training split (the behaviour term; the conditions
+    and the guidance scale on the validation images at its end); `test`: the reconstruction check's; each is the
+    task's named dataset where not given and needed. In memory (`Bundle.save(folder)`; bundle.json keeps the spec)."""
+    spec = _train_spec(spec or TrainSpec(), changes)
+    train_split, test_split = (given if given is not None or name not in spec.splits() else
+                               _named_split(collection.task, name, required=True, why=_READ_BY[name])
+                               for name, given in (("train", data), ("test", test)))
+    return build_bundle(collection, spec, train_split, test_split, seed, device)
+
+
+def _train_spec(spec: TrainSpec, changes: dict) -> TrainSpec:
+    """`spec` with `changes`; autoencoder= and ddpm= may be dicts of the fields that change."""
+    for name in ("autoencoder", "ddpm"):
+        if isinstance(changes.get(name), dict):
+            changes[name] = getattr(spec, name).changed(**changes[name])
+    return spec.changed(**changes)
 
 
 def sample(bundle: Bundle, n: int = SamplingSpec.n, sampler: str = SamplingSpec.sampler,
@@ -108,14 +125,14 @@ class Report(dict):
         return path
 
 
-def _named_split(bundle: Bundle, split: str, required: bool) -> Split | None:
-    """The bundle's dataset split, as the CLI loads it: None for a dataset of your own, or a missing optional one."""
-    if bundle.task.dataset not in DATASETS:
+def _named_split(task: Task, split: str, required: bool, why: str = "") -> Split | None:
+    """The task's dataset split, as the CLI loads it: None for a dataset of your own, or a missing optional one."""
+    if task.dataset not in DATASETS:
         if required:
-            raise ValueError(f"dataset {bundle.task.dataset!r} is not a named one: give the {split} Split")
+            raise ValueError(f"dataset {task.dataset!r} is not a named one: give the {split} Split{why}")
         return None
     try:
-        return Split.load(bundle.task.dataset, split)
+        return Split.load(task.dataset, split)
     except DataError:
         if required:
             raise
@@ -131,8 +148,8 @@ def evaluate(samples: Samples | Bundle, test: Split | None = None, target=None, 
     split, where available, gives the validation split and the BatchNorm images)."""
     bundle = samples.bundle if isinstance(samples, Samples) else samples
     sampling = samples if isinstance(samples, Samples) else SamplingSpec()
-    test = test if test is not None else _named_split(bundle, "test", required=True)
-    train = train if train is not None else _named_split(bundle, "train", required=settings.defences)
+    test = test if test is not None else _named_split(bundle.task, "test", required=True)
+    train = train if train is not None else _named_split(bundle.task, "train", required=settings.defences)
     target = resolve_target(bundle, "clean" if target is None else target)
     report, _ = run_report(bundle, target, RunData(test, train, data), sampling, settings, device=device)
     return Report(report)

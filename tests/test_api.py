@@ -147,10 +147,18 @@ def test_a_module_in_memory_is_a_target(small_train, small_test):
     task = pdiff.task(base, ["7.weight", "7.bias"], epochs=1, k=6, save_every=4)
     collection = pdiff.collect(task, train, test, seed=0, base=base)  # base given: no base training
     assert all(torch.equal(v, base.state_dict()[k]) for k, v in collection.base.items())
-    bundle = pdiff.train(collection, train, autoencoder={"steps": 20, "channels": [8, 16]},
+    bundle = pdiff.train(collection, train, test, autoencoder={"steps": 20, "channels": [8, 16]},
                          ddpm={"steps": 20, "channels": 16}, seed=0)
+    # the CLI's recipe: the spec kept whole, the reconstructions checked on `test` (the whole model, not staged)
+    assert bundle.train_spec == pdiff.TrainSpec(pdiff.AEConfig(steps=20, channels=[8, 16]),
+                                                pdiff.DDPMConfig(steps=20, channels=16))
+    assert len(bundle.meta["training"]["reconstruction"]["acc"]) == 6
     report = pdiff.evaluate(pdiff.sample(bundle, 4, "ddim", 5), test, target=base,
                             settings=pdiff.EvalSettings(baselines=False))
     assert report["target"]["name"] == "Sequential" and len(report["generated"]["acc"]) == 4
-    with pytest.raises(ValueError, match="not a named one"):
+    with pytest.raises(ValueError, match="not a named one: give the train Split as `data`"):
         pdiff.train(collection)
+    with pytest.raises(ValueError, match="not a named one: give the test Split as `test` .*reconstruction=False"):
+        pdiff.train(collection, train)
+    with pytest.raises(ValueError, match=r"TrainSpec: unknown settings \['epochs'\]"):
+        pdiff.train(collection, train, test, epochs=3)

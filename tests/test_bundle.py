@@ -2,6 +2,7 @@ import dataclasses
 import json
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,7 +28,8 @@ def test_roundtrip_gives_identical_samples(tiny_bundle, tmp_path):
 
 def test_bundle_json_records_what_the_design_asks(tiny_bundle):
     meta = json.loads((tiny_bundle.path / BUNDLE_JSON).read_text())
-    assert meta["format_version"] == 3 and meta["task"]["name"] == "fmnist-convnet" and "condition" not in meta
+    assert meta["format_version"] == 4 and meta["task"]["name"] == "fmnist-convnet" and "condition" not in meta
+    assert "train_spec" not in meta and tiny_bundle.train_spec is None  # trained without a spec: unknown
     assert meta["arch_args"] == {"in_channels": 1, "num_classes": 10} and meta["pdiff_version"]
     assert [n for n, _ in meta["layout"]] == tiny_bundle.task.train_layer
     assert len(meta["originals_acc"]) == 8 and meta["victim"]["trigger"]["name"] == "badnets"
@@ -178,7 +180,15 @@ def test_a_format_1_bundle_loads_through_the_upgrade(tiny_bundle, tmp_path):
     assert torch.equal(sample(old, 3, "ddim", 4, torch.Generator().manual_seed(0)),
                        sample(tiny_bundle, 3, "ddim", 4, torch.Generator().manual_seed(0)))
     again = json.loads((old.save(tmp_path / "new") / BUNDLE_JSON).read_text())  # saved as the current format
-    assert again["format_version"] == 3 and again["arch_args"] == {"in_channels": 1, "num_classes": 10}
+    assert again["format_version"] == 4 and again["arch_args"] == {"in_channels": 1, "num_classes": 10}
+
+
+def test_the_shipped_bundles_load_without_a_spec():
+    """Bundles written before format 4 hold no TrainSpec: theirs is unknown (None), and nothing else changes."""
+    for name in ("fmnist-convnet", "fmnist-convnet-budget", "fmnist-convnet-trunks"):
+        meta = json.loads((Path("checkpoints") / name / "bundle" / BUNDLE_JSON).read_text())
+        bundle = Bundle.load(Path("checkpoints") / name / "bundle")
+        assert meta["format_version"] in (2, 3) and bundle.train_spec is None and bundle.digest
 
 
 def test_latents_are_standardised_per_latent_number(tiny_bundle, tmp_path):

@@ -152,7 +152,9 @@ def run_collect(task: Task, data: RunData, seed: int, spec: CollectSpec = Collec
                 base: dict[str, torch.Tensor] | None = None, augment: Augment | None = random_flip, device: str = "cpu",
                 out: Path | None = None) -> Collection:
     """Train (or take) the base model on data.fit (the training split less the validation images) and collect K
-    checkpoints; saved to `out` (by rank 0 alone) unless it is None. Accuracies are measured on data.test.
+    checkpoints; saved to `out` (by rank 0 alone) unless it is None. Accuracies are measured on data.test. With
+    spec.budget, every model trains on that share of the training split alone (a budget donor), and the collection
+    records the draw as `trained_on`.
 
     With spec.trunks > 1, trunk 0 is the base and trunks 1.. are derived from it (`derive_trunk`, spec.trunk_mode);
     each gets its own frozen-trunk collection of about K / trunks checkpoints, and `trunk_of` says which trunk
@@ -167,6 +169,9 @@ def run_collect(task: Task, data: RunData, seed: int, spec: CollectSpec = Collec
     k = task.recipe.k if spec.k is None else spec.k
     if k < spec.trunks:
         raise ValueError(f"{k} checkpoints cannot be spread over {spec.trunks} trunks")
+    trained_on = None
+    if spec.budget is not None:  # a budget donor: every model of this collection trains on the clean budget only
+        data, trained_on = data.budget_only(spec.budget, spec.budget_seed)
     t0, given = time.perf_counter(), base is not None
     g = torch.Generator().manual_seed(seed)  # trunk 0's: the base's training, then its collection
     if base is None and (dist.is_main() or spec.trunk_mode != "scratch"):
@@ -183,7 +188,8 @@ def run_collect(task: Task, data: RunData, seed: int, spec: CollectSpec = Collec
     timings = {"base": base_s, **{key: sum(p.seconds[key] for p in parts) for key in ("trunks", "collect")}}
     info = {"diversity": diversity(params), "base_given": given, "timings_s": timings,
             **({"trunk_mode": spec.trunk_mode} if spec.trunks > 1 else {}), "ranks": dist.world(),
-            "device": str(device), "train_size": len(data.fit.labels), "test_size": len(data.test.labels)}
+            "device": str(device), "train_size": len(data.fit.labels), "test_size": len(data.test.labels),
+            **({"trained_on": trained_on} if trained_on else {})}
     coll = Collection(task, layout_of(params, task.train_layer, stacked=True), params, [a for p in parts for a in p.accs],
                       [p.state for p in parts], [t for t, size in enumerate(sizes) for _ in range(size)],
                       [p.acc for p in parts], seed, info)

@@ -14,6 +14,14 @@ def _checked(cls, d: dict):
     return cls(**d)
 
 
+def _at_least(obj, low, *names: str) -> None:
+    """Refuse a setting below `low` by its name (a count of steps or channels, a weight)."""
+    for name in names:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
+            raise ValueError(f"{type(obj).__name__}.{name} must be at least {low}, got {value!r}")
+
+
 class _Dict:
     def to_dict(self) -> dict:
         return asdict(self)
@@ -21,6 +29,10 @@ class _Dict:
     @classmethod
     def from_dict(cls, d: dict):
         return _checked(cls, d)
+
+    def changed(self, **changes):
+        """A checked copy with `changes` (None values ignored: an option the user left out); unknown names refused."""
+        return self.from_dict({**self.to_dict(), **{k: v for k, v in changes.items() if v is not None}})
 
 
 @dataclass
@@ -36,6 +48,9 @@ class Recipe(_Dict):
     finetune_epochs: int = 2        # "finetuned" victims: clean base trained on poisoned data
     trunk_epochs: int = 1           # multi-trunk collections: each extra trunk is the base fine-tuned this long
     storage_dtype: str = "float32"  # checkpoints on disk; float16 halves a deep collection (accuracies use the stored values)
+
+    def __post_init__(self):
+        _at_least(self, 1, "epochs", "k", "save_every")
 
 
 @dataclass
@@ -74,6 +89,10 @@ class AEConfig(_Dict):
     lr: float = 2e-3
     batch_size: int = 100
 
+    def __post_init__(self):
+        _at_least(self, 1, "steps", "latent_channels", "behaviour_images")
+        _at_least(self, 0, "fold", "behaviour_weight")
+
     @classmethod
     def from_dict(cls, d: dict) -> "AEConfig":
         # bundles written before the behaviour term existed were trained without it
@@ -106,6 +125,9 @@ class DDPMConfig(_Dict):
     # unconditional model
     condition_dim: int = 0
     condition_drop: float = 0.1
+
+    def __post_init__(self):
+        _at_least(self, 1, "steps", "channels", "blocks")
 
     @classmethod
     def from_dict(cls, d: dict) -> "DDPMConfig":

@@ -1,14 +1,16 @@
-"""Run settings as small frozen dataclasses, as nanoGPT's GPTConfig: what one sampling, evaluation, defence or
-stitch was asked to do. The CLI takes its defaults from these fields, the app states where it differs, and every
+"""Run settings as small frozen dataclasses, as nanoGPT's GPTConfig: what one collection, bundle build, sampling,
+evaluation, defence or stitch was asked to do. The CLI takes its defaults from these fields, the app states where it differs, and every
 report records them (`settings_dict`), so the three entry points cannot drift apart silently.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 
 import torch
 
+from pdiff.core.config import AEConfig, DDPMConfig
 from pdiff.core.splice import ALL_LAYERS
 
 SAMPLERS = ("ddpm", "ddim")
@@ -25,7 +27,10 @@ class _Settings:
         return json.loads(json.dumps(asdict(self)))
 
     def changed(self, **changes):
-        """A copy with `changes` (None values ignored: an option the user left out)."""
+        """A copy with `changes` (None values ignored: an option the user left out); unknown names refused."""
+        unknown = sorted(set(changes) - {f.name for f in fields(self)})
+        if unknown:
+            raise ValueError(f"{type(self).__name__}: unknown settings {unknown}")
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
@@ -69,12 +74,22 @@ class SamplingSpec(_Settings):
         return self.steps if self.sampler == "ddim" else timesteps
 
 
+def _share(owner: str, name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+        raise ValueError(f"{owner}.{name} must be a share of the training split between 0 and 1, got {value!r}")
+
+
 @dataclass(frozen=True)
 class CollectSpec(_Settings):
-    """How many checkpoints to collect, on how many trunks (collection.collect)."""
+    """How many checkpoints to collect, on how many trunks, and on what (collection.collect.run_collect)."""
     k: int | None = None            # checkpoints in all; None: the task recipe's k
     trunks: int = 1                 # trunk 0 is the base; the others are derived from it (trunk_mode)
     trunk_mode: str = "finetune"    # finetune, reinit or scratch (collection.collect.TRUNK_MODES)
+    # a budget donor: every model trains on this share of the training split only, drawn once with budget_seed from
+    # the images the validation split leaves (the clean model a defender holding only the budget can train); the
+    # collection records it as `trained_on`. None: on the training split less the validation images
+    budget: float | None = None
+    budget_seed: int = 0
 
     def __post_init__(self):
         _whole("collect", "trunks", self.trunks, 1)
@@ -82,6 +97,9 @@ class CollectSpec(_Settings):
             _whole("collect", "k", self.k, 1)
             if self.k < self.trunks:
                 raise ValueError(f"{self.k} checkpoints cannot be spread over {self.trunks} trunks")
+        if self.budget is not None:
+            _share("collect", "budget", self.budget)
+        _whole("collect", "budget_seed", self.budget_seed, 0)
 
 
 @dataclass(frozen=True)
@@ -98,8 +116,7 @@ class DataSpec(_Settings):
         _whole("data", "bn_images", self.bn_images, 0)
         if self.budget_seed is not None:
             _whole("data", "budget_seed", self.budget_seed, 0)
-        if isinstance(self.budget, bool) or not isinstance(self.budget, (int, float)) or not 0 < self.budget < 1:
-            raise ValueError(f"data.budget must be a share of the training split between 0 and 1, got {self.budget!r}")
+        _share("data", "budget", self.budget)
 
 
 @dataclass(frozen=True)
@@ -164,9 +181,60 @@ class TransferSettings(_Settings):
             _whole("transfer", "seeds", seed, 0)
 
 
+@dataclass(frozen=True)
+class TrainSpec(_Settings):
+    """How a bundle is built from a collection (generator.recipe.build_bundle), kept whole in its bundle.json
+    (`train_spec`) as nanoGPT keeps its config beside the weights. The autoencoder and DDPM settings are recorded as
+    asked; bundle.json's `autoencoder` and `ddpm` hold them as resolved (the fold, the condition's size)."""
+    autoencoder: AEConfig = field(default_factory=AEConfig)
+    ddpm: DDPMConfig = field(default_factory=DDPMConfig)
+    # none, or what the DDPM is conditioned on for classifier-free guidance: acc (each checkpoint's accuracy on the
+    # validation split) or trunk (its trunk's signature); the default guidance scale is then chosen on validation
+    condition: str = "none"
+    validation: int | None = None   # the last N training images conditions and guidance are measured on (DataSpec's)
+    guidance_sampler: str = SamplingSpec.sampler  # the sampler the scale is chosen with: the reports' by default
+    guidance_steps: int = SamplingSpec.steps      # its DDIM steps (DDPM runs the bundle's T)
+    hold_out_trunks: tuple[int, ...] = ()  # trunks whose checkpoints the bundle never sees (leave-one-trunk-out)
+    clean_model: str | None = None  # a collection folder whose base the bundle keeps as the `clean-model` control
+    reconstruction: bool = True     # decode the originals and report their test accuracy beside the originals'
+
+    def __post_init__(self):
+        for name, cls in (("autoencoder", AEConfig), ("ddpm", DDPMConfig)):  # a dict: the config as JSON holds it
+            value = getattr(self, name)
+            object.__setattr__(self, name, cls.from_dict(value) if isinstance(value, dict) else value)
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"train.{name} must be a {cls.__name__} or a dict of its fields, got {value!r}")
+        if self.condition not in ("none", *CONDITION_KINDS):
+            raise ValueError(f"train.condition must be none, {' or '.join(CONDITION_KINDS)}, got {self.condition!r}")
+        if self.validation is not None:
+            _whole("train", "validation", self.validation, 0 if self.condition == "none" else 1)
+        if self.guidance_sampler not in SAMPLERS:
+            raise ValueError(f"train.guidance_sampler must be one of {', '.join(SAMPLERS)}, got {self.guidance_sampler!r}")
+        _whole("train", "guidance_steps", self.guidance_steps, 1)
+        object.__setattr__(self, "hold_out_trunks", tuple(self.hold_out_trunks))
+        for trunk in self.hold_out_trunks:
+            _whole("train", "hold_out_trunks", trunk, 0)
+        if self.clean_model is not None:
+            object.__setattr__(self, "clean_model", str(Path(self.clean_model)))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainSpec":
+        """The spec as bundle.json holds it; an unknown key is refused."""
+        unknown = sorted(set(d) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"TrainSpec: unknown keys {unknown}")
+        return cls(**d)
+
+    def splits(self) -> tuple[str, ...]:
+        """The dataset splits building reads: the training split for the behaviour term and the conditions, the
+        test split for the reconstruction check."""
+        train = self.autoencoder.behaviour_weight > 0 or self.condition != "none"
+        return ("train",) * train + ("test",) * self.reconstruction
+
+
 def settings_dict(*objects: _Settings) -> dict:
     """{"sampling": ..., "data": ..., ...}: the settings a report records, by their class."""
-    names = {CollectSpec: "collect", SamplingSpec: "sampling", DataSpec: "data", EvalSettings: "evaluation", DefenceSettings: "defence",
+    names = {CollectSpec: "collect", TrainSpec: "train", SamplingSpec: "sampling", DataSpec: "data", EvalSettings: "evaluation", DefenceSettings: "defence",
              StitchSettings: "stitch", TransferSettings: "transfer"}
     return {names[type(o)]: o.to_dict() for o in objects}
 

@@ -32,6 +32,13 @@ def draw_budget(train: Split, fraction: float, generator: torch.Generator, exclu
     return replace(train, images=train.images[idx], labels=train.labels[idx])  # keeps a split's own mean/std
 
 
+def donor_spec(trained_on: dict) -> DataSpec:
+    """The data plan a budget donor's record (`RunData.budget_only`'s) was drawn with: its budget, drawn again, gives
+    the same images."""
+    return DataSpec(validation=trained_on["validation"], budget=trained_on["budget"],
+                    budget_seed=trained_on["budget_seed"])
+
+
 @dataclass
 class RunData:
     """The splits of one run. Without a training split there is no validation, BatchNorm re-estimation or budget;
@@ -70,3 +77,12 @@ class RunData:
         if self.spec.budget_seed is not None:
             generator = torch.Generator().manual_seed(self.spec.budget_seed)
         return draw_budget(self.train, self.spec.budget, generator, exclude_last=held)
+
+    def budget_only(self, budget: float, budget_seed: int) -> tuple["RunData", dict]:
+        """A budget donor's data: `budget` of the training split, drawn once with `budget_seed` from the images the
+        validation split leaves, as the whole training split (nothing held out of it); and the record of that draw
+        (`trained_on`: what transfer and a donor's bundle read back)."""
+        plan = replace(self.spec, budget=budget, budget_seed=budget_seed)
+        images = RunData(self.test, self.train, plan).budget(torch.Generator())
+        record = {"what": "the clean budget", **plan.to_dict(), "images": len(images.labels)}
+        return RunData(self.test, images, DataSpec(validation=0)), record

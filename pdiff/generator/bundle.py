@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from pdiff.collection.folder import BASE_FILE, PLAIN_VICTIM, victim_files
 from pdiff.core.config import AEConfig, DDPMConfig, Task
+from pdiff.core.settings import TrainSpec
 from pdiff.data.datasets import Split
 from pdiff.generator.conditions import Conditions
 from pdiff.generator.diffusion import Diffusion
@@ -26,9 +27,11 @@ from pdiff.core.version import __version__
 from pdiff.models.tasks import arch_args as default_arch_args
 
 FORMAT = "pdiff-bundle"
-FORMAT_VERSION = 3  # 2: the pdiff version and the architecture's constructor arguments; 3: an optional condition
+# 2: the pdiff version and the architecture's constructor arguments; 3: an optional condition; 4: the TrainSpec the
+# bundle was built with (`train_spec`; absent where it was trained without one: generator.training.train_bundle)
+FORMAT_VERSION = 4
 _RESERVED = ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files", "pdiff_version", "arch_args",
-             "condition")
+             "condition", "train_spec")
 BUNDLE_JSON = "bundle.json"
 AE_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser_ema.safetensors"
@@ -68,6 +71,9 @@ class Bundle:
     # (train_size, acc): a budget donor's bundle keeps the full clean model as "clean-model"
     references: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     conditions: Conditions | None = None   # what a conditional bundle was trained on (generator.conditions)
+    # how it was built (generator.recipe.build_bundle); None for a bundle trained without a spec or written before
+    # format 4: unknown
+    train_spec: TrainSpec | None = None
     path: Path | None = None
     # the model's constructor arguments as bundle.json recorded them (None: derived from the task on save); kept
     # so that a bundle of a task of your own, loaded without its model, saves again
@@ -157,6 +163,7 @@ class Bundle:
                 "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
                 "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.meta.items() if k not in _RESERVED},
                 **({"condition": {"kind": c.kind, **c.meta}} if c is not None else {}),
+                **({"train_spec": self.train_spec.to_dict()} if self.train_spec is not None else {}),
                 "files": {name: sha256(tmp / name) for name in sorted(files)},
             }
             write_json(tmp / BUNDLE_JSON, meta)
@@ -209,6 +216,7 @@ class Bundle:
             c, info = tensors[CONDITIONS_FILE], dict(meta["condition"])
             probe = (Split(c["probe_images"], c["probe_labels"], task.dataset) if "probe_images" in c else None)
             conditions = Conditions(info.pop("kind"), c["values"], c["mean"], c["std"], info, probe)
+        spec = TrainSpec.from_dict(meta["train_spec"]) if meta.get("train_spec") is not None else None
         references = {}
         for name in extra.get("references") or {}:
             if reference_file(name) not in tensors:
@@ -217,19 +225,22 @@ class Bundle:
         return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
                    stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"],
                    tensors[BASE_FILE], extra, victims=victims, path=path, arch_args=meta["arch_args"],
-                   digest=sha256(path / BUNDLE_JSON), references=references, conditions=conditions)
+                   digest=sha256(path / BUNDLE_JSON), references=references, conditions=conditions, train_spec=spec)
 
 
 def upgrade(meta: dict) -> dict:
     """bundle.json of an older format version, brought to FORMAT_VERSION in memory (the files stay as they are).
     1 -> 2: the architecture's constructor arguments, which format 1 implied by the task's dataset. 2 -> 3: nothing
-    to add (format 3 may hold a condition; a format 2 bundle is unconditional)."""
+    to add (format 3 may hold a condition; a format 2 bundle is unconditional). 3 -> 4: nothing to add (format 4 may
+    hold the TrainSpec it was built with; an older bundle's is unknown: Bundle.train_spec None)."""
     meta = dict(meta)
     if meta["format_version"] == 1:
         meta.update(format_version=2, pdiff_version=meta.get("pdiff_version", "before 0.2 (format 1)"),
                     arch_args=default_arch_args(Task.from_dict(meta["task"])))
     if meta["format_version"] == 2:
         meta["format_version"] = 3
+    if meta["format_version"] == 3:
+        meta["format_version"] = 4
     return meta
 
 
