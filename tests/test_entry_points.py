@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow  # three full reports on the 10k test images
 
@@ -74,3 +75,33 @@ def test_the_defaults_are_the_settings_fields():
 
     assert APP_DEFENCES.anp_iterations < DefenceSettings().anp_iterations  # a browser waits; nothing else differs
     assert {**vars(APP_DEFENCES), "anp_iterations": 0} == {**vars(DefenceSettings()), "anp_iterations": 0}
+
+
+def test_the_cli_and_the_api_build_the_same_bundle(tiny_collection, small_train, fmnist_test, tmp_path):
+    """`pdiff train` and `pdiff.train` run one recipe (generator.recipe.build_bundle) over one TrainSpec: the same
+    spec and seed give the same bundle.json, timings aside, and the same tensors in every file. The spec asks for an
+    accuracy condition (guidance chosen on validation), the clean-model reference and the reconstruction check."""
+    from safetensors.torch import load_file
+
+    from pdiff.cli import main
+
+    flags = ["--ae-steps", "20", "--ddpm-steps", "20", "--latent-channels", "8", "--behaviour-images", "64",
+             "--ddpm-channels", "32", "--condition", "acc", "--validation", "200", "--guidance-sampler", "ddim",
+             "--guidance-steps", "3", "--clean-model", str(tiny_collection), "--seed", "1"]
+    assert main(["train", "--collection", str(tiny_collection), "--out", str(tmp_path / "cli"), *flags,
+                 "--train-subset", "1024", "--test-subset", "300", "--device", "cpu"]) == 0
+    spec = pdiff.TrainSpec(autoencoder={**pdiff.AEConfig().to_dict(), "steps": 20, "latent_channels": 8,
+                                        "behaviour_images": 64},
+                           ddpm=pdiff.DDPMConfig(steps=20, channels=32), condition="acc", validation=200,
+                           guidance_sampler="ddim", guidance_steps=3, clean_model=str(tiny_collection))
+    api = pdiff.train(pdiff.load(tiny_collection), small_train, fmnist_test.subset(300), spec, seed=1)
+    api.save(tmp_path / "api")
+    cli_meta, api_meta = (json.loads((tmp_path / name / "bundle.json").read_text()) for name in ("cli", "api"))
+    assert cli_meta["train_spec"] == spec.to_dict() and cli_meta["format_version"] == 4
+    assert cli_meta["condition"]["guidance_on_validation"]["steps"] == 3
+    assert "reconstruction" in cli_meta["training"] and cli_meta["references"]["clean-model"]["acc"] > 0
+    _same(cli_meta, api_meta, "bundle.json")
+    for name in cli_meta["files"]:
+        cli_tensors, api_tensors = load_file(tmp_path / "cli" / name), load_file(tmp_path / "api" / name)
+        assert cli_tensors.keys() == api_tensors.keys(), name
+        assert all(torch.equal(cli_tensors[k], api_tensors[k]) for k in cli_tensors), name

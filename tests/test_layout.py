@@ -8,9 +8,10 @@ import pdiff
 
 PACKAGE = Path(pdiff.__file__).parent
 # the stages in pipeline order; a module may import its own stage and the ones before it. api and cli are the
-# edges (they may import any stage), pdiff/__init__ and __main__ sit above them.
-ORDER = ["core", "data", "models", "collection", "generator", "measure", "studies", "app", "api", "cli",
+# edges (they may import any stage; cli's subcommands live in commands/), pdiff/__init__ and __main__ sit above them.
+ORDER = ["core", "data", "models", "collection", "generator", "measure", "studies", "app", "api", "commands", "cli",
          "__main__", "__init__"]
+EDGE_LINES, EDGE_FUNCTION_LINES = 450, 30  # the command line parses and calls: the recipes are the library's
 
 
 def module_name(path: Path) -> str:
@@ -110,3 +111,19 @@ def test_at_most_eight_parameters():
                 if count > 8:
                     wide.append(f"{m}.{node.name} ({count})")
     assert not wide, "functions with more than 8 parameters: " + ", ".join(wide)
+
+
+def test_the_command_line_only_parses_and_calls():
+    """cli.py and each subcommand module stay small, and no function in them grows past a screen: a recipe that
+    builds something belongs in the library (generator.recipe, collection.collect), where pdiff.train calls it too."""
+    long = []
+    for m, path in MODULES.items():
+        if m != "pdiff.cli" and not m.startswith("pdiff.commands"):
+            continue
+        text = path.read_text()
+        if len(text.splitlines()) > EDGE_LINES:
+            long.append(f"{m}: {len(text.splitlines())} lines")
+        long += [f"{m}.{node.name}: {node.end_lineno - node.lineno + 1} lines" for node in ast.walk(ast.parse(text))
+                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                 and node.end_lineno - node.lineno + 1 > EDGE_FUNCTION_LINES]
+    assert not long, f"over {EDGE_LINES} lines a module or {EDGE_FUNCTION_LINES} a function: " + ", ".join(long)
