@@ -98,4 +98,3 @@ def cmd_evaluate(args) -> int:
         Samples(vectors, sampling, bundle).save(args.save_params)
     write_report(args.json, report, familiar_lines(report))
     return 0
-
