@@ -64,3 +64,25 @@ def test_the_threat_model_tables_weigh_every_victim_once():
     assert over_victims == pytest.approx(2.1213203, rel=1e-6)  # the std of the victim means 2 and 5
     assert over_seeds == pytest.approx(1.4142136, rel=1e-6)    # s1's std over its seeds; s2 has one seed
     assert module.balanced({("s1", 0): 1.0}) == (1.0, None, None)
+
+
+def _cells(table: str) -> list[list[str]]:
+    """A markdown table's body rows, each a list of its stripped cells."""
+    return [[c.strip() for c in row.strip().strip("|").split("|")] for row in table.splitlines()[2:]]
+
+
+def test_the_readme_compares_acc_best_with_the_top_10_percent_chosen_on_validation():
+    """The bar comes from the shipped bundle (conditions-bar); the top 10 % by test accuracy is named an oracle."""
+    rows = _cells(_load(ROOT / "results" / "conditions" / "table.py").bar_table())
+    by_validation = next(r for r in rows if r[:2] == ["top 10 %", "validation"])[4]
+    oracle = next(r for r in rows if r[1].startswith("test"))[4]
+    text = " ".join(README.read_text().split())
+    assert f"top 10 % chosen on validation ({by_validation})" in text and f"({oracle}, an oracle)" in text
+
+
+def test_the_readme_gaussian_finding_is_the_generator_table():
+    """The README's first finding quotes the DDPM rows of docs/memorisation.md's generator table."""
+    rows = [r for r in _cells(_load(ROOT / "results" / "generator" / "table.py").generator()) if r[0].startswith("DDPM")]
+    means, curves = [float(r[1]) for r in rows], [float(r[6]) for r in rows]
+    text = " ".join(README.read_text().split())
+    assert f"({min(curves):.2f} to {max(curves):.2f} % against {min(means):.2f} to {max(means):.2f} %" in text
