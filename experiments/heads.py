@@ -23,7 +23,7 @@ from pdiff.collection.folder import Collection  # noqa: E402
 from pdiff.core.files import write_json  # noqa: E402
 from pdiff.data.datasets import Split  # noqa: E402
 from pdiff.generator.equivariant import HeadGenConfig, HeadGenerator, pack_heads, train_heads  # noqa: E402
-from pdiff.models.heads import form_of  # noqa: E402
+from pdiff.models.heads import form_of, own_head  # noqa: E402
 from pdiff.studies.heads import (FeatureCache, HeadStudySpec, Trunk, generator_images, head_lines,  # noqa: E402
                                  head_study, training_examples)
 
@@ -70,7 +70,7 @@ def train(args) -> None:
     print(f"features of {len(trunks)} trunks: {time.perf_counter() - t0:.0f} s", flush=True)
     # train and save
     cfg = HeadGenConfig(width=args.width, depth=args.depth, steps=args.steps, batch_size=args.batch,
-                        lr=args.lr, drop=args.drop, refine=args.refine, prior=args.prior)
+                        lr=args.lr, drop=args.drop, refine=args.refine, prior=args.prior, quality=args.quality)
     t0 = time.perf_counter()
     model = train_heads(examples, form, cfg, torch.Generator().manual_seed(args.seed),
                         log=lambda s, loss: print(f"step {s}: loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)",
@@ -102,6 +102,46 @@ def study(args) -> None:
     print(head_lines(report))
 
 
+def sweep(args) -> None:
+    """Generated accuracy on the validation split (the last 5,000 training images) at several guidance scales: the
+    choice of a scale never reads the test split."""
+    from pdiff.core.settings import VALIDATION
+    from pdiff.data.shots import draw_fewshot
+    from pdiff.measure.fewshot import accuracy_of
+    from pdiff.models.heads import head_logits
+
+    model = HeadGenerator.load(args.generator)
+    coll, trunks = load_trunks(numbers(args.trunks))
+    _, donors = load_trunks([int(n.split("-")[1]) for n in model.meta["trunks"]])
+    train_split = Split.load("fashion-mnist", "train")
+    validation = train_split.last(VALIDATION)
+    cache = FeatureCache(coll.task, model.form, folder=CACHE)
+    exclude = torch.cat(generator_images(train_split.labels, model.meta["images_per_class"], model.form.classes,
+                                         model.meta["images_seed"]))
+    draw = draw_fewshot(train_split.labels, args.k, args.pool, torch.Generator().manual_seed(args.seed),
+                        model.form.classes, exclude=exclude)
+    lent = [(cache.units(d, train_split, f"pool-{args.seed}", draw.pool), pack_heads(own_head(d.state, model.form),
+                                                                                   model.form)[0]) for d in donors]
+    out = {"generator": args.generator, "k": args.k, "split": "validation", "trunks": {}}
+    for t in trunks:
+        units = cache.units(t, validation, "validation")
+        asked = model.ask(cache.units(t, train_split, f"shots-{args.seed}-{args.k}", draw.shots),
+                          train_split.labels[draw.shots], cache.units(t, train_split, f"pool-{args.seed}", draw.pool),
+                          [d for d, dn in zip(lent, donors) if dn.name != t.name] if model.shape.prior else None)
+        row = {}
+        for scale in (float(x) for x in args.scales.split(",")):
+            heads = model.sample(asked, args.n, torch.Generator().manual_seed(args.seed), scale, args.sampler,
+                                 args.steps)
+            accs = [accuracy_of(lg, validation.labels) for lg in head_logits(units, heads, model.form)]
+            mean = accuracy_of(head_logits(units, {n: v.mean(0, keepdim=True) for n, v in heads.items()},
+                                           model.form)[0], validation.labels)
+            row[str(scale)] = {"generated": sum(accs) / len(accs), "generator_mean": mean}
+            print(t.name, scale, f"{row[str(scale)]['generated']:.2f} {mean:.2f}", flush=True)
+        out["trunks"][t.name] = row
+    if args.json:
+        write_json(Path(args.json), out)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(required=True)
@@ -118,6 +158,7 @@ def main() -> None:
     t.add_argument("--refine", action="store_true", help="the condition also reads class means refined on the pool")
     t.add_argument("--prior", default=defaults.prior, choices=("none", "matched"),
                    help="matched: generate residuals from the training trunks' heads matched on the pool")
+    t.add_argument("--quality", action="store_true", help="with a prior: the condition reads each channel's match quality")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=train)
     s = sub.add_parser("study", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -133,6 +174,18 @@ def main() -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--json")
     s.set_defaults(func=study)
+    w = sub.add_parser("sweep", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    w.add_argument("--generator", required=True)
+    w.add_argument("--trunks", default="16-19")
+    w.add_argument("--k", type=int, default=5)
+    w.add_argument("--scales", default="0.5,1,2,3")
+    w.add_argument("--pool", type=int, default=spec.pool)
+    w.add_argument("--n", type=int, default=10)
+    w.add_argument("--sampler", default=spec.sampler)
+    w.add_argument("--steps", type=int, default=spec.steps)
+    w.add_argument("--seed", type=int, default=1)
+    w.add_argument("--json")
+    w.set_defaults(func=sweep)
     args = p.parse_args()
     args.func(args)
 

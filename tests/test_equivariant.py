@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pdiff.generator.equivariant import (RANK, CondShape, EquivariantDenoiser, HeadGenConfig, HeadGenerator,
-                                         HeadScale, TrunkExamples, condition, match_channels, matched_average,
+                                         HeadScale, TrunkExamples, condition, match_channels, matched_average, matched_prior,
                                          pack_heads, permute_channels, permute_heads, refined_means, train_heads,
                                          unpack_heads)
 from pdiff.models.heads import HeadForm
@@ -22,13 +22,13 @@ def _shots(g, n_per_class=3):
 def test_permuting_channels_and_classes_permutes_the_noise_the_same_way(refine, prior):
     g = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    cfg = HeadGenConfig(width=16, depth=2, refine=refine, prior="matched" if prior else "none")
+    cfg = HeadGenConfig(width=16, depth=2, refine=refine, prior="matched" if prior else "none", quality=prior)
     shape = CondShape.of(FORM, cfg)
     net = EquivariantDenoiser(FORM, cfg).eval()
     for p in net.parameters():  # the output layers start at PyTorch's init; make every path count
         p.data.add_(0.05 * torch.randn(p.shape, generator=g))
     x = torch.randn(3, P, generator=g)
-    cond = torch.stack([condition(*_shots(g), shape, torch.randn(P, generator=g) if prior else None)
+    cond = torch.stack([condition(*_shots(g), shape, torch.randn(P + 12, generator=g) if prior else None)
                         for _ in range(3)])
     t = torch.tensor([5, 500, 900])
     pk, pc = torch.randperm(FORM.classes, generator=g), torch.randperm(FORM.channels, generator=g)
@@ -82,6 +82,8 @@ def test_matching_finds_a_permuted_copy_and_the_matched_average_is_in_the_trunks
     assert torch.equal(perm[match_channels(pool, pool[:, perm])], torch.arange(12))
     pulled = matched_average(pool, [(pool[:, perm], head), (pool[:, perm], head)], FORM)
     assert torch.allclose(pulled, permute_channels(head[None], FORM, match_channels(pool, pool[:, perm]))[0])
+    _, quality = matched_prior(pool, [(pool[:, perm], head)], FORM)
+    assert torch.allclose(quality, torch.ones(12), atol=1e-4)  # a permuted copy matches perfectly
     g1, _, w1, _ = unpack_heads(pulled[None], FORM).values()
     g0, _, w0, _ = unpack_heads(head[None], FORM).values()
     assert torch.allclose(g1[0][perm], g0[0]) and torch.allclose(w1[0][:, perm], w0[0])
@@ -103,7 +105,7 @@ def test_a_tiny_run_trains_samples_saves_and_loads(tmp_path, prior):
                             pool[:, torch.randperm(12, generator=g)], torch.randn(3, P, generator=g), str(i))
               for i in range(3)]
     cfg = HeadGenConfig(width=8, depth=1, steps=5, batch_size=4, shots=(1, 2), pool=30, pools_per_trunk=2,
-                        timesteps=50, refine=True, prior=prior)
+                        timesteps=50, refine=True, prior=prior, quality=prior == "matched")
     model = train_heads(trunks, FORM, cfg, g)
     shots, labels, _ = _shots(g)
     donors = [(t.pool, t.lent) for t in trunks]

@@ -67,6 +67,7 @@ class HeadGenConfig:
     refine: bool = False     # the condition also reads class means refined on the pool (k-means from the shots')
     prior: str = "none"      # "matched": the condition reads, and the diffusion generates the residual from, the
                              # average of the training trunks' own heads with channels matched on the pool
+    quality: bool = False    # with a prior: each channel's mean correlation with the donor channels matched to it
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -85,12 +86,15 @@ class CondShape:
     channels: int
     refine: bool = False
     prior: bool = False
+    quality: bool = False
 
     @classmethod
     def of(cls, form: HeadForm, cfg: HeadGenConfig) -> "CondShape":
         if cfg.prior not in ("none", "matched"):
             raise ValueError(f"HeadGenConfig.prior must be 'none' or 'matched', got {cfg.prior!r}")
-        return cls(form.classes, form.channels, cfg.refine, cfg.prior == "matched")
+        if cfg.quality and cfg.prior == "none":
+            raise ValueError("HeadGenConfig.quality describes a prior's matches: it needs prior 'matched'")
+        return cls(form.classes, form.channels, cfg.refine, cfg.prior == "matched", cfg.quality)
 
     @property
     def entry(self) -> int:
@@ -98,7 +102,7 @@ class CondShape:
 
     @property
     def channel(self) -> int:
-        return CHANNEL + 2 * self.prior
+        return CHANNEL + 2 * self.prior + self.quality
 
     @property
     def klass(self) -> int:
@@ -165,7 +169,8 @@ def refined_means(shots: torch.Tensor, labels: torch.Tensor, pool: torch.Tensor,
 def condition(shots: torch.Tensor, labels: torch.Tensor, pool: PoolStats | torch.Tensor, shape: CondShape,
               prior: torch.Tensor | None = None) -> torch.Tensor:
     """The flat condition (D,) of one trunk from its standardised features of the shots (n, C) with their labels,
-    its pool (M, C) or the pool's PoolStats, and (shape.prior) a head (P,), normalised, to read."""
+    its pool (M, C) or the pool's PoolStats, and (shape.prior) a head (P,), normalised, to read (followed, with
+    shape.quality, by each channel's match quality (C,))."""
     stats = pool if isinstance(pool, PoolStats) else PoolStats.of(pool)
     shots, classes = shots.float(), shape.classes
     onehot = F.one_hot(labels, classes).float()                       # (n, K)
@@ -185,9 +190,9 @@ def condition(shots: torch.Tensor, labels: torch.Tensor, pool: PoolStats | torch
         if prior is None:
             raise ValueError("this head generator reads a prior head (prior='matched'); none was given")
         c = shape.channels
-        g, b, w, bias = torch.split(prior.float(), [c, c, classes * c, classes])
+        g, b, w, bias, quality = torch.split(prior.float(), [c, c, classes * c, classes, c * shape.quality])
         entry.append(w.view(classes, c))
-        channel += [g[:, None], b[:, None]]
+        channel += [g[:, None], b[:, None]] + ([quality[:, None]] if shape.quality else [])
         klass.append(bias[:, None])
     glob = torch.tensor([1.0 / math.sqrt(count.min().item())])
     return torch.cat([torch.stack(entry, -1).flatten(), torch.cat(channel, 1).flatten(), torch.cat(klass, 1).flatten(),
@@ -197,12 +202,19 @@ def condition(shots: torch.Tensor, labels: torch.Tensor, pool: PoolStats | torch
 def match_channels(pool: torch.Tensor, donor_pool: torch.Tensor) -> torch.Tensor:
     """For each channel of a trunk, the donor's channel it is matched to: the one-to-one assignment that maximises
     the summed correlation of the two trunks' features of the same pool images (Hungarian)."""
+    return _match(pool, donor_pool)[0]
+
+
+def _match(pool: torch.Tensor, donor_pool: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the donor's channel for each channel, the correlation of each matched pair)."""
     from scipy.optimize import linear_sum_assignment
 
     a = (pool - pool.mean(0)) / pool.std(0).clamp(min=1e-6)
     b = (donor_pool - donor_pool.mean(0)) / donor_pool.std(0).clamp(min=1e-6)
-    rows, cols = linear_sum_assignment(-(a.T @ b).double().numpy())
-    return torch.as_tensor(cols)[torch.as_tensor(rows).argsort()]
+    corr = a.T @ b / max(len(pool) - 1, 1)
+    rows, cols = linear_sum_assignment(-corr.double().numpy())
+    channel_of = torch.as_tensor(cols)[torch.as_tensor(rows).argsort()]
+    return channel_of, corr[torch.arange(len(channel_of)), channel_of]
 
 
 def permute_channels(x: torch.Tensor, form: HeadForm, channel_of: torch.Tensor) -> torch.Tensor:
@@ -213,8 +225,18 @@ def permute_channels(x: torch.Tensor, form: HeadForm, channel_of: torch.Tensor) 
 def matched_average(pool: torch.Tensor, donors: list[tuple[torch.Tensor, torch.Tensor]], form: HeadForm) -> torch.Tensor:
     """(P,): the average of the donors' heads (each (P,)), each with its channels matched to this trunk's on the
     same pool images (donors: (donor's pool features, donor's head)). A head in this trunk's own channel order."""
-    return torch.stack([permute_channels(head[None].float(), form, match_channels(pool, donor_pool))[0]
-                        for donor_pool, head in donors]).mean(0)
+    return matched_prior(pool, donors, form)[0]
+
+
+def matched_prior(pool: torch.Tensor, donors: list[tuple[torch.Tensor, torch.Tensor]],
+                  form: HeadForm) -> tuple[torch.Tensor, torch.Tensor]:
+    """The matched average (P,) and each channel's mean correlation with the donor channels matched to it (C,)."""
+    heads, quality = [], []
+    for donor_pool, head in donors:
+        channel_of, corr = _match(pool, donor_pool)
+        heads.append(permute_channels(head[None].float(), form, channel_of)[0])
+        quality.append(corr)
+    return torch.stack(heads).mean(0), torch.stack(quality).mean(0).float()
 
 
 # ---------------------------------------------------------------------------------------------- heads as vectors
@@ -376,21 +398,23 @@ class HeadGenerator:
             donors: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> Asked:
         """The condition of a trunk from its standardised features of the shots (with labels) and of the pool; a
         prior generator also needs the donors (each training trunk's features of the same pool images, its head)."""
-        prior = None
-        if self.shape.prior:
-            if not donors:
-                raise ValueError("this head generator starts from the training trunks' matched heads: give donors")
-            prior = matched_average(pool.pool if isinstance(pool, PoolStats) else pool.float(), donors, self.form)
-        return Asked(condition(shots, labels, pool, self.shape, self._read(prior)), prior)
+        if not self.shape.prior:
+            return Asked(condition(shots, labels, pool, self.shape))
+        if not donors:
+            raise ValueError("this head generator starts from the training trunks' matched heads: give donors")
+        prior, quality = matched_prior(pool.pool if isinstance(pool, PoolStats) else pool.float(), donors, self.form)
+        return Asked(condition(shots, labels, pool, self.shape, self._read(prior, quality)), prior)
 
-    def _read(self, prior: torch.Tensor | None) -> torch.Tensor | None:
-        return None if prior is None else self.inputs.normalise(prior[None], self.form)[0]
+    def _read(self, prior: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+        """The prior as the condition reads it: normalised like the heads, with its match quality if read."""
+        read = self.inputs.normalise(prior[None], self.form)[0]
+        return torch.cat([read, quality]) if self.shape.quality else read
 
     @torch.no_grad()
     def sample(self, asked: Asked | None, n: int, generator: torch.Generator, guidance: float = 1.0,
                sampler: str = "ddim", steps: int | None = 50) -> dict[str, torch.Tensor]:
-        """n heads {name: (n, *shape)} for one trunk (None: unconditional; a prior generator then starts from the
-        prior's average over... nothing: it needs `asked`), DDIM-`steps` or DDPM."""
+        """n heads {name: (n, *shape)} for one trunk (None: unconditional, for a generator without a prior; guidance
+        0 is the unconditional model too, and a prior generator keeps its prior), DDIM-`steps` or DDPM."""
         if asked is None and self.shape.prior:
             raise ValueError("a prior head generator has no unconditional sets without a prior; ask it for a trunk")
         diffusion = Diffusion(self.cfg.timesteps)
@@ -458,16 +482,17 @@ def train_heads(trunks: list[TrunkExamples], form: HeadForm, cfg: HeadGenConfig,
     stats = [[PoolStats.of(t.pool[i]) for i in picks] for t in trunks]
     inputs = HeadScale.fit(torch.cat([t.heads.float() for t in trunks]), form)
     if shape.prior:
-        priors = [[matched_average(stats[ti][p].pool, [(stats[d][p].pool, trunks[d].lent)
-                                                        for d in range(len(trunks)) if d != ti], form)
+        priors = [[matched_prior(stats[ti][p].pool, [(stats[d][p].pool, trunks[d].lent)
+                                                      for d in range(len(trunks)) if d != ti], form)
                    for p in range(len(picks))] for ti in range(len(trunks))]
-        targets = [[t.heads.float() - priors[ti][p] for p in range(len(picks))] for ti, t in enumerate(trunks)]
+        targets = [[t.heads.float() - priors[ti][p][0] for p in range(len(picks))] for ti, t in enumerate(trunks)]
     else:
         priors = [[None] * len(picks) for _ in trunks]
         targets = [[t.heads.float()] * len(picks) for t in trunks]
     scale = HeadScale.fit(torch.cat([x for per in targets for x in per]), form)
     targets = [[scale.normalise(x, form) for x in per] for per in targets]
-    read = [[None if q is None else inputs.normalise(q[None], form)[0] for q in per] for per in priors]
+    model = HeadGenerator(form, cfg, scale, net, {}, inputs)
+    read = [[None if q is None else model._read(*q) for q in per] for per in priors]
     diffusion = Diffusion(cfg.timesteps)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr * 0.1)
