@@ -20,7 +20,7 @@ def _trunk(seed):
     return Trunk(f"trunk-{seed}", state, heads)
 
 
-@pytest.mark.parametrize("prior", ["none", "matched"])
+@pytest.mark.parametrize("prior", [pytest.param("none", marks=pytest.mark.slow), "matched"])
 def test_the_study_reports_every_source_at_every_k_with_its_ledger(small_train, small_test, prior):
     train, test = small_train, small_test.subset(200)
     cache = FeatureCache(get_task("fmnist-convnet"), FORM)

@@ -211,7 +211,7 @@ def _one_trunk(ctx: _Context, h: Trunk, swap: Trunk) -> dict:
             # a prior generator keeps its prior (the trunk's own matched heads) and drops only the condition
             asked = ctx.conds[h.name][k]
             add("unconditional", accs(sample(asked if model.shape.prior else None, 0.0)),
-                ledger if model.shape.prior else none)
+                data.ledger(labelled=False, unlabelled=True) if model.shape.prior else none)
             add("swap", accs(sample(ctx.conds[swap.name][k])), ledger, trunk=swap.name)
             g = torch.Generator().manual_seed(spec.seed)
             fake = FewShotData(torch.randn(data.shots.shape, generator=g), data.labels,
@@ -220,7 +220,7 @@ def _one_trunk(ctx: _Context, h: Trunk, swap: Trunk) -> dict:
             add("random", accs(sample(_asked(model, fake, lent))), none)
             nearest, matched = _retrieval(ctx, data, k)
             heads = nearest.heads.float() if nearest.heads is not None else pack_heads(own_head(nearest.state, form), form)
-            add("retrieval", accs(unpack_heads(heads, form)), ledger, trunk=nearest.name)
+            add("retrieval", accs(unpack_heads(heads, form)), data.ledger(), trunk=nearest.name)
             add("retrieval_matched", accs(_permuted(unpack_heads(heads, form), matched, form)), ledger,
                 trunk=nearest.name)
         by_k[str(k)] = sources

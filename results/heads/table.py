@@ -1,0 +1,111 @@
+"""The tables of docs/heads.md from the reports results/heads/run.sh writes.
+
+python results/heads/table.py [heads-k5|heads-ks|heads-curve] [--write]
+"""
+import json
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).parent
+sys.path[:0] = [str(HERE.parent), str(HERE.parent.parent)]  # results/ (tables) and the checkout (pdiff)
+import tables  # noqa: E402
+
+PAGE = tables.DOCS / "heads.md"
+# the generators, each trained on trunks 0-15 and asked for held-out trunks 16-19
+VARIANTS = (("t16-a", "class means + pool statistics"), ("t16-rm", "+ refined means, matched prior"),
+            ("t16-rmq", "+ match quality"))
+GENERATED = ("generated", "generator_mean")
+CONTROLS = ("nearest_mean", "nearest_mean_pool", "probe", "lda", "lda_pool", "self_trained", "stitch",
+            "stitch_ensemble", "matched_average")
+CHECKS = ("unconditional", "swap", "random")  # the generator's own checks; retrieval needs no generator
+RETRIEVAL = ("retrieval", "retrieval_matched")
+CURVE = ("curve-t4", "curve-t8", "t16-rmq", "curve-t22")  # trunks 0-3, 0-7, 0-15, 0-15 and the zoo's 20-25
+
+
+def _read(name: str) -> dict | None:
+    path = HERE / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _ledger(source: dict) -> str:
+    return f"{source['ledger']['labelled']} / {source['ledger']['unlabelled']}"
+
+
+def _reports() -> list[tuple[str, str, dict]]:
+    return [(name, label, r) for name, label in VARIANTS if (r := _read(name)) is not None]
+
+
+def _rows(k: str, cells) -> list[str]:
+    """Every row of one K: the originals, each generator's sets and mean, the controls, the checks."""
+    reports = _reports()
+    first = reports[0][2]
+    rows = [cells("own head", first, "own_head"), cells("own checkpoints", first, "own_checkpoints")]
+    for name, label, r in reports:
+        rows += [cells(f"generated ({label})", r, "generated"), cells(f"generator mean ({label})", r, "generator_mean")]
+    rows += [cells(c, first, c) for c in CONTROLS]
+    for name, label, r in reports:
+        rows += [cells(f"{c} ({label})", r, c) for c in CHECKS]
+    rows += [cells(c, first, c) for c in RETRIEVAL]
+    return [row for row in rows if row]
+
+
+def k5_table() -> str:
+    """K = 5, every held-out trunk: each source's mean test accuracy, and its ledger (labelled / unlabelled)."""
+    reports = _reports()
+    if not reports:
+        return "(no reports yet: results/heads/run.sh makes them)"
+    held = reports[0][2]["held_out"]
+
+    def cells(label, r, source):
+        if source not in r["summary"]["5"]:
+            return None
+        per = " | ".join(f"{r['trunks'][h]['k']['5'][source]['mean']:.2f}" for h in held)
+        return f"| {label} | {_ledger(r['trunks'][held[0]]['k']['5'][source])} | {per} | {r['summary']['5'][source]:.2f} |"
+
+    head = [f"K = 5 shots per class, a pool of {reports[0][2]['draw']['pool']} unlabelled images; "
+            f"N = {reports[0][2]['spec']['n']} sets ({reports[0][2]['spec']['sampler']}-{reports[0][2]['spec']['steps']}), "
+            f"guidance {reports[0][2]['spec']['guidance']:g}; test accuracy (%).", "",
+            "| source | labelled / unlabelled | " + " | ".join(held) + " | mean |",
+            "|---|---|" + "---|" * (len(held) + 1)]
+    return "\n".join(head + _rows("5", cells))
+
+
+def ks_table() -> str:
+    """Each source's mean over the held-out trunks at every K."""
+    reports = _reports()
+    if not reports:
+        return "(no reports yet: results/heads/run.sh makes them)"
+    ks = list(reports[0][2]["summary"])
+
+    def cells(label, r, source):
+        if source not in r["summary"][ks[0]]:
+            return None  # the checks run at one K only: the K = 5 table has them
+        return f"| {label} | " + " | ".join(f"{r['summary'][k][source]:.2f}" for k in ks) + " |"
+
+    head = ["Mean test accuracy (%) over the held-out trunks " + ", ".join(reports[0][2]["held_out"]) + ".", "",
+            "| source | " + " | ".join(f"K = {k}" for k in ks) + " |", "|---|" + "---|" * len(ks)]
+    return "\n".join(head + _rows(ks[0], cells))
+
+
+def curve_table() -> str:
+    """K = 5: the generator (refined means, matched prior, match quality) against the number of trunks it was
+    trained on."""
+    rows = []
+    for name in CURVE:
+        r = _read(name)
+        if r is None:
+            continue
+        s = r["summary"]["5"]
+        best = max(CONTROLS, key=lambda c: s[c])
+        rows.append(f"| {len(r['donors'])} | {s['generated']:.2f} | {s['generator_mean']:.2f} | {s['matched_average']:.2f} "
+                    f"| {s['stitch_ensemble']:.2f} | {best} {s[best]:.2f} | {s['own_head']:.2f} |")
+    if not rows:
+        return "(no curve yet: results/heads/run.sh makes it)"
+    return "\n".join(["| training trunks | generated | generator mean | matched_average | stitch_ensemble | best control "
+                      "| own head |", "|---|---|---|---|---|---|---|", *rows])
+
+
+TABLES = {"heads-k5": (PAGE, k5_table), "heads-ks": (PAGE, ks_table), "heads-curve": (PAGE, curve_table)}
+
+if __name__ == "__main__":
+    tables.main(TABLES)
