@@ -12,3 +12,14 @@ $H study --generator runs/heads/t16-a --held 16-19 --json results/heads/t16-a.js
 #    the pool (the matched_average control), which the condition reads too
 $H train --trunks 0-15 --out runs/heads/t16-rm --steps 1000 --refine --prior matched
 $H study --generator runs/heads/t16-rm --held 16-19 --json results/heads/t16-rm.json
+# 3. the same, the condition also reading each channel's match quality (the donors' mean correlation with it)
+$H train --trunks 0-15 --out runs/heads/t16-rmq --steps 1000 --refine --prior matched --quality
+$H study --generator runs/heads/t16-rmq --held 16-19 --json results/heads/t16-rmq.json
+# 4. the curve against the number of training trunks (K = 5): trunks 0-3, 0-7, 0-15 (above), and 0-15 with the zoo's
+#    trunks 20-25 (8 epochs each, experiments/trunk_zoo.py); the stitch and matched controls use the same trunks
+$H train --trunks 0-3 --out runs/heads/t4-rmq --steps 1000 --refine --prior matched --quality
+$H study --generator runs/heads/t4-rmq --held 16-19 --ks 5 --json results/heads/curve-t4.json
+$H train --trunks 0-7 --out runs/heads/t8-rmq --steps 1000 --refine --prior matched --quality
+$H study --generator runs/heads/t8-rmq --held 16-19 --ks 5 --json results/heads/curve-t8.json
+$H train --trunks 0-15,20-25 --out runs/heads/t22-rmq --steps 1000 --refine --prior matched --quality
+$H study --generator runs/heads/t22-rmq --held 16-19 --ks 5 --json results/heads/curve-t22.json
