@@ -2,7 +2,7 @@ import torch
 
 import pytest
 
-from pdiff.measure.baselines import (average, baseline_sets, gaussian, interpolations, match_noise_sigma, noisy_originals, 
+from pdiff.measure.baselines import (average, baseline_sets, gaussian, interpolations, match_level, noisy_originals, 
                              subset_averages)
 from pdiff.core.params import tensor_std
 
@@ -78,7 +78,7 @@ def test_matched_noise_lands_on_its_target():
     def accuracy_at(sigma):
         return 92.0 - 3.0 * sigma ** 2
 
-    sigma = match_noise_sigma(accuracy_at, 91.5)
+    sigma = match_level(accuracy_at, 91.5)
     assert abs(accuracy_at(sigma) - 91.5) < 0.1
-    assert match_noise_sigma(accuracy_at, 92.5) is None  # above what even sigma 0 gives: no match
-    assert abs(accuracy_at(match_noise_sigma(accuracy_at, 60.0)) - 60.0) < 0.1  # beyond the first bracket
+    assert match_level(accuracy_at, 92.5) is None  # above what even sigma 0 gives: no match
+    assert abs(accuracy_at(match_level(accuracy_at, 60.0)) - 60.0) < 0.1  # beyond the first bracket

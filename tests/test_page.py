@@ -26,10 +26,24 @@ def test_click_run_draws_both_plots(tmp_path):
         with sync_api.sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
             page = browser.new_page(viewport={"width": 1500, "height": 1400})
-            page.goto(demo.local_url, wait_until="networkidle")
-            # the first view: a finished example run, its plots drawn before anything is pressed
+            # "load", not "networkidle": the page holds the shown report in a gr.State, whose heartbeat stays open
+            page.goto(demo.local_url, wait_until="load")
+            # the first view: a finished example run, its plots drawn before anything is pressed, showing the
+            # generated sets, the originals, the average and the Gaussian at their novelty; the rest one tick away
             assert page.locator("#status").inner_text().startswith("Example run")
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+            first = ["generated", "originals", "average", "gaussian_matched"]
+            traces = "Array.from(document.querySelectorAll('.js-plotly-plot')[0].data, t => t.name)"
+            assert page.evaluate(traces) == first
+            more = page.locator("#more-sources")
+            assert more.is_visible() and more.get_by_label("interpolation", exact=True).is_visible()
+            # the example's report and parameter files in the download boxes
+            files = "Array.from(document.querySelectorAll('a[download]'), a => a.getAttribute('download'))"
+            page.wait_for_function(f"{files}.length >= 2", timeout=30_000)
+            assert {"report.json", "generated.safetensors"} <= set(page.evaluate(files))
+            more.get_by_label("interpolation", exact=True).check()
+            page.wait_for_function(f"{traces}.includes('interpolation')", timeout=30_000)
+            assert page.evaluate(traces) == [*first, "interpolation"]
             page.get_by_role("button", name="Run").click()
             t0 = time.perf_counter()
             # the stages come in: the example's status goes (it stays under gradio's progress overlay until the
@@ -40,6 +54,7 @@ def test_click_run_draws_both_plots(tmp_path):
             seconds = time.perf_counter() - t0
             page.wait_for_timeout(500)
             assert page.locator(".js-plotly-plot").count() >= 3
+            assert page.evaluate(traces) == [*first, "interpolation"]  # the run keeps what was ticked
             status = page.locator("#status").inner_text()
             assert "accuracy best" in status
             out = SCREENSHOT if os.environ.get("PDIFF_UPDATE_SCREENSHOT") else tmp_path / "screenshot.png"

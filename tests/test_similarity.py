@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pdiff.measure.similarity import iou_matrix, mean_offdiag, tsne_2d
+from pdiff.measure.similarity import iou_matrix, mean_offdiag, TsneMap
 
 
 
@@ -20,10 +20,18 @@ def test_iou_by_matrices_equals_brute_force():
         sum(iou_matrix(a, a)[i, j].item() for i in range(5) for j in range(5) if i != j) / 20)
 
 
-def test_tsne_is_seeded_and_handles_tiny_inputs():
-    x = torch.randn(12, 30, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(tsne_2d(x, seed=1), tsne_2d(x, seed=1))
-    assert tsne_2d(x[:2]).shape == (2, 2)
+def test_tsne_map_is_seeded_fixed_and_handles_tiny_inputs():
+    x = torch.randn(40, 30, generator=torch.Generator().manual_seed(0))
+    new = torch.randn(5, 30, generator=torch.Generator().manual_seed(1))
+    fitted = TsneMap(x, seed=1)
+    assert torch.equal(fitted.points, TsneMap(x, seed=1).points) and fitted.points.shape == (40, 2)
+    # a map rebuilt from stored coordinates places new vectors exactly as the fit it came from, and the
+    # reference never moves
+    stored = TsneMap(x, seed=1, coordinates=fitted.coordinates)
+    assert torch.equal(stored.place(new), fitted.place(new)) and stored.place(new).shape == (5, 2)
+    assert torch.equal(stored.points, fitted.points)
+    assert TsneMap(x[:2]).points.shape == (2, 2) and TsneMap(x[:2]).place(new).shape == (5, 2)
+    assert TsneMap(x[:4]).place(new[:0]).shape == (0, 2)
 
 
 def test_coverage_on_constructed_masks():
@@ -53,5 +61,5 @@ def test_comparison_space_leaves_out_tensors_without_spread():
     mean, std = norm_stats(stacked, layout)
     space = comparison_space(vectors, mean, std, layout)
     assert space.shape[1] == vectors.shape[1] - 2 * 8  # bn3's running statistics are constant
-    xy = tsne_2d(space[:20], seed=0)
+    xy = TsneMap(space[:20], seed=0).points
     assert torch.isfinite(xy).all() and xy.abs().max() < 1000 and space.abs().max() < 100

@@ -42,6 +42,14 @@ def test_generate_on_default_bundle(client):
         parsed = json.loads(fig["plot"])
         assert parsed["data"], "plot has no traces"
     assert "generated models" in out[7]
+    # the first view: the generated sets, the originals, the average and the Gaussian at their novelty; every
+    # other source is in the report and one tick away
+    first = ["generated", "originals", "average", "gaussian_matched"]
+    assert [row[0] for row in out[2]["data"]] == first
+    assert [t["name"] for t in json.loads(out[3]["plot"])["data"]] == first
+    assert {t["name"] for t in json.loads(out[5]["plot"])["data"]} == set(first)
+    assert {"noise_matched", "interpolation", "gaussian"} <= set(report["baselines"]) and out[10]["value"] == []
+    assert not any(name.startswith("gaussian_top") for name in report["baselines"])  # its scale is 0: no condition
 
 
 def test_results_come_in_stages(client):
@@ -53,11 +61,14 @@ def test_results_come_in_stages(client):
     first, second, last = stages
     assert [row[0] for row in first[2]["data"]] == ["generated", "originals"]
     assert "Still coming: baselines and t-SNE" in first[7] and first[0] is None
-    assert {"average", "gaussian", "interpolation"} <= {row[0] for row in second[2]["data"]}
-    assert "Still coming: t-SNE" in second[7] and "computing the joint t-SNE" in second[5]["plot"]
+    assert [row[0] for row in second[2]["data"]] == ["generated", "originals", "average", "gaussian_matched"]
+    assert "Still coming: t-SNE" in second[7] and "computing the t-SNE" in second[5]["plot"]
     assert "Still coming" not in last[7] and last[0] is not None
     assert json.loads(open(last[0]).read())["tsne"]["source"]  # the finished report has its t-SNE
     assert first[2]["data"][0][1:] == last[2]["data"][0][1:]  # the generated row was final from the start
+    # every other source is offered under "More sources" (ticking them: tests/test_page.py)
+    assert {"interpolation", "noise_0.05", "noise_matched", "gaussian"} <= set(last[10]["choices"][i][0]
+                                                                             for i in range(len(last[10]["choices"])))
 
 
 def test_the_examples_are_the_shipped_bundles_and_refused_when_stale():
@@ -68,7 +79,10 @@ def test_the_examples_are_the_shipped_bundles_and_refused_when_stale():
     for target in ("clean", "victim"):
         example = load_example("fmnist-convnet", target, digest)
         assert example["report"]["target"]["name"] == target and example["example"]["bundle_digest"] == digest
-        assert example_views("fmnist-convnet", target)[7].startswith("**Example run**")
+        shown = example_views("fmnist-convnet", target)
+        assert shown[7].startswith("**Example run**")
+        # its report and parameter files fill the download boxes
+        assert json.loads(Path(shown[0]).read_text()) == example["report"] and Path(shown[1]).stat().st_size > 0
     assert load_example("fmnist-convnet", "clean", "another bundle's digest") is None
 
 
@@ -99,7 +113,8 @@ def test_uploaded_victim_state_dict(client, tmp_path):
     assert report["target"]["trigger_source"] == "assumed (no victim report beside the file)"
     assert "assumed (no victim report beside the file)" in out[7]  # the status line says so too
     assert json.loads(out[4]["plot"])["data"]  # ASR plot drawn
-    sources = ["originals", *report["baselines"]]  # ACC-vs-ASR: generated, each other source's mean, the target
+    # ACC-vs-ASR: generated, each other source's mean (the first view's), the target
+    sources = ["originals", "average", "gaussian_matched"]
     names = [t["name"] for t in json.loads(out[8]["plot"])["data"]]
     assert names[0] == "generated" and names[-1] == "target as-is (victim.pth)"
     assert set(names[1:-1]) == {f"{s} (mean)" for s in sources} and "average (mean)" in names
@@ -160,8 +175,10 @@ def test_named_victim_with_the_defences(client):
     assert rows["clean-model"][1:4] == [0, 55000, 0] and rows["clean-model"][6] < 5  # the control: no backdoor
     assert rows["target as-is (finetuned-blended)"][6] == pytest.approx(report["target"]["asr"], abs=0.01)
     names = [t["name"] for t in json.loads(out[8]["plot"])["data"]]
-    assert {f"{s} (mean)" for s in ("finetune", "reinit", "ft", "fp", "clp", "clean-layers")} <= set(names)
-    assert names[-1] == "target as-is (finetuned-blended)"  # the victim as-is: its own marker and legend entry
+    assert names == ["generated", *(f"{s} (mean)" for s in ("originals", "average", "gaussian_matched")),
+                     "target as-is (finetuned-blended)"]  # the first view; the victim as-is: its own marker
+    offered = {choice[0] for choice in out[10]["choices"]}  # every defence and control one tick away
+    assert {"finetune", "reinit", "ft", "fp", "clp", "clean-layers", "interpolation"} <= offered
 
 
 def test_unknown_target_names_the_choices(client):

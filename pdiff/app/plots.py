@@ -5,6 +5,34 @@ import plotly.graph_objects as go
 
 from pdiff.measure.sources import colour, ordered
 
+# what the page shows before anything is ticked: the generated sets, the originals, the average and the strongest
+# control at matched novelty (the per-number Gaussian at the generated sets' max-IoU; the plain one where none
+# was matched); every other source is one tick away and always in the JSON report
+ALWAYS = ("generated", "originals")
+
+
+def first_view(report: dict) -> list[str]:
+    """The sources shown besides ALWAYS before anything is ticked."""
+    names = set(report.get("baselines", {}))
+    strongest = "gaussian_matched" if "gaussian_matched" in names else "gaussian"
+    return [name for name in ("average", strongest) if name in names]
+
+
+def more_sources(report: dict) -> list[str]:
+    """Every other source of the report (baselines, controls, defences), in the registry's order."""
+    shown = {*ALWAYS, *first_view(report)}
+    return [name for name in ordered({*report.get("baselines", {}), *report.get("defences", {})}) if name not in shown]
+
+
+def focus(report: dict, more=()) -> dict:
+    """The report as the plots and the table show it: the first view's sources and those of `more`."""
+    keep = {*ALWAYS, *first_view(report), *more}
+    t = report.get("tsne", {"x": [], "y": [], "source": [], "acc": []})
+    idx = [i for i, name in enumerate(t["source"]) if name in keep]
+    return {**report, "baselines": {k: v for k, v in report.get("baselines", {}).items() if k in keep},
+            "defences": {k: v for k, v in report.get("defences", {}).items() if k in keep},
+            "tsne": {key: [t[key][i] for i in idx] for key in ("x", "y", "source", "acc")}}
+
 
 def _sources(report: dict) -> dict[str, dict]:
     """generated, originals and each baseline -> their metric lists, in the registry's order."""

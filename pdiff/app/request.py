@@ -20,6 +20,10 @@ APP_SAMPLING = SamplingSpec(n=100, sampler="ddim", steps=50)
 # ANP's mask at 200 steps, pruned by the same budget-accuracy rule as the CLI's: BackdoorBench's 2,000 (the CLI's
 # default and the threat-model tables') keep a browser waiting about ten minutes on a CPU
 APP_DEFENCES = DefenceSettings(anp_iterations=200)
+# the controls (baselines, matched noise and Gaussian) drawn from one seed whatever the run's: measured once per
+# bundle and target and kept (measure.store), so a run with a new seed only measures what depends on it. Seed 0's
+# draws are the CLI's for seed 0
+APP_CONTROLS_SEED = 0
 MAX_N = 500
 UPLOAD = "upload"
 # the form's fields in the API's parameter order, and their defaults (victim_file: the uploaded file, if any)
@@ -98,7 +102,8 @@ class RunRequest:
         layers = form["layers"]
         if layers is not None and len(layers) == 0:
             raise ValueError("choose at least one layer to splice")
-        settings = EvalSettings(layers=tuple(layers or ()), defences=APP_DEFENCES if form["defences"] else None)
+        settings = EvalSettings(layers=tuple(layers or ()), defences=APP_DEFENCES if form["defences"] else None,
+                                controls_seed=APP_CONTROLS_SEED)
         return cls(bundle, _target(form, bundle), sampling, settings)
 
 

@@ -1,6 +1,6 @@
 """The files a Hugging Face Space of the app holds, and no others: the README (its front matter is the Space's
 configuration), app.py, requirements.txt, the package, the Fashion-MNIST test split, the example runs the page opens
-on, and the shipped default bundle (its victims inside it).
+on with the results the app keeps for them (assets/cache), and the shipped default bundle (its victims inside it).
 
     python -m pdiff.app.space DEST     # copies exactly that set into DEST (an empty or new folder), ready to push
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from pdiff.core.paths import REPO
 
 SPACE_FILES = ("README.md", "app.py", "requirements.txt", "pdiff", "assets/fashion-mnist", "assets/examples",
-               "checkpoints/fmnist-convnet/bundle")
+               "assets/cache", "checkpoints/fmnist-convnet/bundle")
 
 
 def copy_space(dest: str | Path, source: Path = REPO) -> list[Path]:

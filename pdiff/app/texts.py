@@ -6,8 +6,10 @@ INTRO = """
 Generate new parameters for a classifier's layers with a latent diffusion model
 ([p-diff](https://arxiv.org/abs/2402.13144)), splice them into a target model and see how
 they perform next to the checkpoints they were trained on and the baselines that could explain
-them without the method: their weight average, averages of 16, a per-number Gaussian, noisy
-copies (one matched to the generated models' accuracy) and interpolations.
+them without the method: their weight average, averages of 16, a per-number Gaussian (one matched to the
+generated models' novelty), noisy copies (one matched to their accuracy) and interpolations. The plots and
+the table show the generated models, the originals, the average and the Gaussian at their novelty; tick
+**More sources** for any other (the JSON report holds them all).
 
 Pick a bundle and a target, press **Run**. The target may be the bundle's clean model, one of
 its backdoored victims (`victim`: BadNets, trained from scratch; `finetuned-*`: the clean model
@@ -18,8 +20,9 @@ are loaded without running any pickled code.
 
 HOW_TO_READ = """
 **How to read the results.** *Accuracy by source*: every generated model's test accuracy next to
-the K originals and the baselines; the dashed line is the target as-is. *t-SNE*: one joint
-embedding of all parameter vectors. *Accuracy vs. novelty*: for every model of every source,
+the K originals and the baselines; the dashed line is the target as-is. *t-SNE*: one map of the
+originals and the controls drawn at a fixed seed, into which the generated vectors and the matched
+controls are placed. *Accuracy vs. novelty*: for every model of every source,
 the IoU of its wrongly classified test images with those of its nearest original; right of the
 dashed line (the originals' own nearest-other IoU) a model is closer to an original than the
 originals are to each other: a copy. The table adds the spread (accuracy std, IoU within the

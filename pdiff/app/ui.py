@@ -13,7 +13,7 @@ import gradio as gr
 from pdiff.app import plots
 from pdiff.app import texts as text
 from pdiff.app.allowlist import allowed_roots
-from pdiff.app.examples import EXAMPLE_TARGETS, load_example
+from pdiff.app.examples import EXAMPLE_TARGETS, EXAMPLES, load_example
 from pdiff.app.request import FORM, MAX_N, RunRequest, condition_choices, target_choices
 from pdiff.core.runtime import resolve_device
 from pdiff.core.settings import SAMPLERS, DataSpec
@@ -31,8 +31,9 @@ from pdiff.studies.report import report_stages
 from pdiff.studies.report import warm as warm_engines
 from pdiff.studies.transfer import TABLE_HEADERS, table_rows
 
-# per (bundle, target, layers): trunk features, triggered test set and the originals' results, kept between runs
-ENGINES = EngineCache(size=4)
+# per (bundle, target, layers): trunk features, triggered test set and the results of every set that does not
+# depend on the run's seed, kept between runs and (measure.store) on disk
+ENGINES = EngineCache(size=4, stored=True)
 MAX_UPLOAD = "200mb"
 MAX_QUEUE = 64  # runs waiting at once before new ones are refused
 
@@ -94,12 +95,13 @@ def warm_default(bundle_name: str) -> None:
     try:
         bundle = load_bundle(bundle_name)
         request = RunRequest.from_form({"bundle": bundle_name}, bundle)
-        warm_engines(bundle, request.target, _run_data(bundle.task.dataset), request.settings, ENGINES, resolve_device("auto"))
+        warm_engines(bundle, request.target, _run_data(bundle.task.dataset), request.sampling, request.settings, ENGINES,
+                     resolve_device("auto"))
     except Exception as e:  # noqa: BLE001
         print(f"pdiff: could not prepare the default run ahead ({type(e).__name__}: {e})", file=sys.stderr)
 
 
-def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
+def generate(victim_file: str | None = None, more: list[str] | None = None, progress=gr.Progress(), **form):
     """Run: sample parameter sets, splice into the target, evaluate; show the results as they come (the generated
     models and the originals first, then every baseline, control and defence, then the t-SNE), then the report and
     parameter files.
@@ -110,7 +112,9 @@ def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
     bundle's BadNets trigger and says so in the report; named victims use their own); layers; n, sampler, steps,
     seed; defences (fine-tune, re-init, FT, FP, FST, ANP, CLP on a 5 % clean budget: needs the training split);
     condition (default, none, acc=best, acc with the `acc` value, trunk=target) and guidance, for a conditional
-    bundle. An API client receives every stage; the last is the finished run.
+    bundle. `more`: the sources ticked under "More sources", which the plots and the table show beside the first
+    view's (plots.first_view; the page's state, not an API parameter: the JSON report holds every source). An API
+    client receives every stage; the last is the finished run.
     """
     from pdiff.core.files import write_json
 
@@ -119,7 +123,7 @@ def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
         request = RunRequest.from_form({**form, "victim_file": victim_file}, bundle)
         for report, vectors in _stages(request, progress):
             if report.get("pending"):
-                yield views(report)
+                yield views(report, more=more or ())
     except (ValueError, BundleError, TargetError, DataError, OSError) as e:
         raise gr.Error(str(e)) from None
     except Exception as e:  # never a stack trace in the page; the app keeps serving
@@ -128,21 +132,40 @@ def generate(victim_file: str | None = None, progress=gr.Progress(), **form):
     report_path = out / "report.json"
     write_json(report_path, report)
     params_path = Samples(vectors, request.sampling, bundle).save(out / "generated.safetensors")
-    yield views(report, (str(report_path), str(params_path)))
+    yield views(report, (str(report_path), str(params_path)), more=more or ())
 
 
-def views(report: dict, files: tuple[str | None, str | None] = (None, None), example: dict | None = None) -> list:
-    """Every output of the page for a report (finished, a stage of one, or a shipped example), in OUTPUT_ORDER."""
+def views(report: dict, files: tuple[str | None, str | None] = (None, None), example: dict | None = None,
+          more=()) -> list:
+    """Every output of the page for a report (finished, a stage of one, or a shipped example), in OUTPUT_ORDER: the
+    plots and the table show the first view's sources and those of `more` (plots.focus); the transfer table all."""
     backdoor = report["backdoor"] == "applicable"
-    pending = report.get("pending", [])
-    table = {"headers": plots.summary_headers(report), "data": plots.summary_rows(report)}
     sources = {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
                **report.get("controls", {}), **report.get("defences", {})}
     transfer = {"headers": TABLE_HEADERS, "data": table_rows(report["target"], sources) if backdoor else []}
-    tsne = plots.waiting("t-SNE", "computing the joint t-SNE") if "t-SNE" in pending else plots.tsne_scatter(report)
-    return [*files, table, plots.accuracy_distribution(report), plots.asr_distribution(report) if backdoor else None,
-            tsne, plots.accuracy_vs_iou(report), _status(report, example),
-            plots.acc_vs_asr(report) if backdoor else None, transfer]
+    shown = _shown(report, more)
+    choices = plots.more_sources(report)
+    ticked = [m for m in more if m in choices]
+    return [*files, *shown[:5], _status(report, example), shown[5], transfer, gr.update(choices=choices, value=ticked),
+            report, ticked]
+
+
+def _shown(report: dict, more=()) -> list:
+    """The views that follow the sources chosen (VIEWS' order): the table and the plots of plots.focus(report)."""
+    view, backdoor = plots.focus(report, more), report["backdoor"] == "applicable"
+    tsne = (plots.waiting("t-SNE", "computing the t-SNE") if "t-SNE" in report.get("pending", [])
+            else plots.tsne_scatter(view))
+    return [{"headers": plots.summary_headers(view), "data": plots.summary_rows(view)},
+            plots.accuracy_distribution(view), plots.asr_distribution(view) if backdoor else None, tsne,
+            plots.accuracy_vs_iou(view), plots.acc_vs_asr(view) if backdoor else None]
+
+
+def show_more(report: dict | None, more: list[str]) -> list:
+    """The table and the plots again, for the sources ticked under "More sources" (no run, no queue), and the ticks
+    kept for the next run."""
+    if not report:
+        return [gr.update()] * len(VIEWS) + [more]
+    return [*_shown(report, more), more]
 
 
 KEEP_RUNS_S = 3600
@@ -303,6 +326,12 @@ def _outputs(first: list | None) -> dict:
                                           visible=False),
            "table": gr.Dataframe(first.get("table", empty), label="Accuracy, spread and novelty by source",
                                  interactive=False)}
+    more = first.get("more", {})
+    out["more"] = gr.CheckboxGroup(more.get("choices", []), value=more.get("value", []), label="More sources",
+                                   info="the plots and the table show the generated sets, the originals, the average "
+                                        "and the Gaussian at the generated sets' novelty; tick any other source of the "
+                                        "run (the JSON report holds them all)", elem_id="more-sources")
+    out["report"], out["ticked"] = gr.State(first.get("report")), gr.State([])  # the report shown; the ticks
     with gr.Row():
         out["acc_plot"] = gr.Plot(first.get("acc_plot"), label="Accuracy distribution")
         out["asr_plot"] = gr.Plot(first.get("asr_plot"), label="ASR distribution", visible=False)
@@ -311,14 +340,15 @@ def _outputs(first: list | None) -> dict:
         out["tsne_plot"] = gr.Plot(first.get("tsne_plot"), label="t-SNE")
         out["iou_plot"] = gr.Plot(first.get("iou_plot"), label="Accuracy vs. novelty")
     with gr.Row():
-        out["report_file"] = gr.File(label="JSON report")
-        out["params_file"] = gr.File(label="Generated parameters (safetensors)")
+        out["report_file"] = gr.File(first.get("report_file"), label="JSON report")
+        out["params_file"] = gr.File(first.get("params_file"), label="Generated parameters (safetensors)")
     gr.Markdown(text.HOW_TO_READ)
     return out
 
 
 OUTPUT_ORDER = ["report_file", "params_file", "table", "acc_plot", "asr_plot", "tsne_plot", "iou_plot", "status",
-                "asr_scatter", "transfer_table"]
+                "asr_scatter", "transfer_table", "more", "report", "ticked"]
+VIEWS = ["table", "acc_plot", "asr_plot", "tsne_plot", "iou_plot", "asr_scatter"]  # what `_shown` returns
 
 
 def example_views(bundle_name: str, target: str) -> list | None:
@@ -326,7 +356,7 @@ def example_views(bundle_name: str, target: str) -> list | None:
     if not bundle_name:
         return None
     example = load_example(bundle_name, target, load_bundle(bundle_name).digest)
-    return views(example["report"], example=example) if example else None
+    return views(example["report"], example["files"], example=example) if example else None
 
 
 def _example_buttons(inp: dict, out: dict) -> None:
@@ -373,7 +403,10 @@ def build_demo(default_bundle: str | None = None, warm: bool = False) -> gr.Bloc
                                 api_name=False, queue=False)
         # the form's fields reach `generate` by name: they are the API's parameters (request.FORM). Its stages
         # stream in: the generated models first, then the baselines, then the t-SNE
-        run.click(generate, inputs_kwargs=inp, outputs=[out[k] for k in OUTPUT_ORDER],
+        # ticking a source redraws the table and the plots from the report the page holds: no run, no queue
+        out["more"].input(show_more, [out["report"], out["more"]], [*(out[k] for k in VIEWS), out["ticked"]],
+                          api_name=False, queue=False)
+        run.click(generate, inputs_kwargs={**inp, "more": out["ticked"]}, outputs=[out[k] for k in OUTPUT_ORDER],
                   api_name="generate", concurrency_limit=1, show_progress="full")  # one GPU / CPU job at a time
     # a classroom's worth of runs wait their turn; a waiting browser shows "queue: k/n" and an ETA. Beyond
     # MAX_QUEUE a browser is told "This application is currently busy. Please try again." and an API client
@@ -394,4 +427,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 def launch(demo: gr.Blocks, **kwargs) -> None:
     """One launch path for app.py and tests: honours GRADIO_SERVER_NAME / GRADIO_SERVER_PORT."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    demo.launch(max_file_size=MAX_UPLOAD, **kwargs)
+    # the example runs' report and parameter files are served from where they ship
+    allowed = [*kwargs.pop("allowed_paths", []), *([str(EXAMPLES)] if EXAMPLES else [])]
+    demo.launch(max_file_size=MAX_UPLOAD, allowed_paths=allowed, **kwargs)

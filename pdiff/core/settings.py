@@ -145,10 +145,16 @@ class EvalSettings(_Settings):
     curves: bool = False            # the Gaussian baseline at every temperature (its accuracy-novelty curve)
     tsne: bool = True
     defences: DefenceSettings | None = None  # for a backdoored target: the defences on the clean budget (None: none)
+    # the seed the controls are drawn with (the baselines, the matched-noise and matched-Gaussian searches and
+    # draws): None, the run's own seed (the CLI: each seed its own draws); a number, the same draws for every seed,
+    # measured once and kept (the app)
+    controls_seed: int | None = None
 
     def __post_init__(self):
         # one spelling of "every layer", whichever entry point wrote it
         object.__setattr__(self, "layers", () if ALL_LAYERS in self.layers else tuple(self.layers))
+        if self.controls_seed is not None:
+            _whole("evaluation", "controls_seed", self.controls_seed, 0)
 
 
 @dataclass(frozen=True)

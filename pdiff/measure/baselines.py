@@ -92,17 +92,18 @@ def top_gaussians(originals: torch.Tensor, layout: Layout, scores: torch.Tensor,
     return sets
 
 
-def match_noise_sigma(accuracy_at: Callable[[float], float], target_acc: float, hi: float = 1.0,
-                      iterations: int = 12) -> float | None:
-    """The noise sigma whose mean accuracy is `target_acc`, by bisection (accuracy falls as sigma grows);
-    None when even the originals without noise score below it. `accuracy_at(sigma)` measures noisy
-    originals on a validation split."""
-    if accuracy_at(0.0) < target_acc:
+def match_level(measure_at: Callable[[float], float], target: float, hi: float = 1.0,
+                iterations: int = 12) -> float | None:
+    """The level (a noise sigma, a Gaussian temperature) at which a measure that falls as the level grows equals
+    `target`, by bisection; None when even level 0 (the originals, the average) measures below it.
+    `measure_at(level)`: the mean accuracy of noisy originals, or the mean max-IoU of Gaussian draws, on a
+    validation split."""
+    if measure_at(0.0) < target:
         return None
     lo = 0.0
-    while accuracy_at(hi) > target_acc and hi < 64:
+    while measure_at(hi) > target and hi < 64:
         lo, hi = hi, hi * 2
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if accuracy_at(mid) > target_acc else (lo, mid)
+        lo, hi = (mid, hi) if measure_at(mid) > target else (lo, mid)
     return (lo + hi) / 2

@@ -18,11 +18,13 @@ from torch.func import functional_call, vmap
 
 from pdiff.core import dist
 from pdiff.core.config import Task
+from pdiff.core.files import tensor_digest
 from pdiff.core.params import BN_STATISTICS, Layout, own_vector
 from pdiff.core.splice import select_layers, stacked_params
 from pdiff.data.datasets import Split
 from pdiff.data.triggers import der, triggered_test_set
-from pdiff.measure.similarity import _mean, nearest_distances, similarity, summary
+from pdiff.measure.similarity import TsneMap, _mean, nearest_distances, similarity, summary
+from pdiff.measure.store import ResultStore, Store, engine_key, split_digest
 from pdiff.measure.targets import Target
 from pdiff.models.archs import StagedNet
 from pdiff.models.loading import check_architecture
@@ -85,6 +87,8 @@ class TargetEngine:
     before the tail, everywhere, and carries the as-is metrics of the unstitched target.
     """
 
+    MEMO_SIZE = 256
+
     def __init__(self, task: Task, layout: Layout, target: Target, test: Split, layers: list[str] | None = None,
                  device: str | torch.device = "cpu", bn_images: Split | None = None,
                  feature_map: FeatureMap | None = None):
@@ -104,7 +108,9 @@ class TargetEngine:
             images, self.trig_labels = triggered_test_set(test.images, test.labels, self.trigger)
             self.triggered = BatchedEvaluator(model, test.prepare(images, device), self.layers, device, feature_map=fn)
         self._as_is: dict | None = feature_map.reference if feature_map is not None else None
-        self._memo: dict = {}  # results of parameter sets that do not change between calls (the originals)
+        # results of parameter sets that come again (the originals, controls drawn at a fixed seed), by content
+        self._memo: OrderedDict[str, dict] = OrderedDict()
+        self.unsaved: set[str] = set()  # memo entries computed here that a store has not written yet
 
     @property
     def backdoor(self) -> bool:
@@ -113,14 +119,17 @@ class TargetEngine:
     def run(self, vectors: torch.Tensor, fixed: bool = False, reestimate: bool = True) -> dict:
         """(M, P) finite vectors -> wrong-prediction masks (M, n) and acc (and asr, ra) lists.
 
-        fixed: the same tensor will come again (the bundle's originals): its result is kept and reused.
+        fixed: the same numbers will come again (the originals, a control drawn at a fixed seed): the result is
+        kept by the vectors' content (MEMO_SIZE of them) and reused, whatever tensor holds them.
         reestimate: re-estimate BatchNorm statistics (where the engine does); the target as-is keeps its own.
         """
-        key = (id(vectors), tuple(vectors.shape))
-        if fixed and key in self._memo:
-            return self._memo[key]
-        if fixed:
-            self._memo[key] = self.run(vectors)
+        if fixed and len(vectors):
+            key = tensor_digest(vectors)
+            if key in self._memo:
+                self._memo.move_to_end(key)
+                return self._memo[key]
+            self.remember({key: self.run(vectors)})
+            self.unsaved.add(key)
             return self._memo[key]
         if len(vectors) == 0:
             out = {"acc": [], "wrong": torch.zeros(0, len(self.labels), dtype=torch.bool)}
@@ -135,6 +144,15 @@ class TargetEngine:
             out["asr"] = (100.0 * (tp == self.trigger.target).double().mean(1)).tolist()
             out["ra"] = accuracies(tp, self.trig_labels)
         return out
+
+    def remember(self, results: dict[str, dict]) -> None:
+        """Memo entries ({content digest: run result}) from a store or a run; the oldest beyond MEMO_SIZE go."""
+        self._memo.update(results)
+        while len(self._memo) > self.MEMO_SIZE:
+            self.unsaved.discard(self._memo.popitem(last=False)[0])
+
+    def remembered(self) -> dict[str, dict]:
+        return dict(self._memo)
 
     def as_is(self) -> dict:
         """The target's own metrics: its own values of the layout's layers, spliced back unchanged."""
@@ -190,10 +208,15 @@ class EngineCache:
     """The last few TargetEngines, by (bundle, target, layers, split, device, BatchNorm images): a repeated request
     with another seed only samples, splices and evaluates its new sets. A bundle is keyed by its digest (bundle.json,
     which lists every file's checksum) and a target by its key (its weights and trigger), never by a name, so a
-    changed upload is a new entry."""
+    changed upload is a new entry. Two callers asking for one key at once get one engine, built once.
 
-    def __init__(self, size: int = 4):
+    With `stored`, each engine's memo of seed-free results is read from its measure.store.ResultStore when the
+    engine is built and written back by `save` (a bundle loaded from a folder has a digest; one in memory is never
+    stored); `roots` overrides the store's folders (the last one is written)."""
+
+    def __init__(self, size: int = 4, stored: bool = False, roots: list | None = None):
         self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
+        self.stored, self.roots, self._building, self._maps = stored, roots, {}, OrderedDict()
 
     def get(self, bundle, target: Target, layers: list[str], test: Split, device,
             bn_images: Split | None = None) -> TargetEngine:
@@ -203,12 +226,65 @@ class EngineCache:
             if key in self._entries:
                 self._entries.move_to_end(key)
                 return self._entries[key][0]
-        engine = TargetEngine(bundle.task, bundle.layout, target, test, layers, device, bn_images)
-        with self._lock:
-            self._entries[key] = (engine, bundle, test, bn_images)  # keep what the key's ids point to alive
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
+            building = self._building.setdefault(key, threading.Lock())
+        with building:  # one build per key: a second caller waits for the first and takes its engine
+            with self._lock:
+                if key in self._entries:
+                    self._entries.move_to_end(key)
+                    return self._entries[key][0]
+            try:
+                engine = TargetEngine(bundle.task, bundle.layout, target, test, layers, device, bn_images)
+                store = self._store(bundle, target, layers, test, device, bn_images)
+                if store is not None:
+                    engine.remember(store.load(len(test.labels)))
+                with self._lock:
+                    # keep what the key's ids point to alive
+                    self._entries[key] = (engine, bundle, test, bn_images, store)
+                    while len(self._entries) > self.size:
+                        self._entries.popitem(last=False)
+            finally:
+                with self._lock:
+                    self._building.pop(key, None)
         return engine
+
+    def _store(self, bundle, target: Target, layers: list[str], test: Split, device,
+               bn_images: Split | None) -> ResultStore | None:
+        if not self.stored or not bundle.digest:
+            return None
+        bn = split_digest(bn_images.images, bn_images.labels) if bn_images is not None else None
+        key = engine_key(target.key, layers, split_digest(test.images, test.labels), bn, device)
+        return ResultStore(bundle.digest, key, self.roots)
+
+    def save(self) -> list:
+        """Write the seed-free results each stored engine computed since its last save; returns the files written."""
+        with self._lock:
+            entries = [(e[0], e[4]) for e in self._entries.values() if e[4] is not None and e[0].unsaved]
+        written = []
+        for engine, store in entries:
+            path = store.save(engine.remembered())
+            engine.unsaved.clear()
+            written += [path] if path else []
+        return written
+
+    def tsne_map(self, bundle, reference: torch.Tensor, seed: int) -> TsneMap:
+        """The t-SNE map of `reference` (comparison-space vectors of the sets that do not depend on a run), fitted
+        once per bundle, reference and seed; with `stored`, its points are read from and written to disk."""
+        key = f"{tensor_digest(reference)}-{seed}"
+        with self._lock:
+            if key in self._maps:
+                return self._maps[key]
+        store = Store(bundle.digest, key, self.roots, kind="tsne") if self.stored and bundle.digest else None
+        stored = (store.read() if store else {}).get("coordinates")
+        if stored is not None and stored.shape != (len(reference), 2):
+            stored = None
+        fitted = TsneMap(reference, seed, coordinates=stored)
+        if store is not None and stored is None:
+            store.write({"coordinates": fitted.coordinates})
+        with self._lock:
+            self._maps[key] = fitted
+            while len(self._maps) > max(self.size, 0):
+                self._maps.popitem(last=False)
+        return fitted
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -55,6 +55,8 @@ _add(
            label="a linear probe on the target's own features, fitted on the budget"),
     Source("average-16", "baseline", "#393b79", checkpoints=True, label="means of 16 random originals"),
     Source("gaussian", "baseline", "#bcbd22", checkpoints=True, label="a normal per number, fitted on the originals"),
+    Source("gaussian_matched", "baseline", "#8c6d31", checkpoints=True,
+           label="the per-number Gaussian at the generated sets' novelty (max-IoU matched on validation)"),
     Source("interpolation", "baseline", "#2ca02c", checkpoints=True, label="between two random originals"),
     Source("noise_matched", "baseline", "#17becf", checkpoints=True,
            label="originals plus noise matched to the generated mean accuracy"),

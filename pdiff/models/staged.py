@@ -50,9 +50,9 @@ def stitch_point(model: nn.Module, layers: list[str]) -> int:
     return first_stage(model, layers)
 
 
-def tail_input(model: nn.Module, images: torch.Tensor, start: int | None) -> torch.Tensor:
+def tail_input(model: nn.Module, images: torch.Tensor, start: int | None, batch_size: int = 2000) -> torch.Tensor:
     """What the tail from `start` takes: the trunk's output for a staged model, the images themselves otherwise."""
-    return images if start is None else predict(model, images, 0, start)
+    return images if start is None else predict(model, images, 0, start, batch_size)
 
 
 def tail_kwargs(start: int | None) -> dict:
@@ -88,7 +88,7 @@ class BatchedEvaluator:
     cached trunk output once, so it costs nothing per parameter set (staged models only).
     """
 
-    CACHE_ELEMENTS, MIN_IMAGES = 2**21, 256
+    CACHE_ELEMENTS, MIN_IMAGES, CPU_TRUNK_BATCH = 2**21, 256, 128
 
     def __init__(self, model: nn.Module, images: torch.Tensor, layers: list[str],
                  device: str | torch.device = "cpu", max_elements: int = 2**26, feature_map: Callable | None = None,
@@ -96,7 +96,11 @@ class BatchedEvaluator:
         self.model = model.to(device).eval()
         self.shard = shard  # False where each rank evaluates models of its own (a rank's trunk in collect)
         self.start = first_stage(model, layers) if feature_map is None else stitch_point(model, layers)
-        self.features = _mapped(tail_input(self.model, images.to(device), self.start), feature_map)  # the trunk, once
+        images = images.to(device)
+        # the trunk, once; on a CPU in small batches, whose activations stay in cache (for the default task 2x
+        # faster than 2,000 at a time, the same features bit for bit: every image is computed alone)
+        batch = self.CPU_TRUNK_BATCH if images.device.type == "cpu" else 2000
+        self.features = _mapped(tail_input(self.model, images, self.start, batch), feature_map)
         # numbers per image and model in the vmapped part; a whole model's largest activation bounds it
         self.per_image = (self.features[0].numel() if self.start is not None
                           else largest_activation(self.model, self.features[:1]))

@@ -18,20 +18,21 @@ from pdiff.core.splice import select_layers
 from pdiff.data.plan import RunData
 from pdiff.data.triggers import trigger_line
 from pdiff.generator.bundle import Bundle
+from pdiff.generator.conditions import resolved
 from pdiff.generator.sampling import Samples, draw
-from pdiff.measure.baselines import (GAUSSIAN_TEMPERATURES, TOP_FRACTIONS, TOP_TEMPERATURES, baseline_sets, gaussian_sweep,
-                                     match_noise_sigma, noisy_originals, top_gaussians)
+from pdiff.measure.baselines import (GAUSSIAN_TEMPERATURES, TOP_FRACTIONS, TOP_TEMPERATURES, average, baseline_sets,
+                                     gaussian, gaussian_sweep, match_level, noisy_originals, top_gaussians)
 from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, DefenceFailed, run_defence
 from pdiff.measure.engine import EngineCache, TargetEngine, measure
-from pdiff.measure.similarity import tsne_2d
+from pdiff.measure.similarity import iou_matrix
 from pdiff.measure.sources import clean_resources, source
 from pdiff.measure.targets import Target
 from pdiff.studies import formats
 
 Progress = Callable[[float, str], None]
 NOT_APPLICABLE = "not applicable: the clean target has no backdoor"
-# the matched noise level is searched with this many noisy sets and bisection steps (a sigma to 1/256 of its
-# bracket), then drawn at the report's count: the search is most of a validation split's cost
+# the matched noise level and Gaussian temperature are searched with this many sets and bisection steps (a level
+# to 1/256 of its bracket), then drawn at the report's count: the searches are most of a validation split's cost
 MATCH_SETS, MATCH_ITERATIONS = 32, 8
 
 
@@ -59,11 +60,16 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
 
     Beside the generated sets: the originals and the memorisation baselines (`baselines.baseline_sets`,
     min(n, K) sets each); with settings.curves, the Gaussian baseline at every temperature; for an accuracy-
-    conditional bundle, Gaussians of the top-q originals. With a validation split (data.validation), the noise
-    baseline matched to the generated mean accuracy and the "best" models chosen on it. A backdoored target gets
+    conditional bundle asked with a guidance scale above 0, Gaussians of the top-q originals. With a validation
+    split (data.validation), the noise baseline matched to the generated mean accuracy, the Gaussian matched to
+    their novelty (mean max-IoU to the originals) and the "best" models chosen on it. A backdoored target gets
     the clean-layers control and, with settings.defences, the defences on a clean budget (`_controls_and_defences`).
-    With data.bn, BatchNorm statistics after a generated layer are re-estimated per model. With `engines`,
-    seed-free work is kept between calls."""
+    With data.bn, BatchNorm statistics after a generated layer are re-estimated per model.
+
+    The controls are drawn from settings.controls_seed (None: the run's seed). With `engines`, seed-free work is
+    kept between calls: the engines, the results of every set that does not depend on the generated ones (by
+    content), and (a stored EngineCache) the same on disk; the t-SNE places the sets that depend on the run into a
+    fixed map of the others (`similarity.TsneMap`), kept likewise."""
     say = progress or (lambda frac, desc: None)
     spec = sampling.spec if isinstance(sampling, Samples) else sampling
     layers = select_layers(bundle.layout, list(settings.layers))
@@ -78,7 +84,7 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
     # 1. the generated sets and the originals: what a reader looks at first
     say(0.6, "evaluating the generated sets")
     t0 = time.perf_counter()
-    g = torch.Generator().manual_seed(spec.seed + 1)
+    seed = spec.seed if settings.controls_seed is None else settings.controls_seed  # the controls' draws
     count = min(len(vectors), len(bundle.originals))
     first = {"generated": vectors[finite], "originals": bundle.originals}
     known = {name: engine.run(v, fixed=name == "originals") for name, v in first.items()}
@@ -103,15 +109,17 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
 
     # 2. the sources that could explain the generated sets: baselines, controls, defences
     t0 = time.perf_counter()
-    sets, unavailable = _sources(bundle, first["generated"], count, g, settings)
+    controls_sets, unavailable = _fixed_sources(bundle, count, seed, settings, _guided(bundle, spec))
+    sets, fixed = {"generated": first["generated"], **controls_sets}, list(controls_sets)
     checked = {}
     if data.validation is not None and len(sets["generated"]):
-        say(0.62, "validation: matched noise, selection")
+        say(0.62, "validation: matched noise and Gaussian, selection")
         val = engines.get(bundle, target, layers, data.validation, device, data.bn)
-        checked = _on_validation(bundle, val, sets, count, spec.seed)
+        checked = _on_validation(bundle, val, sets, count, seed)
     controls, defended = _controls_and_defences(bundle, engine, sets, data, settings, spec.seed, device, say)
     say(0.8, "evaluating the baselines")
-    m = measure(engine, sets, space=space, known=known)
+    m = measure(engine, sets, space=space, known=known, fixed=(*fixed, "clean-layers"))
+    engines.save()
     for name in [d for d in LAYER_DEFENCES if d in defended]:  # the engine measured them; add what they used
         m["metrics"][name].update(defended.pop(name))
     report.update(**_sources_section(m, finite, unavailable, engine.backdoor), controls=controls, defences=defended,
@@ -128,21 +136,33 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
     if settings.tsne:
         say(0.9, "t-SNE")
         t0 = time.perf_counter()
-        report["tsne"] = _tsne(bundle, sets, m["metrics"], spec.seed)
+        report["tsne"] = _tsne(bundle, sets, fixed, m["metrics"], seed, engines)
         report["timings_s"]["tsne"] = time.perf_counter() - t0
     say(1.0, "done")
     yield report, vectors
 
 
-def warm(bundle: Bundle, target: Target, data: RunData, settings: EvalSettings, engines: EngineCache,
-         device="cpu") -> TargetEngine:
-    """The seed-free work of a report on `target` (its engines on the test and validation splits: trunk features,
-    triggered images) built into `engines` ahead of a request, so that report_stages finds them there; returns the
-    test split's engine."""
+def warm(bundle: Bundle, target: Target, data: RunData, sampling: SamplingSpec, settings: EvalSettings,
+         engines: EngineCache, device="cpu") -> TargetEngine:
+    """The seed-free work of a report of `sampling` on `target` done into `engines` ahead of a request, so that
+    report_stages finds it there: the engines on the test and validation splits (trunk features, triggered images),
+    the originals' and the controls' results (from disk where stored) and their t-SNE map. Returns the test split's
+    engine."""
     layers = select_layers(bundle.layout, list(settings.layers))
-    if data.validation is not None:
-        engines.get(bundle, target, layers, data.validation, device, data.bn)
-    return engines.get(bundle, target, layers, data.test, device, data.bn)
+    val = engines.get(bundle, target, layers, data.validation, device, data.bn) if data.validation is not None else None
+    engine = engines.get(bundle, target, layers, data.test, device, data.bn)
+    seed = sampling.seed if settings.controls_seed is None else settings.controls_seed
+    sets, _ = _fixed_sources(bundle, min(sampling.n, len(bundle.originals)), seed, settings,
+                             _guided(bundle, replace(sampling, condition=resolved(sampling.condition, bundle.conditions))))
+    for vectors in sets.values():
+        engine.run(vectors, fixed=True)
+    if val is not None:
+        val.run(bundle.originals, fixed=True)
+    engines.save()
+    if settings.tsne:
+        space = [comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout) for v in sets.values()]
+        engines.tsne_map(bundle, torch.cat(space), seed)
+    return engine
 
 
 def _sample(bundle: Bundle, sampling: SamplingSpec | Samples, target: Target, device,
@@ -201,19 +221,29 @@ def _ledger(bundle: Bundle, sections: list[dict], budget_images: int) -> None:
                                                        bundle.conditions)
 
 
-def _sources(bundle: Bundle, generated: torch.Tensor, count: int, g: torch.Generator,
-             settings: EvalSettings) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """generated, originals and (settings.baselines) the memorisation baselines; the sets, and why any is missing."""
-    sets, unavailable = {"generated": generated, "originals": bundle.originals}, {}
+def _fixed_sources(bundle: Bundle, count: int, seed: int, settings: EvalSettings,
+                   guided: bool) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The sets that depend on the controls' `seed` alone: the originals and (settings.baselines) the memorisation
+    baselines, `count` sets each; the sets, and why any is missing. `guided`: the run used an accuracy condition (a
+    scale above 0), so the Gaussians of the top-q originals join."""
+    sets, unavailable, g = {"originals": bundle.originals}, {}, torch.Generator().manual_seed(seed + 1)
     if settings.baselines:
         baselines, unavailable = baseline_sets(bundle.originals, tensor_std(bundle.originals, bundle.layout),
                                                bundle.layout, count, g)
         sets.update(baselines, **(gaussian_sweep(bundle.originals, bundle.layout, count, g) if settings.curves else {}))
-        c = bundle.conditions
-        if c is not None and c.kind == "acc":  # the fair control for asking for accuracy: Gaussians of the best
-            sets.update(top_gaussians(bundle.originals, bundle.layout, c.values, count, g,
+        if guided:  # the fair control for asking for accuracy: Gaussians of the best
+            sets.update(top_gaussians(bundle.originals, bundle.layout, bundle.conditions.values, count, g,
                                       GAUSSIAN_TEMPERATURES if settings.curves else TOP_TEMPERATURES))
     return sets, unavailable
+
+
+def _guided(bundle: Bundle, spec: SamplingSpec) -> bool:
+    """Whether the run asked an accuracy-conditional bundle for an accuracy with a guidance scale above 0 (at 0, or
+    asked for none, the sets come from its unconditional model and the condition is not used)."""
+    c = bundle.conditions
+    if c is None or c.kind != "acc" or spec.condition == "none":
+        return False
+    return (spec.guidance if spec.guidance is not None else c.meta.get("guidance", 1.0)) > 0
 
 
 def _sources_section(m: dict, finite: torch.Tensor, unavailable: dict, backdoor: bool) -> dict:
@@ -235,23 +265,44 @@ def _sources_section(m: dict, finite: torch.Tensor, unavailable: dict, backdoor:
 
 
 def _on_validation(bundle: Bundle, val: TargetEngine, sets: dict, count: int, seed: int) -> dict:
-    """On the validation split: each generated and original model's accuracy (for selection), and the
-    noise sigma whose mean accuracy matches the generated mean; adds that noise baseline to `sets`."""
-    val_acc = {name: val.run(sets[name], fixed=name == "originals")["acc"] for name in ("generated", "originals")}
+    """On the validation split: each generated and original model's accuracy (for selection); the noise sigma whose
+    mean accuracy matches the generated mean and the Gaussian temperature whose mean max-IoU to the originals
+    matches the generated sets'; adds those two baselines to `sets`. The searches draw at the controls' `seed`:
+    with a fixed one, their sets are the same on every call and measured once."""
+    runs = {name: val.run(sets[name], fixed=name == "originals") for name in ("generated", "originals")}
+    val_acc = {name: r["acc"] for name, r in runs.items()}
     target_acc = sum(val_acc["generated"]) / len(val_acc["generated"])
-    std = tensor_std(bundle.originals, bundle.layout)
+    std, searched = tensor_std(bundle.originals, bundle.layout), min(count, MATCH_SETS)
+    picks = torch.randint(0, len(bundle.originals), (searched,), generator=torch.Generator().manual_seed(seed))
 
     def accuracy_at(sigma: float) -> float:  # the same noise draws at every sigma: a smooth curve to bisect
-        noisy = noisy_originals(bundle.originals, std, bundle.layout, sigma, min(count, MATCH_SETS),
-                                torch.Generator().manual_seed(seed))
-        accs = val.run(noisy)["acc"]
+        if sigma == 0:  # noisy_originals' first draw picks these originals; their accuracies are known
+            accs = [val_acc["originals"][i] for i in picks.tolist()]
+        else:
+            noisy = noisy_originals(bundle.originals, std, bundle.layout, sigma, searched,
+                                    torch.Generator().manual_seed(seed))
+            accs = val.run(noisy, fixed=True)["acc"]
         return sum(accs) / len(accs)
 
-    sigma = match_noise_sigma(accuracy_at, target_acc, iterations=MATCH_ITERATIONS)
+    def novelty(wrong: torch.Tensor) -> float:  # the mean max-IoU to the originals on validation
+        return iou_matrix(wrong, runs["originals"]["wrong"]).max(1).values.mean().item()
+
+    def novelty_at(temperature: float) -> float:  # at 0 every draw is the average: one model
+        drawn = (average(bundle.originals) if temperature == 0 else
+                 gaussian(bundle.originals, bundle.layout, searched, torch.Generator().manual_seed(seed + 3), temperature))
+        return novelty(val.run(drawn, fixed=True)["wrong"])
+
+    sigma = match_level(accuracy_at, target_acc, iterations=MATCH_ITERATIONS)
     if sigma is not None:
         sets["noise_matched"] = noisy_originals(bundle.originals, std, bundle.layout, sigma, count,
                                                 torch.Generator().manual_seed(seed + 2))
-    return {"val_acc": val_acc, "sigma": sigma, "target_acc": target_acc, "size": len(val.labels)}
+    target_iou = novelty(runs["generated"]["wrong"])
+    temperature = match_level(novelty_at, target_iou, iterations=MATCH_ITERATIONS)
+    if temperature is not None:
+        sets["gaussian_matched"] = gaussian(bundle.originals, bundle.layout, count,
+                                            torch.Generator().manual_seed(seed + 4), temperature)
+    return {"val_acc": val_acc, "sigma": sigma, "target_acc": target_acc, "size": len(val.labels),
+            "temperature": temperature, "target_iou": target_iou}
 
 
 def _condition(bundle: Bundle, spec: SamplingSpec, metrics: dict) -> dict | None:
@@ -282,7 +333,9 @@ def _selection(checked: dict, metrics: dict) -> dict:
         i = max(range(len(accs)), key=accs.__getitem__)
         chosen[name] = {"index": i, "validation_acc": accs[i], "test_acc": metrics[name]["acc"][i]}
     return {"validation": {"size": checked["size"], "matched_noise_sigma": checked["sigma"],
-                           "generated_mean_validation_acc": checked["target_acc"], "selected": chosen}}
+                           "generated_mean_validation_acc": checked["target_acc"],
+                           "matched_gaussian_temperature": checked["temperature"],
+                           "generated_mean_validation_max_iou": checked["target_iou"], "selected": chosen}}
 
 
 def _novelty(m: dict) -> dict:
@@ -330,12 +383,21 @@ def _similarity_section(sim: dict) -> dict:
             "originals_nearest_other_iou": sim["originals"]["nearest_other_iou"]}
 
 
-def _tsne(bundle: Bundle, sets: dict[str, torch.Tensor], metrics: dict, seed: int) -> dict:
-    """One joint t-SNE of the normalised vectors of every source."""
+def _tsne(bundle: Bundle, sets: dict[str, torch.Tensor], reference: list[str], metrics: dict, seed: int,
+          engines: EngineCache) -> dict:
+    """Every source's normalised vectors in 2-D: the `reference` sources (the originals and the controls drawn at
+    the controls' seed) as one t-SNE map, fitted once per bundle and reference (engines.tsne_map), every other
+    source placed into it."""
+    space = {k: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout) for k, v in sets.items()}
+    tsne = engines.tsne_map(bundle, torch.cat([space[k] for k in reference]), seed)
+    placed = [k for k in sets if k not in reference]
+    xy = {k: v for k, v in zip(reference, tsne.points.split([len(sets[k]) for k in reference]))}
+    if placed:
+        xy.update(zip(placed, tsne.place(torch.cat([space[k] for k in placed])).split([len(sets[k]) for k in placed])))
     names = list(sets)
-    joint = torch.cat([comparison_space(sets[k], bundle.norm_mean, bundle.norm_std, bundle.layout) for k in names])
-    xy = tsne_2d(joint, seed)
-    return {"x": xy[:, 0].tolist(), "y": xy[:, 1].tolist(), "source": [k for k in names for _ in range(len(sets[k]))],
+    joint = torch.cat([xy[k] for k in names])
+    return {"x": joint[:, 0].tolist(), "y": joint[:, 1].tolist(),
+            "source": [k for k in names for _ in range(len(sets[k]))],
             "acc": [a for k in names for a in metrics[k]["acc"]]}
 
 

@@ -1,0 +1,91 @@
+"""Seed-free results kept between runs (measure.store): the same numbers whether measured, remembered or read from
+disk; a file of another bundle or engine is ignored and rewritten, never used."""
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from helpers import report
+
+
+def _same(a: dict, b: dict) -> None:
+    for key in a:
+        if key != "timings_s":
+            assert a[key] == b[key], key
+
+
+def test_results_round_trip_through_a_file(tmp_path):
+    from pdiff.measure.store import ResultStore
+
+    g = torch.Generator().manual_seed(0)
+    results = {"abc": {"acc": [91.25, 90.0], "wrong": torch.rand(2, 13, generator=g) < 0.3,
+                       "asr": [99.5, 3.0], "ra": [0.5, 90.0]},
+               "def": {"acc": [50.0], "wrong": torch.ones(1, 13, dtype=torch.bool)}}
+    store = ResultStore("d" * 64, "k" * 64, roots=[tmp_path])
+    path = store.save(results)
+    assert path.parent.parent == tmp_path and not list(path.parent.glob("*.tmp"))  # written whole, atomically
+    back = store.load(13)
+    assert back.keys() == results.keys()
+    for digest, r in results.items():
+        assert back[digest]["acc"] == r["acc"] and torch.equal(back[digest]["wrong"], r["wrong"])
+        assert back[digest].get("asr") == r.get("asr") and back[digest].get("ra") == r.get("ra")
+    assert ResultStore("e" * 64, "k" * 64, roots=[tmp_path]).load(13) == {}  # another bundle's folder
+
+
+def test_a_stored_cache_gives_the_report_of_none_and_a_stale_one_is_rebuilt(tiny_bundle, small_train, small_test,
+                                                                             tmp_path):
+    from pdiff.measure.engine import EngineCache
+
+    kwargs = dict(n=3, sampler="ddim", steps=3, test=small_test, train=small_train, controls_seed=0)
+    plain, _ = report(tiny_bundle, "victim", seed=0, **kwargs)
+    first = EngineCache(2, stored=True, roots=[tmp_path])
+    measured, _ = report(tiny_bundle, "victim", seed=0, engines=first, **kwargs)
+    files = sorted(tmp_path.rglob("*.safetensors"))
+    assert len(files) == 3  # the results on the test and the validation split, and the t-SNE map
+    assert all(f.parent.name == tiny_bundle.digest[:16] for f in files)
+    again = EngineCache(2, stored=True, roots=[tmp_path])  # another process: everything seed-free from disk
+    stored, _ = report(tiny_bundle, "victim", seed=0, engines=again, **kwargs)
+    _same(plain, measured)
+    _same(plain, stored)
+
+    # a file whose bundle digest differs (a changed bundle, a copied cache) is never used, and is rewritten
+    for f in files:
+        tensors = load_file(f)
+        if f.name.startswith("results-"):
+            tensors = {k: torch.zeros_like(v) if k.endswith(".acc") else v for k, v in tensors.items()}
+        save_file(tensors, f, metadata={"format": "pdiff-results", "bundle_digest": "0" * 64,
+                                        "key": f.stem.split("-", 1)[1], "kind": f.stem.split("-", 1)[0]})
+    stale = EngineCache(2, stored=True, roots=[tmp_path])
+    rebuilt, _ = report(tiny_bundle, "victim", seed=0, engines=stale, **kwargs)
+    _same(plain, rebuilt)
+    from safetensors import safe_open
+
+    with safe_open(str(next(f for f in files if f.name.startswith("results-"))), "pt") as f:
+        assert f.metadata()["bundle_digest"] == tiny_bundle.digest
+
+
+def test_fixed_controls_change_no_prediction(tiny_bundle, small_train, small_test):
+    """The app draws the controls from one seed for every run (controls_seed): seed 0's report is the CLI's, and on
+    any seed the generated sets and the originals are measured exactly as without it."""
+    kwargs = dict(n=3, sampler="ddim", steps=3, test=small_test, train=small_train, tsne=False)
+    cli, _ = report(tiny_bundle, "clean", seed=0, **kwargs)
+    app, _ = report(tiny_bundle, "clean", seed=0, controls_seed=0, **kwargs)
+    app["settings"]["evaluation"]["controls_seed"] = None
+    _same(cli, app)
+    cli, vectors = report(tiny_bundle, "clean", seed=3, **kwargs)
+    app, same_vectors = report(tiny_bundle, "clean", seed=3, controls_seed=0, **kwargs)
+    assert torch.equal(vectors, same_vectors)
+    for name in ("generated", "originals"):
+        assert app[name] == cli[name], name
+    assert app["validation"]["selected"] == cli["validation"]["selected"]
+
+
+@pytest.mark.parametrize("guidance, joins", [(None, False), (0.0, False), (1.0, True)])
+def test_top_q_gaussians_only_where_the_condition_is_used(guidance, joins):
+    from pdiff.core.settings import SamplingSpec
+    from pdiff.generator.locate import load_bundle
+    from pdiff.studies.report import _guided
+
+    bundle = load_bundle("fmnist-convnet")  # accuracy-conditional, its own scale 0
+    assert bundle.conditions.meta["guidance"] == 0
+    assert _guided(bundle, SamplingSpec(condition="acc=best", guidance=guidance)) is joins
+    assert not _guided(bundle, SamplingSpec(condition="none", guidance=1.0))
