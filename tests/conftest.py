@@ -10,7 +10,9 @@ import torch  # noqa: E402
 
 from pdiff.data.datasets import Split, load_split  # noqa: E402
 
-torch.set_num_threads(2)
+# both cores, unless the run asks for fewer: beside other jobs two threads per process oversubscribe the cores and
+# a tiny network's step can take 10x longer (OMP_NUM_THREADS=1 python -m pytest ...)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or 2))
 SLOW_KINDS = ("server", "browser", "install")
 
 

@@ -24,13 +24,22 @@ def two_modes():
     return ema, cfg
 
 
+def _untrained_conditional():
+    """The toy's conditional denoiser as initialised: what guidance at scale 0 does needs no training."""
+    from pdiff.generator.nets import Denoiser
+
+    cfg = DDPMConfig(channels=32, blocks=2, condition_dim=1, condition_drop=0.2)
+    torch.manual_seed(0)
+    return Denoiser((1, 4), cfg).eval(), cfg
+
+
 def _draw(denoiser, cfg, guide=None, n=200):
     d = Diffusion(cfg.timesteps, cfg.beta_start, cfg.beta_end)
     return d.sample(denoiser, (n, 1, 4), "ddim", 50, torch.Generator().manual_seed(2), guide=guide).mean((1, 2))
 
 
-def test_guidance_at_scale_zero_is_the_unconditional_model(two_modes):
-    denoiser, cfg = two_modes
+def test_guidance_at_scale_zero_is_the_unconditional_model():
+    denoiser, cfg = _untrained_conditional()
     plus = Guide(torch.ones(200, 1), scale=0.0)
     assert torch.equal(_draw(denoiser, cfg, plus), _draw(denoiser, cfg, None))
     # and the guided prediction itself, at scale 0, is the null one
@@ -40,6 +49,7 @@ def test_guidance_at_scale_zero_is_the_unconditional_model(two_modes):
                                      torch.tensor([True] * 5 + [False] * 5))[5:])
 
 
+@pytest.mark.slow  # trains the toy: 1,500 steps
 def test_a_two_mode_toy_follows_its_condition_and_mixes_without_one(two_modes):
     denoiser, cfg = two_modes
     for sign in (-1.0, 1.0):
@@ -85,6 +95,7 @@ def test_conditions_a_bundle_does_not_know_are_refused_in_one_line(tiny_bundle, 
         guide_for(SamplingSpec(condition="trunk=target"), trunk, tiny_bundle.task, layers)
 
 
+@pytest.mark.slow  # trains the toy: 1,500 steps
 def test_the_swap_test_on_a_toy_task_collapses(two_modes):
     """Target A is the +2 mode; a set 'works' on A when it lands near +2. Asked for A's condition the sets work;
     asked for B's (the swap) they do not: the condition, not the average of the modes, decides."""
