@@ -33,6 +33,13 @@ class _Payload:
         return (os.mknod, (self.path,))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _results_cache(tmp_path_factory):
+    """The app's results cache (measure.store) in a folder of this test run, never the user's (PDIFF_CACHE, if the
+    run sets it, wins)."""
+    os.environ.setdefault("PDIFF_CACHE", str(tmp_path_factory.mktemp("pdiff-cache")))
+
+
 @pytest.fixture()
 def payload_checkpoint(tmp_path):
     """A .pth whose pickle would create `marker` if it were ever unpickled unsafely: (path, marker)."""

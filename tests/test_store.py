@@ -32,7 +32,7 @@ def test_results_round_trip_through_a_file(tmp_path):
 
 
 def test_a_stored_cache_gives_the_report_of_none_and_a_stale_one_is_rebuilt(tiny_bundle, small_train, small_test,
-                                                                             tmp_path):
+                                                                             tmp_path, monkeypatch):
     from pdiff.measure.engine import EngineCache
 
     kwargs = dict(n=3, sampler="ddim", steps=3, test=small_test, train=small_train, controls_seed=0)
@@ -40,10 +40,27 @@ def test_a_stored_cache_gives_the_report_of_none_and_a_stale_one_is_rebuilt(tiny
     first = EngineCache(2, stored=True, roots=[tmp_path])
     measured, _ = report(tiny_bundle, "victim", seed=0, engines=first, **kwargs)
     files = sorted(tmp_path.rglob("*.safetensors"))
-    assert len(files) == 3  # the results on the test and the validation split, and the t-SNE map
+    # the results and the trunk features on the test and the validation split, and the t-SNE map
+    assert sorted(f.name.split("-")[0] for f in files) == ["results", "results", "trunk", "trunk", "tsne"]
     assert all(f.parent.name == tiny_bundle.digest[:16] for f in files)
     again = EngineCache(2, stored=True, roots=[tmp_path])  # another process: everything seed-free from disk
     stored, _ = report(tiny_bundle, "victim", seed=0, engines=again, **kwargs)
+    # a third process builds its engine from disk: the trunk runs on one image (its output's size), never on all
+    from pdiff.core.splice import select_layers
+    from pdiff.measure.targets import resolve_target
+    from pdiff.models import staged
+
+    seen = []
+    trunk = staged.tail_input
+    monkeypatch.setattr(staged, "tail_input", lambda model, images, *a: seen.append(len(images)) or trunk(model, images, *a))
+    from pdiff.data.plan import RunData
+
+    bn = RunData(small_test, small_train).bn  # the BatchNorm images the reports' engines were keyed with
+    engine = EngineCache(2, stored=True, roots=[tmp_path]).get(tiny_bundle, resolve_target(tiny_bundle, "victim"),
+                                                                select_layers(tiny_bundle.layout, []), small_test, "cpu",
+                                                                bn)
+    assert seen == [1, 1] and len(engine.remembered()) > 0 and engine.clean.features.shape[0] == len(small_test.labels)
+    monkeypatch.undo()
     _same(plain, measured)
     _same(plain, stored)
 

@@ -145,6 +145,10 @@ class TargetEngine:
             out["ra"] = accuracies(tp, self.trig_labels)
         return out
 
+    def evaluators(self) -> list[BatchedEvaluator]:
+        """The clean test set's evaluator, and the triggered one's for a backdoored target."""
+        return [self.clean, *([self.triggered] if self.backdoor else [])]
+
     def remember(self, results: dict[str, dict]) -> None:
         """Memo entries ({content digest: run result}) from a store or a run; the oldest beyond MEMO_SIZE go."""
         self._memo.update(results)
@@ -204,6 +208,20 @@ def measure(engine: TargetEngine, sets: dict[str, torch.Tensor], reference: str 
     return out
 
 
+def _stored_trunk(engine: TargetEngine, store: Store) -> None:
+    """The engine's trunk features from its store, or computed now and written there for the next process."""
+    evaluators = dict(zip(("clean", "triggered"), engine.evaluators()))
+    stored = store.read()
+    if set(stored) == set(evaluators):
+        try:
+            for name, evaluator in evaluators.items():
+                evaluator.features = stored[name]  # checked against the evaluator's images
+            return
+        except ValueError:
+            pass
+    store.write({name: evaluator.features for name, evaluator in evaluators.items()})
+
+
 class EngineCache:
     """The last few TargetEngines, by (bundle, target, layers, split, device, BatchNorm images): a repeated request
     with another seed only samples, splices and evaluates its new sets. A bundle is keyed by its digest (bundle.json,
@@ -212,11 +230,12 @@ class EngineCache:
 
     With `stored`, each engine's memo of seed-free results is read from its measure.store.ResultStore when the
     engine is built and written back by `save` (a bundle loaded from a folder has a digest; one in memory is never
-    stored); `roots` overrides the store's folders (the last one is written)."""
+    stored), and with `trunks` its trunk features too; `roots` overrides the store's folders (the last one is
+    written)."""
 
-    def __init__(self, size: int = 4, stored: bool = False, roots: list | None = None):
+    def __init__(self, size: int = 4, stored: bool = False, roots: list | None = None, trunks: bool = True):
         self.size, self._entries, self._lock = size, OrderedDict(), threading.Lock()
-        self.stored, self.roots, self._building, self._maps = stored, roots, {}, OrderedDict()
+        self.stored, self.roots, self.trunks, self._building, self._maps = stored, roots, trunks, {}, OrderedDict()
 
     def get(self, bundle, target: Target, layers: list[str], test: Split, device,
             bn_images: Split | None = None) -> TargetEngine:
@@ -237,6 +256,9 @@ class EngineCache:
                 store = self._store(bundle, target, layers, test, device, bn_images)
                 if store is not None:
                     engine.remember(store.load(len(test.labels)))
+                    if self.trunks:
+                        _stored_trunk(engine, Store(bundle.digest, store.key, self.roots, kind="trunk"))
+                _ = [e.features for e in engine.evaluators()]  # the trunk runs here, under the key's lock
                 with self._lock:
                     # keep what the key's ids point to alive
                     self._entries[key] = (engine, bundle, test, bn_images, store)

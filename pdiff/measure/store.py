@@ -5,7 +5,9 @@ again: the originals and the controls drawn at a fixed seed. A store writes them
 the bundle's digest and everything the engine's predictions depend on (the target's weights and trigger, the
 layers, the images, the BatchNorm images, the device, torch's version); a file whose key does not match is ignored
 and, in the user's cache, rewritten. The fitted t-SNE map of those controls (similarity.TsneMap) is kept the same
-way, keyed by the bundle and the vectors it was fitted on. Files are read from the shipped cache (assets/cache/, made by
+way, keyed by the bundle and the vectors it was fitted on, and so (in the user's cache only: 5 MB for 10,000
+images) are an engine's trunk features. The user's cache is kept under PDIFF_CACHE_MB (1000), the oldest files
+going first. Files are read from the shipped cache (assets/cache/, made by
 `python -m pdiff.app.examples`) and the user's (PDIFF_CACHE, default ~/.cache/pdiff/results; PDIFF_CACHE=off
 turns it off); only the user's is written, atomically.
 """
@@ -26,6 +28,7 @@ from pdiff.core.paths import shipped
 FORMAT = "pdiff-results"
 FORMAT_VERSION = 1
 CACHE_ENV = "PDIFF_CACHE"
+CACHE_MB = 1000  # the user's cache is kept under this (PDIFF_CACHE_MB): the oldest files go first
 LISTS = ("acc", "asr", "ra")
 
 
@@ -98,9 +101,22 @@ class Store:
         try:
             write_safetensors(path, tensors, {"format": FORMAT, "bundle_digest": self.bundle_digest, "key": self.key,
                                               "kind": self.kind})
+            _trim(self.writable, int(float(os.environ.get("PDIFF_CACHE_MB", CACHE_MB)) * 2**20), keep=path)
         except OSError:  # a read-only home: they stay in memory only
             return None
         return path
+
+
+def _trim(root: Path, limit: int, keep: Path) -> None:
+    """Remove the least recently written files under `root` until it holds at most `limit` bytes (not `keep`)."""
+    files = sorted((f for f in root.rglob("*.safetensors") if f.is_file()), key=lambda f: f.stat().st_mtime)
+    total = sum(f.stat().st_size for f in files)
+    for f in files:
+        if total <= limit:
+            break
+        if f != keep:
+            total -= f.stat().st_size
+            f.unlink(missing_ok=True)
 
 
 class ResultStore(Store):

@@ -97,13 +97,10 @@ class BatchedEvaluator:
         self.shard = shard  # False where each rank evaluates models of its own (a rank's trunk in collect)
         self.start = first_stage(model, layers) if feature_map is None else stitch_point(model, layers)
         images = images.to(device)
-        # the trunk, once; on a CPU in small batches, whose activations stay in cache (for the default task 2x
-        # faster than 2,000 at a time, the same features bit for bit: every image is computed alone)
-        batch = self.CPU_TRUNK_BATCH if images.device.type == "cpu" else 2000
-        self.features = _mapped(tail_input(self.model, images, self.start, batch), feature_map)
-        # numbers per image and model in the vmapped part; a whole model's largest activation bounds it
-        self.per_image = (self.features[0].numel() if self.start is not None
-                          else largest_activation(self.model, self.features[:1]))
+        self._features, self._pending = None, (images, feature_map)  # the trunk runs on first use (`features`)
+        # numbers per image and model in the vmapped part (one image's); a whole model's largest activation bounds it
+        one = _mapped(tail_input(self.model, images[:1], self.start), feature_map)
+        self.per_image = one[0].numel() if self.start is not None else largest_activation(self.model, one)
         self.max_elements = max_elements
         kwargs = tail_kwargs(self.start)
 
@@ -111,6 +108,25 @@ class BatchedEvaluator:
             return functional_call(self.model, params, (x,), kwargs).argmax(-1)
 
         self._tail = vmap(tail, in_dims=(0, None))
+
+    @property
+    def features(self) -> torch.Tensor:
+        """The trunk's output for every image (the images themselves for a model that runs whole), computed once on
+        first use: on a CPU in small batches, whose activations stay in cache (for the default task 2x faster than
+        2,000 at a time, the same features bit for bit: every image is computed alone)."""
+        if self._features is None:
+            images, feature_map = self._pending
+            batch = self.CPU_TRUNK_BATCH if images.device.type == "cpu" else 2000
+            self._features, self._pending = _mapped(tail_input(self.model, images, self.start, batch), feature_map), None
+        return self._features
+
+    @features.setter
+    def features(self, value: torch.Tensor) -> None:
+        """The trunk's output computed before (measure.store keeps it): the trunk does not run."""
+        images, _ = self._pending if self._pending is not None else (self._features, None)
+        if value.shape[0] != images.shape[0]:
+            raise ValueError(f"features for {value.shape[0]} images given to an evaluator of {images.shape[0]}")
+        self._features, self._pending = value.to(images.device), None
 
     def images_per_chunk(self, models: int) -> int:
         """Images per vmapped call for `models` models: small enough that the activations stay in the CPU's cache

@@ -149,8 +149,8 @@ def warm(bundle: Bundle, target: Target, data: RunData, sampling: SamplingSpec, 
     the originals' and the controls' results (from disk where stored) and their t-SNE map. Returns the test split's
     engine."""
     layers = select_layers(bundle.layout, list(settings.layers))
+    engine = engines.get(bundle, target, layers, data.test, device, data.bn)  # first: a run's first stage needs it
     val = engines.get(bundle, target, layers, data.validation, device, data.bn) if data.validation is not None else None
-    engine = engines.get(bundle, target, layers, data.test, device, data.bn)
     seed = sampling.seed if settings.controls_seed is None else settings.controls_seed
     sets, _ = _fixed_sources(bundle, min(sampling.n, len(bundle.originals)), seed, settings,
                              _guided(bundle, replace(sampling, condition=resolved(sampling.condition, bundle.conditions))))
