@@ -14,12 +14,14 @@ def _features(n_per_class, g, centres):
     return centres[labels] + 0.8 * torch.randn(len(labels), 16, generator=g), labels
 
 
+def _draw(g, shots, pool, test, scale=1.0):
+    """Class centres, then (shots, labels), the pool's features, (test features, labels) around them."""
+    centres = scale * torch.randn(4, 16, generator=g)
+    return centres, _features(shots, g, centres), _features(pool, g, centres)[0], _features(test, g, centres)
+
+
 def test_every_control_runs_on_the_same_images_with_its_ledger_and_beats_chance():
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(4, 16, generator=g)
-    shots, labels = _features(5, g, centres)
-    pool, _ = _features(100, g, centres)
-    test, test_labels = _features(200, g, centres)
+    centres, (shots, labels), pool, (test, test_labels) = _draw(torch.Generator().manual_seed(0), 5, 100, 200)
     head = {"bn3.weight": torch.ones(1, 16), "bn3.bias": torch.full((1, 16), 5.0),  # linear through the ReLU
             "linear.weight": centres[None], "linear.bias": -0.5 * centres.square().sum(1)[None]}
     donor = Donor("same", pool, head)
@@ -40,10 +42,7 @@ def test_every_control_runs_on_the_same_images_with_its_ledger_and_beats_chance(
 
 def test_the_stitch_onto_a_permuted_copy_gives_the_donors_own_accuracy():
     g = torch.Generator().manual_seed(1)
-    centres = torch.randn(4, 16, generator=g)
-    shots, labels = _features(3, g, centres)
-    pool, _ = _features(100, g, centres)
-    test, test_labels = _features(100, g, centres)
+    _, (shots, labels), pool, (test, test_labels) = _draw(g, 3, 100, 100)
     perm = torch.randperm(16, generator=g)
     head = {"bn3.weight": torch.rand(1, 16, generator=g) + 0.5, "bn3.bias": torch.rand(1, 16, generator=g),
             "linear.weight": torch.randn(1, 4, 16, generator=g), "linear.bias": torch.randn(1, 4, generator=g)}
@@ -54,11 +53,7 @@ def test_the_stitch_onto_a_permuted_copy_gives_the_donors_own_accuracy():
 
 
 def test_one_shot_per_class_has_no_cross_validation_and_lda_falls_back_to_the_nearest_mean():
-    g = torch.Generator().manual_seed(2)
-    centres = 3 * torch.randn(4, 16, generator=g)
-    shots, labels = _features(1, g, centres)
-    pool, _ = _features(50, g, centres)
-    test, test_labels = _features(50, g, centres)
+    _, (shots, labels), pool, (test, test_labels) = _draw(torch.Generator().manual_seed(2), 1, 50, 50, scale=3.0)
     out = controls(FewShotData(shots, labels, pool, 4), test, test_labels, [], FORM)
     assert out["probe"]["info"]["cv_folds"] == 0 and out["lda"]["acc"] == out["nearest_mean"]["acc"]
     assert "stitch" not in out
