@@ -23,3 +23,7 @@ $H train --trunks 0-7 --out runs/heads/t8-rmq --steps 1000 --refine --prior matc
 $H study --generator runs/heads/t8-rmq --held 16-19 --ks 5 --json results/heads/curve-t8.json
 $H train --trunks 0-15,20-25 --out runs/heads/t22-rmq --steps 1000 --refine --prior matched --quality
 $H study --generator runs/heads/t22-rmq --held 16-19 --ks 5 --json results/heads/curve-t22.json
+# 5. guidance on the validation split (held-out trunks 16 and 17), and the same generator on two training trunks
+$H sweep --generator runs/heads/t16-a --trunks 16,17 --scales 0.5,1,2 --n 10 --json results/heads/sweep-t16-a.json
+$H sweep --generator runs/heads/t16-rmq --trunks 16,17 --scales 0.5,1,2 --n 10 --json results/heads/sweep-t16-rmq.json
+$H sweep --generator runs/heads/t16-rmq --trunks 0,1 --scales 1 --n 10 --json results/heads/sweep-t16-rmq-training.json

@@ -105,7 +105,7 @@ def curve_table() -> str:
                       "| own head |", "|---|---|---|---|---|---|---|", *rows])
 
 
-TABLES = {"heads-k5": (PAGE, k5_table), "heads-ks": (PAGE, ks_table), "heads-curve": (PAGE, curve_table)}
+TABLES = {"heads-k5": k5_table, "heads-ks": ks_table, "heads-curve": curve_table}
 
 if __name__ == "__main__":
-    tables.main(TABLES)
+    tables.main({name: (PAGE, build) for name, build in TABLES.items()})
