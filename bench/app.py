@@ -60,7 +60,7 @@ def _api_stages(url: str) -> dict:
     """Seconds from submitting the page's defaults to /generate until its first stage and its last arrive."""
     from gradio_client import Client
 
-    client = Client(url, verbose=False, download_files=False)
+    client = Client(url, verbose=False, download_files=False, httpx_kwargs={"timeout": 600})  # a busy server
     t0 = time.perf_counter()
     job = client.submit(api_name="/generate")
     first = None

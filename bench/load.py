@@ -1,13 +1,15 @@
 """The app under load: N clients call /generate at once against a real server. Prints one JSON line.
 
 Starts app.py in a subprocess on a free loopback port (its own gradio temp folder), makes one
-warm-up call, then N gradio_client clients, one per thread, call /generate together, `--rounds`
+warm-up call (none with --cold: the clients arrive as soon as the page answers, while the server still prepares
+the default run), then N gradio_client clients, one per thread, call /generate together, `--rounds`
 times each. Reports answered, rejected ("Queue is full"), failed, p50 and max latency of the
 answered calls (seconds, queueing included), the server's resident memory when ready, after the
 warm-up call and after the load, and the run files still kept for download (2 per call, removed
 by gradio an hour after they were written).
 
     python bench/load.py --clients 20 --n 10 --steps 20
+    python bench/load.py --clients 20 --cold          # on a server that has just started
     python bench/load.py --clients 5 --rounds 10      # memory after 51 calls against after 1
 """
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 from _server import rss_mb, wait_ready  # bench/ is on sys.path when a bench runs
 
 ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+TIMEOUT = {"timeout": 600}  # a client of a busy server waits for its config, not 5 s
 os.environ.update(ENV)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,6 +41,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=10)
     p.add_argument("--steps", type=int, default=20, help="DDIM steps")
     p.add_argument("--target", default="clean")
+    p.add_argument("--cold", action="store_true", help="no warm-up call: the clients call as soon as the page answers")
     args = p.parse_args()
 
     from gradio_client import Client
@@ -57,13 +61,14 @@ def main() -> None:
         wait_ready(url, proc, log)
         rss_ready = rss_mb(proc.pid)
         t0 = time.perf_counter()
-        Client(url, verbose=False, download_files=False).predict(seed=0, **kwargs)
+        if not args.cold:
+            Client(url, verbose=False, download_files=False, httpx_kwargs=TIMEOUT).predict(seed=0, **kwargs)
         warmup_s, rss_after_1 = time.perf_counter() - t0, rss_mb(proc.pid)
 
         start = threading.Barrier(args.clients)
 
         def client(i: int) -> list[tuple[str, float, str]]:
-            c = Client(url, verbose=False, download_files=False)
+            c = Client(url, verbose=False, download_files=False, httpx_kwargs=TIMEOUT)
             start.wait()  # every client connected; all submit together
             results = []
             for r in range(args.rounds):
@@ -90,11 +95,12 @@ def main() -> None:
 
     print(json.dumps({
         "name": "load", "device": "cuda" if torch.cuda.is_available() else "cpu", "clients": args.clients,
-        "rounds": args.rounds, "n": args.n, "sampler": f"ddim{args.steps}", "target": args.target,
+        "rounds": args.rounds, "n": args.n, "sampler": f"ddim{args.steps}", "target": args.target, "cold": args.cold,
         "answered": len(latencies), "rejected": sum(k == "rejected" for k, _, _ in results),
         "failed": sum(k == "failed" for k, _, _ in results), "first_error": errors[0] if errors else None,
         "p50_s": round(statistics.median(latencies), 1) if latencies else None,
-        "max_s": round(max(latencies), 1) if latencies else None, "warmup_s": round(warmup_s, 1),
+        "max_s": round(max(latencies), 1) if latencies else None,
+        "warmup_s": None if args.cold else round(warmup_s, 1),
         "rss_ready_mb": rss_ready, "rss_after_1_mb": rss_after_1, "rss_after_mb": rss_after,
         "calls": 1 + len(results), "run_files_kept": len(run_files),
         "run_files_mb": round(sum(run_files) / 2**20, 1)}))

@@ -67,15 +67,26 @@ def _train_split(dataset: str) -> Split:
                         f"here ({e}); untick them") from None
 
 
-@lru_cache(maxsize=2)
+_DATA_LOCK = threading.Lock()
+
+
 def _run_data(dataset: str) -> RunData:
     """The test split and, where available, the training split (validation, BatchNorm images, the defences'
-    budget), loaded once per dataset; a Space may have no training split."""
+    budget), loaded once per dataset; a Space may have no training split. One load at a time: the launch's warm-up
+    and a first request share it (and so share the engines, which are keyed by the splits they hold)."""
+    with _DATA_LOCK:
+        return _load_run_data(dataset)
+
+
+@lru_cache(maxsize=2)
+def _load_run_data(dataset: str) -> RunData:
     try:
         train = Split.load(dataset, "train")
     except DataError:
         train = None
-    return RunData(_test_split(dataset), train, DataSpec())
+    data = RunData(_test_split(dataset), train, DataSpec())
+    _ = data.validation, data.bn  # derived here, once: engines are keyed by the splits they hold
+    return data
 
 
 @_gpu
