@@ -106,3 +106,29 @@ def test_top_q_gaussians_only_where_the_condition_is_used(guidance, joins):
     assert bundle.conditions.meta["guidance"] == 0
     assert _guided(bundle, SamplingSpec(condition="acc=best", guidance=guidance)) is joins
     assert not _guided(bundle, SamplingSpec(condition="none", guidance=1.0))
+
+
+@pytest.mark.slow  # the app's default run on the 10,000 test images
+def test_the_default_run_from_the_shipped_cache_is_the_shipped_example(tmp_path):
+    """The example was measured from scratch when it was written; the same request now reads the originals', the
+    controls' and the t-SNE map's results from assets/cache/: every number of the report is the same."""
+    from pdiff.app.examples import load_example
+    from pdiff.app.request import RunRequest
+    from pdiff.core.settings import DataSpec
+    from pdiff.data.datasets import Split
+    from pdiff.data.plan import RunData
+    from pdiff.generator.locate import load_bundle
+    from pdiff.measure.engine import EngineCache
+    from pdiff.measure.store import shipped_cache
+    from pdiff.studies.report import run_report
+
+    bundle = load_bundle("fmnist-convnet")
+    example = load_example("fmnist-convnet", "clean", bundle.digest)
+    assert example is not None, "the shipped example is stale: python -m pdiff.app.examples"
+    request = RunRequest.from_form({"bundle": "fmnist-convnet", "target": "clean"}, bundle)
+    data = RunData(Split.load(bundle.task.dataset, "test"), Split.load(bundle.task.dataset, "train"), DataSpec())
+    engines = EngineCache(2, stored=True, roots=[shipped_cache(), tmp_path])  # reads the shipped files, writes here
+    report, _ = run_report(bundle, request.target, data, request.sampling, request.settings, engines)
+    report["bundle"] = "fmnist-convnet"
+    _same(example["report"], report)
+    assert not list(tmp_path.rglob("results-*"))  # nothing the shipped cache lacked was measured again
