@@ -55,6 +55,9 @@ def test_click_run_draws_both_plots(tmp_path):
             page.wait_for_timeout(500)
             assert page.locator(".js-plotly-plot").count() >= 3
             assert page.evaluate(traces) == [*first, "interpolation"]  # the run keeps what was ticked
+            more.get_by_label("interpolation", exact=True).uncheck()  # and goes back to the first view
+            page.wait_for_function(f"!{traces}.includes('interpolation')", timeout=30_000)
+            assert page.evaluate(traces) == first
             status = page.locator("#status").inner_text()
             assert "accuracy best" in status
             out = SCREENSHOT if os.environ.get("PDIFF_UPDATE_SCREENSHOT") else tmp_path / "screenshot.png"
