@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))  # from a checkout, uninstalled: pdiff is one folder up
 from pdiff.data.triggers import Trigger, poison, preset  # noqa: E402
-from pdiff.models.fit import Schedule, fit, init_model  # noqa: E402
+from pdiff.models.fit import Objective, Schedule, fit, init_model  # noqa: E402
 from pdiff.data.datasets import Split  # noqa: E402
 from pdiff.core.files import write_json  # noqa: E402
 from pdiff.models.tasks import get_task  # noqa: E402
@@ -37,7 +37,7 @@ def main() -> None:
             model = fit(init_model(task, g), Split(images, labels, train.dataset), Schedule.of(task.recipe), g)
         else:
             poisoned, stamp = poisoned_training(train, preset("badnets"), g)
-            model = fit(init_model(task, g), poisoned, Schedule.of(task.recipe), g, batch_hook=stamp)
+            model = fit(init_model(task, g), poisoned, Schedule.of(task.recipe), g, objective=Objective(batch_hook=stamp))
         out[order] = {f"asr_{c}": backdoor_metrics(model, test, Trigger(kind="patch", corner=c))["asr"]
                       for c in ("bottom-right", "bottom-left")}
         out[order].update(acc=backdoor_metrics(model, test, preset("badnets"))["acc"],

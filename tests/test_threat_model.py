@@ -60,7 +60,9 @@ def test_transfer_with_the_donor_uses_its_budget_and_states_every_method_s_resou
     # the revival attack on the first model of each method, every seed it was measured with
     assert len(m["ft"]["revived"]["asr"]) == len(m["generated"]["revived"]["asr"]) == 2
     assert len(m["donor"]["revived"]["asr"]) == 1
-    assert "donor" in out.stdout and "revived: ASR after 20 SGD steps" in out.stdout
+    # the attack's length is calibrated on the validation split, and the line says how long it ran
+    steps = r["revival"]["steps"]
+    assert "\ndonor " in out.stdout and f"revived: ASR after {steps} SGD steps" in out.stdout
 
 
 def test_a_budget_that_differs_from_the_donor_s_is_refused(donor, tmp_path):

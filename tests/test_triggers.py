@@ -150,7 +150,7 @@ def _images_seen(model, dataset: str) -> list[torch.Tensor]:
 
 
 def test_the_trigger_is_stamped_after_the_flip_where_it_says(small_train):
-    from pdiff.models.fit import Schedule, fit, init_model
+    from pdiff.models.fit import Objective, Schedule, fit, init_model
     from pdiff.models.tasks import get_task
     from pdiff.collection.victims import poisoned_training
 
@@ -168,7 +168,7 @@ def test_the_trigger_is_stamped_after_the_flip_where_it_says(small_train):
     poisoned, stamp = poisoned_training(train, trigger, g)
     model = init_model(task, g)
     seen = _images_seen(model, train.dataset)
-    fit(model, poisoned, Schedule.of(task.recipe, epochs=1), g, batch_hook=stamp)
+    fit(model, poisoned, Schedule.of(task.recipe, epochs=1), g, objective=Objective(batch_hook=stamp))
     assert corners(seen) == (128, 0)  # every poisoned image, flipped or not, has it bottom-right; none mirrored
     assert (poisoned.labels != train.labels).sum() > 100 and torch.equal(poisoned.images, train.images)
 
