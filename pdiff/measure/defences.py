@@ -224,7 +224,7 @@ def _noisy_forward(bn: _BatchNorm, mask: torch.Tensor, noise_w: torch.Tensor, no
 
 
 def anp_masks(model: StagedNet, budget: Split, generator: torch.Generator, iterations: int,
-              device) -> dict[str, torch.Tensor]:
+              device, channels_last: bool = True) -> dict[str, torch.Tensor]:
     """ANP's mask training (Wu & Wang, NeurIPS 2021) as BackdoorBench runs it: a mask on every BatchNorm neuron, learnt
     on the budget (batches of BATCH, SGD lr ANP_LR, momentum 0.9, the mask clipped to [0, 1]) to keep the clean loss low
     under adversarial multiplicative noise on the neurons: a fresh uniform start in [-ANP_EPS, ANP_EPS], then ANP_STEPS
@@ -233,7 +233,7 @@ def anp_masks(model: StagedNet, budget: Split, generator: torch.Generator, itera
     channels-last: 1.4x faster forward and backward on a CPU for these small images (bench/anp.py)."""
     model = model.to(device).eval().requires_grad_(False)
     x_all, y_all = budget.normalized(device), budget.labels.to(device)
-    if x_all.dim() == 4:
+    if channels_last and x_all.dim() == 4:
         model, x_all = model.to(memory_format=torch.channels_last), x_all.contiguous(memory_format=torch.channels_last)
     bns = {name: m for name, m in model.named_modules() if isinstance(m, _BatchNorm)}
     masks = {name: torch.ones(len(m.weight), device=device, requires_grad=True) for name, m in bns.items()}
