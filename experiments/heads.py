@@ -6,6 +6,7 @@ trunks (checkpoints/fmnist-convnet-zoo/parts: 8 epochs, 10 head checkpoints), na
 
     python experiments/heads.py train --trunks 0-15 --out runs/heads/t16          # ten minutes on one thread
     python experiments/heads.py study --generator runs/heads/t16 --held 16-19 --json results/heads/t16.json
+    python experiments/heads.py ship --generator runs/heads/t40 --out checkpoints/fmnist-convnet-trunks/heads
 """
 from __future__ import annotations
 
@@ -55,6 +56,27 @@ def load_trunks(ids: list[int]) -> tuple[Collection, list[Trunk]]:
         else:
             raise SystemExit(f"trunk {t} is neither in {TRUNKS} nor complete in {ZOO}")
     return coll, out
+
+
+def trunk_file(t: int) -> Path:
+    """Trunk t's whole-model file: the collection's, else the zoo's."""
+    from pdiff.collection.folder import trunk_file as collection_file
+
+    if (TRUNKS / collection_file(t)).is_file():
+        return TRUNKS / collection_file(t)
+    return ZOO / f"trunk-{t}.safetensors"
+
+
+def ship(args) -> None:
+    """A trained generator as a kit (generator.headkit): its weights, config and the files of its training trunks
+    (by path and SHA-256, not copied), for `python -m pdiff heads`."""
+    from pdiff.generator.headkit import save_kit
+
+    model = HeadGenerator.load(args.generator)
+    coll = Collection.load(TRUNKS, trunks=False)
+    files = {n: trunk_file(int(n.split("-")[1])) for n in model.meta["trunks"]}
+    save_kit(model, coll.task, files, args.out)
+    print(f"saved {args.out}: {len(files)} training trunks")
 
 
 def train(args) -> None:
@@ -186,6 +208,10 @@ def main() -> None:
     w.add_argument("--seed", type=int, default=1)
     w.add_argument("--json")
     w.set_defaults(func=sweep)
+    h = sub.add_parser("ship", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    h.add_argument("--generator", required=True)
+    h.add_argument("--out", required=True)
+    h.set_defaults(func=ship)
     args = p.parse_args()
     args.func(args)
 

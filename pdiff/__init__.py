@@ -3,7 +3,8 @@
 The Python API, for any nn.Module and data given as tensors (examples/own_model.py): `task` (a model factory or
 module + the names of the layers to generate), `Split` (images as uint8 or float tensors, labels, optional
 mean/std), then `collect` -> `train` -> `sample` -> `evaluate`, in memory; each returns an object with `.save`
-(`Collection`, `Bundle`, `Samples`, `Report`), and `load` reads them back.
+(`Collection`, `Bundle`, `Samples`, `Report`), and `load` reads them back. `heads_for` writes heads for a trunk the
+shipped head generator never saw from a few labelled images per class (a `HeadsReport`).
 
 The package follows the pipeline's stages; each imports only the ones before it (tests/test_layout.py):
 `core` (config and settings dataclasses, parameter layouts, splicing by name, files, one Registry) ->
@@ -17,7 +18,7 @@ compositions of `measure`) -> `app` (the Gradio UI and its plots). `api` and `cl
 input becomes typed objects (a `Target`, a `SamplingSpec`, ...) once.
 """
 from pdiff.core.version import __version__
-from pdiff.api import Report, collect, evaluate, load, sample, task, train
+from pdiff.api import HeadsReport, Report, collect, evaluate, heads_for, load, sample, task, train
 from pdiff.collection.folder import Collection
 from pdiff.core.config import AEConfig, DDPMConfig, Recipe, Task
 from pdiff.core.settings import CollectSpec, DataSpec, EvalSettings, SamplingSpec, TrainSpec
@@ -29,4 +30,5 @@ from pdiff.models.tasks import register_task
 
 __all__ = ["task", "collect", "train", "sample", "evaluate", "load", "Split", "Task", "Recipe", "AEConfig",
            "DDPMConfig", "CollectSpec", "TrainSpec", "SamplingSpec", "EvalSettings", "DataSpec", "Collection", "Bundle",
-           "Samples", "Report", "register_arch", "register_dataset", "DatasetSpec", "register_task", "__version__"]
+           "Samples", "Report", "heads_for", "HeadsReport", "register_arch", "register_dataset", "DatasetSpec",
+           "register_task", "__version__"]

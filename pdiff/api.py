@@ -6,6 +6,7 @@
     bundle = pdiff.train(coll, train, test)         # a Bundle       (bundle.save(folder))
     samples = pdiff.sample(bundle, 100)             # Samples        (samples.save(folder))
     report = pdiff.evaluate(samples, test, train=train)  # a Report (report.save(folder)); print(report.text())
+    heads = pdiff.heads_for("my-convnet.safetensors", shots=5)   # heads for a new trunk: a HeadsReport
 
 Each step is a thin layer over the functions the CLI runs (`collection.collect.run_collect`,
 `generator.recipe.build_bundle`, `generator.sampling.draw`, `studies.report.run_report`), with the CLI's
@@ -28,12 +29,15 @@ from pdiff.core.settings import CollectSpec, DataSpec, EvalSettings, SamplingSpe
 from pdiff.data.datasets import DATASETS, DataError, Split, random_flip
 from pdiff.data.plan import RunData
 from pdiff.generator.bundle import Bundle
+from pdiff.generator.headkit import DEFAULT_KIT, load_kit
 from pdiff.generator.locate import load_bundle
 from pdiff.generator.recipe import build_bundle
 from pdiff.generator.sampling import Samples, draw
 from pdiff.measure.targets import resolve_target
 from pdiff.models.fit import Augment
+from pdiff.models.loading import check_finite, load_state_file
 from pdiff.models.tasks import build_model
+from pdiff.studies.heads import HeadStudySpec, head_lines, heads_for_target
 from pdiff.studies.report import familiar_lines, run_report
 
 REPORT_FILE = "report.json"
@@ -153,6 +157,35 @@ def evaluate(samples: Samples | Bundle, test: Split | None = None, target=None, 
     target = resolve_target(bundle, "clean" if target is None else target)
     report, _ = run_report(bundle, target, RunData(test, train, data), sampling, settings, device=device)
     return Report(report)
+
+
+class HeadsReport(Report):
+    """The heads report (`python -m pdiff heads`'s JSON) with `save` and a printout."""
+
+    def text(self) -> str:
+        return head_lines(self)
+
+
+def heads_for(target, shots: int = 5, generator: str | Path = DEFAULT_KIT, pool=None, train: Split | None = None,
+              test: Split | None = None, device: str = "cpu", **changes) -> HeadsReport:
+    """Heads for a trunk the head generator never saw, as `python -m pdiff heads` makes them: `target` a model file,
+    a state dict or a module of the generator's task; `shots` labelled images per class; `pool` None (HeadStudySpec's
+    size, drawn with the seed), a size, or your own unlabelled pool (a tensor of training-split indices); `changes`
+    to HeadStudySpec's n, seed, guidance, sampler, steps, validation. `train` / `test` default to the task's
+    splits."""
+    kit = load_kit(generator)
+    if isinstance(target, nn.Module):
+        target = target.state_dict()
+    if isinstance(target, dict):
+        check_finite(target, "the target")
+    else:
+        target = load_state_file(target, kit.task)
+    given = pool if pool is not None and not isinstance(pool, int) else None
+    size = HeadStudySpec.pool if pool is None else pool if given is None else len(given)
+    spec = HeadStudySpec(ks=(shots,), pool=size, checks_at=shots, **changes)
+    splits = tuple(s if s is not None else _named_split(kit.task, name, required=True)
+                   for name, s in (("train", train), ("test", test)))
+    return HeadsReport(heads_for_target(kit, target, splits, spec, given, device))
 
 
 def load(source: str | Path, model=None, device: str = "cpu") -> Bundle | Collection:

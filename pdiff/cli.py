@@ -1,6 +1,7 @@
 """`python -m pdiff <command>`: the parser and one line per error. Each subcommand's flags and its call live in
-pdiff/commands/ (build: collect, train; measure: sample, evaluate; studies: transfer, loto, trunks; hub: push,
-pull), where the flags become the settings objects the library takes; the recipes themselves are the library's."""
+pdiff/commands/ (build: collect, train; measure: sample, evaluate; studies: transfer, loto, trunks; heads: heads;
+hub: push, pull), where the flags become the settings objects the library takes; the recipes themselves are the
+library's."""
 from __future__ import annotations
 
 import argparse
@@ -8,13 +9,13 @@ import os
 import sys
 from pathlib import Path
 
-from pdiff.commands import build, hub, measure, studies
+from pdiff.commands import build, heads, hub, measure, studies
 from pdiff.commands.common import FMT
 from pdiff.core import dist
 from pdiff.data.datasets import DataError
 
 SUBCOMMANDS = (build.add_collect, build.add_train, measure.add_sample, measure.add_evaluate, studies.add_transfer,
-               studies.add_loto, studies.add_trunks, hub.add_push, hub.add_pull)
+               studies.add_loto, studies.add_trunks, heads.add_heads, hub.add_push, hub.add_pull)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -14,6 +14,7 @@ from pdiff.app import plots
 from pdiff.app import texts as text
 from pdiff.app.allowlist import allowed_roots
 from pdiff.app.examples import EXAMPLE_TARGETS, EXAMPLES, load_example
+from pdiff.app.heads import heads_panel
 from pdiff.app.request import FORM, MAX_N, RunRequest, condition_choices, target_choices
 from pdiff.core.runtime import resolve_device
 from pdiff.core.settings import SAMPLERS, DataSpec
@@ -401,6 +402,7 @@ def build_demo(default_bundle: str | None = None, warm: bool = False) -> gr.Bloc
             with gr.Column(scale=2):
                 out = _outputs(example_views(default_bundle, "clean"))  # the page opens on a finished run
                 _example_buttons(inp, out)
+        heads_panel()  # heads for a trunk the head generator never saw (app.heads: its own event, /heads)
         # light events skip the queue: they never wait behind (or get refused by) a full queue of runs
         inp["bundle"].change(bundle_changed, inp["bundle"],
                              [inp["layers"], inp["target"], condition_box, inp["condition"], inp["acc"]],

@@ -68,7 +68,12 @@ def standardise(features: torch.Tensor, state: dict[str, torch.Tensor], form: He
     """Features in the trunk's own units: minus the BatchNorm's running mean, over its running std."""
     mean = state[f"{form.bn}.running_mean"].float().to(features.device)
     var = state[f"{form.bn}.running_var"].float().to(features.device)
-    return (features - mean) / (var + form.eps).sqrt()
+    units = (features - mean) / (var + form.eps).sqrt()
+    bad = int((~torch.isfinite(units)).any(0).sum())
+    if bad:
+        raise ValueError(f"the model's features at {form.bn}, in its running statistics' units, are not finite in "
+                         f"{bad} of {units.shape[1]} channels (a running variance below zero or not finite)")
+    return units
 
 
 def head_logits(units: torch.Tensor, heads: dict[str, torch.Tensor], form: HeadForm) -> torch.Tensor:

@@ -29,6 +29,7 @@ from pdiff.core.settings import VALIDATION
 from pdiff.data.datasets import Split
 from pdiff.data.shots import draw_fewshot, usable
 from pdiff.generator.equivariant import HeadGenerator, TrunkExamples, match_channels, pack_heads, unpack_heads
+from pdiff.generator.headkit import HeadKit
 from pdiff.measure.fewshot import Donor, FewShotData, accuracy_of, controls, public
 from pdiff.measure.similarity import summary
 from pdiff.models.heads import HeadForm, head_features, head_logits, own_head, standardise
@@ -38,6 +39,7 @@ FORMAT, FORMAT_VERSION = "pdiff-heads-study", 1
 FAMILIES = {"own_head": "original", "own_checkpoints": "original", "generated": "generated",
             "generator_mean": "generated", "unconditional": "check", "swap": "check", "random": "check",
             "retrieval": "check", "retrieval_matched": "check"}  # every other source: a data-fit control
+TARGET = "target"  # a user's trunk, in a report
 
 
 @dataclass
@@ -79,7 +81,7 @@ class FeatureCache:
                     digest.update(trunk.state[name].float().numpy().tobytes())
                 path = self.folder / f"{trunk.name}-{key}-{digest.hexdigest()[:16]}.pt"
             if path is not None and path.is_file():
-                self._cache[trunk.name, key] = torch.load(path)
+                self._cache[trunk.name, key] = torch.load(path, weights_only=True)
             else:
                 model = check_architecture(self.task, trunk.state).to(self.device)
                 feats = head_features(model, split.prepare(images, self.device), self.form)
@@ -132,13 +134,15 @@ class _Context:
 
 
 def head_study(model: HeadGenerator, held: list[Trunk], donors: list[Trunk], splits: tuple[Split, Split],
-               spec: HeadStudySpec, cache: FeatureCache, exclude: torch.Tensor | None = None) -> dict:
+               spec: HeadStudySpec, cache: FeatureCache, exclude: torch.Tensor | None = None,
+               pool: torch.Tensor | None = None) -> dict:
     """Every source's test accuracy on every held-out trunk at every K, and their means over the trunks.
-    `splits`: (train, test); `exclude`: training images no draw may use (the generator's own)."""
+    `splits`: (train, test); `exclude`: training images no draw may use (the generator's own); `pool`: the user's
+    unlabelled pool (training-split indices) instead of spec.pool images drawn with spec.seed."""
     train, test = splits
     form = model.form
-    draw = draw_fewshot(train.labels, max(spec.ks), spec.pool, torch.Generator().manual_seed(spec.seed),
-                        form.classes, spec.validation, exclude)
+    draw = draw_fewshot(train.labels, max(spec.ks), spec.pool if pool is None else pool,
+                        torch.Generator().manual_seed(spec.seed), form.classes, spec.validation, exclude)
     donor_sets = [Donor(d.name, cache.units(d, train, f"pool-{spec.seed}", draw.pool), own_head(d.state, form))
                   for d in donors]
     lent = [(d.pool, pack_heads(d.head, form)[0]) for d in donor_sets]
@@ -155,7 +159,7 @@ def head_study(model: HeadGenerator, held: list[Trunk], donors: list[Trunk], spl
             "generator": {"config": model.cfg.to_dict(), **model.meta}, "held_out": [h.name for h in held],
             "donors": [d.name for d in donors],
             "draw": {"seed": spec.seed, "pool": len(draw.pool), "shots_per_class_max": draw.k,
-                     "excluded_images": 0 if exclude is None else len(exclude),
+                     "excluded_images": 0 if exclude is None else len(exclude), "pool_given": pool is not None,
                      "from": f"the first {usable(len(train.labels), spec.validation)} training images"},
             "trunks": per_trunk, "summary": _summary(per_trunk, spec.ks)}
 
@@ -259,13 +263,46 @@ def _summary(per_trunk: dict, ks: tuple[int, ...]) -> dict:
 
 
 def head_lines(report: dict) -> str:
-    """One line per K and source: its mean accuracy on each held-out trunk, and over them."""
+    """One line per K and source: its labelled / unlabelled images of the trunk, its mean accuracy on each held-out
+    trunk, and over them."""
     held = report["held_out"]
     lines = [f"held-out trunks {held}; pool {report['draw']['pool']} unlabelled images; N = {report['spec']['n']} "
              f"({report['spec']['sampler']}{report['spec']['steps'] or ''}), guidance {report['spec']['guidance']}"]
     for k, sources in report["summary"].items():
-        lines.append(f"K = {k}: {'source':<18} " + " ".join(f"{h:>9}" for h in held) + f" {'mean':>7}")
+        lines.append(f"K = {k}: {'source':<18} {'images':>10} " + " ".join(f"{h:>9}" for h in held) + f" {'mean':>7}")
         for name, mean in sources.items():
+            ledger = report["trunks"][held[0]]["k"][k][name]["ledger"]
             cells = " ".join(f"{report['trunks'][h]['k'][k][name]['mean']:>9.2f}" for h in held)
-            lines.append(f"       {name:<18} {cells} {mean:>7.2f}")
+            lines.append(f"       {name:<18} {ledger['labelled']:>4} / {ledger['unlabelled']:<4} {cells} {mean:>7.2f}")
     return "\n".join(lines)
+
+
+def check_target(state: dict[str, torch.Tensor], form: HeadForm) -> None:
+    """Refuse, in one line, a target whose head does not have the generator's form (its feature width at the
+    head's BatchNorm, its classes)."""
+    for name, want, what in ((f"{form.bn}.running_mean", form.channels, "features at {bn} are {got} wide"),
+                             (f"{form.linear}.bias", form.classes, "head has {got} classes")):
+        if name not in state:
+            raise ValueError(f"the target has no {name}: the head generator writes a {form.bn} -> ReLU -> "
+                             f"{form.linear} head on {form.channels} features")
+        got = state[name].shape[0]
+        if got != want:
+            raise ValueError(f"the target's {what.format(bn=form.bn, got=got)}; the head generator's are {want}: "
+                             f"it writes heads for {form.channels} features and {form.classes} classes")
+
+
+def heads_for_target(kit: HeadKit, target: dict[str, torch.Tensor], splits: tuple[Split, Split],
+                     spec: HeadStudySpec, pool: torch.Tensor | None = None, device="cpu") -> dict:
+    """Heads for one trunk the generator never saw (a model's state, its own head the bar), asked for with the
+    trunk's own condition (trunk=target) from spec.ks shots per class and the unlabelled pool, beside every data-fit
+    control on the same images with its ledger, and the checks at spec.checks_at. The draw keeps out the images the
+    generator trained its conditions on."""
+    model = kit.model
+    check_target(target, model.form)
+    train = splits[0]
+    exclude = torch.cat(generator_images(train.labels, model.meta["images_per_class"], model.form.classes,
+                                         model.meta["images_seed"], spec.validation))
+    cache = FeatureCache(kit.task, model.form, device)
+    donors = [Trunk(name, state) for name, state in kit.donors]
+    report = head_study(model, [Trunk(TARGET, target)], donors, splits, spec, cache, exclude, pool)
+    return {**report, "condition": f"trunk={TARGET}", "kit": str(kit.folder)}
