@@ -46,3 +46,22 @@ def test_a_run_on_a_held_out_trunk():
     report = json.loads(open(report_file).read())
     assert report["target"] == "trunk-44" and report["condition"] == "trunk=target"
     assert "best control on the same images" in status
+
+
+@pytest.mark.server
+def test_the_page_serves_heads_beside_generate():
+    from gradio_client import Client
+    from gradio_client.exceptions import AppError
+
+    from pdiff.app.ui import build_demo, free_port, launch
+
+    demo = build_demo()
+    launch(demo, server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(demo.local_url, verbose=False)
+        endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+        assert {"/generate", "/heads"} <= set(endpoints)
+        with pytest.raises(AppError, match="upload a model file"):
+            client.predict(UPLOAD, None, 5, 2, 0, api_name="/heads")
+    finally:
+        demo.close()
