@@ -6,9 +6,9 @@ best mean validation accuracy is kept in the bundle (its `condition.guidance`), 
 that drew the sets beside it.
 
 The sets are drawn with the sampler the reports use (SamplingSpec's default: DDPM, all T steps), because the figures
-depend on it: drawn with DDIM-20, the trunk bundle's choice put its first training trunk at 52 % (scale 1) and 70 %
-(scale 3), where DDPM-1000 gives about 78 and 87 %. A faster sampler may be asked for
-(`train --guidance-sampler ddim`); the record names the sampler and its steps either way.
+depend on it: a few DDIM steps put a trunk bundle's first training trunk tens of points under where DDPM-1000 puts
+it. A faster sampler may be asked for (`train --guidance-sampler ddim`); the record names the sampler and its steps
+either way (experiments/guidance_sampler.py draws a shipped bundle's choice again with another sampler).
 """
 from __future__ import annotations
 
