@@ -28,7 +28,7 @@ bundle = pdiff.train(collection, train, test, autoencoder={"steps": 300}, ddpm={
 samples = pdiff.sample(bundle, 50, seed=0)  # the CLI's sampler: the full DDPM chain
 report = pdiff.evaluate(samples, test)  # beside the 30 originals and the memorisation baselines
 print(report.text())
-print("summary:", json.dumps({k: report["summary"][k] for k in ("generated", "originals")}))
+print("summary:", json.dumps({k: report["sources"][k]["summary"]["acc"] for k in ("generated", "originals")}))
 if len(sys.argv) > 1:  # each object saves itself to a folder
     for name, obj in [("collection", collection), ("bundle", bundle), ("samples", samples), ("report", report)]:
         obj.save(f"{sys.argv[1]}/{name}")

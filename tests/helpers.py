@@ -95,13 +95,6 @@ def report(bundle, target="clean", test=None, *, n=3, seed=0, sampler="ddim", st
                       EvalSettings(**settings), engines)
 
 
-def sources(report: dict) -> dict:
-    """Every source block of an evaluate report: generated, originals, the baselines, the whole-model controls and
-    the defences (what the app's transfer table shows)."""
-    return {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
-            **report.get("controls", {}), **report.get("defences", {})}
-
-
 def transfer(bundle, victim, train, test, *, n=3, seeds=(0,), steps=3, methods=(), budget=0.05, shrink=0.0,
              stitch_epochs=0, epochs=10, k=None, trigger=None, anp_iterations=20, revived=1, anp_threshold=None):
     """studies.transfer.run_transfer with its objects built as the CLI builds them (no validation split held out)."""

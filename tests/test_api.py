@@ -65,7 +65,7 @@ def test_the_example_runs_end_to_end_and_saves_what_it_made(tmp_path, small_test
     saved = load_file(tmp_path / "samples" / "samples.safetensors")
     assert saved["7.weight"].shape == (50, 10, 64) and saved["6.bias"].shape == (50, 64)
     report = json.loads((tmp_path / "report" / "report.json").read_text())
-    assert report["summary"]["generated"]["mean"] == pytest.approx(summary["generated"]["mean"])
+    assert report["sources"]["generated"]["summary"]["acc"]["mean"] == pytest.approx(summary["generated"]["mean"])
     # loaded without its model, it still saves again whole (bundle.json keeps the constructor arguments)
     pdiff.load(tmp_path / "bundle").save(tmp_path / "bundle-again")
     assert (json.loads((tmp_path / "bundle-again" / "bundle.json").read_text())["files"]
@@ -73,7 +73,8 @@ def test_the_example_runs_end_to_end_and_saves_what_it_made(tmp_path, small_test
     bundle = pdiff.load(tmp_path / "bundle-again", model=example_cnn)
     test = pdiff.Split(small_test.images[:300], small_test.labels[:300], **NORM)
     again = pdiff.evaluate(pdiff.sample(bundle, 8, "ddim", 10), test, settings=pdiff.EvalSettings(baselines=False))
-    assert len(again["generated"]["acc"]) == 8 and again["summary"]["generated"]["mean"] > 50
+    generated = again["sources"]["generated"]
+    assert len(generated["acc"]) == 8 and generated["summary"]["acc"]["mean"] > 50
 
 
 def test_whole_model_evaluation_equals_the_staged_one(small_test):
@@ -155,7 +156,7 @@ def test_a_module_in_memory_is_a_target(small_train, small_test):
     assert len(bundle.meta["training"]["reconstruction"]["acc"]) == 6
     report = pdiff.evaluate(pdiff.sample(bundle, 4, "ddim", 5), test, target=base,
                             settings=pdiff.EvalSettings(baselines=False))
-    assert report["target"]["name"] == "Sequential" and len(report["generated"]["acc"]) == 4
+    assert report["target"]["name"] == "Sequential" and len(report["sources"]["generated"]["acc"]) == 4
     with pytest.raises(ValueError, match="not a named one: give the train Split as `data`"):
         pdiff.train(collection)
     with pytest.raises(ValueError, match="not a named one: give the test Split as `test` .*reconstruction=False"):

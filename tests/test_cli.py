@@ -63,7 +63,7 @@ def test_evaluate_writes_the_report(tmp_path):
                "--no-tsne", "--test-subset", "500", "--json", str(tmp_path / "r.json"), "--device", "cpu")
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "r.json").read_text())
-    assert len(report["generated"]["der"]) == 4 and report["target"]["asr"] > 90  # the shipped victim's backdoor
+    assert len(report["sources"]["generated"]["der"]) == 4 and report["target"]["asr"] > 90  # the victim's backdoor
     assert "average:" in out.stdout and "median:" in out.stdout
     assert report["validation"]["size"] == 5000  # the default hold-out
     # a small training subset: the default hold-out shrinks to half of it instead of failing
@@ -111,6 +111,6 @@ def test_transfer_measures_controls_and_defences_and_refuses_bad_budgets(tmp_pat
                "--defence-epochs", "1", "--json", str(tmp_path / "t.json"))
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "t.json").read_text())
-    assert list(report["methods"]) == ["generated", "clean-layers", "average", "ft", "clp"]
-    assert report["methods"]["ft"]["clean_images"] == 200 and report["defence_settings"]["epochs"] == 1
+    assert list(report["sources"]) == ["generated", "clean-layers", "average", "ft", "clp"]
+    assert report["sources"]["ft"]["clean_images"] == 200 and report["defence_settings"]["epochs"] == 1
     assert "200 images" in out.stdout and "clean-layers" in out.stdout

@@ -144,7 +144,7 @@ def test_an_acc_conditional_bundle_from_the_cli_samples_what_it_is_asked(tiny_co
     r = json.loads(report.read_text())
     assert r["condition"]["kind"] == "acc" and r["condition"]["asked"] == "acc=best"
     assert set(r["condition"]["originals_top_by_validation"]) == {"top10", "top25", "top50"}
-    assert {"gaussian_top10_t0.5", "gaussian_top25_t1", "gaussian_top50_t0"} <= set(r["baselines"])
+    assert {"gaussian_top10_t0.5", "gaussian_top25_t1", "gaussian_top50_t0"} <= set(r["sources"])
     assert cli.main(["sample", "--bundle", str(out), "--n", "3", "--sampler", "ddim", "--steps", "5", "--condition",
                      "acc=200", "--out", str(tmp_path / "s.safetensors")]) == 2  # outside the range: refused
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from pdiff.measure.sources import of_family, ordered, source
 from pdiff.studies import formats
 
 # three reports written before the formats had versions (the 60,000-image models' results/generator/default-seed0,
@@ -11,28 +12,79 @@ from pdiff.studies import formats
 OLD = Path(__file__).resolve().parent / "data" / "reports-before-v1"
 
 
+SECTIONS = ("generated", "originals", "baselines", "controls", "defences")  # an evaluate report's, before version 3
+ROOT = Path(__file__).resolve().parent.parent
+# version 2: the shipped example on the victim as of commit be48f2a, an acc=best run on the clean model
+V2 = {"victim": Path(__file__).resolve().parent / "data" / "reports-v2" / "evaluate-victim.json",
+      "clean": ROOT / "results" / "conditions" / "acc-best-seed0.json"}
+
+
+def _old_blocks(old: dict) -> dict:
+    """Every source block an evaluate report of version 2 or before held, by name; a transfer report's methods."""
+    if "methods" in old:
+        return old["methods"]
+    return {"generated": old["generated"], "originals": old["originals"], **old.get("baselines", {}),
+            **old.get("controls", {}), **old.get("defences", {})}
+
+
+def _same_sources(new: dict, old: dict) -> None:
+    """Every block the old report had is its source's entry in `sources`, filed by the registry, nothing it had
+    changed; an evaluate report's old accuracy summaries are the entries' own."""
+    blocks = _old_blocks(old)
+    assert list(new["sources"]) == (list(blocks) if "methods" in old else ordered(blocks))
+    for name, block in blocks.items():
+        e = new["sources"][name]
+        assert (e["family"], e["kind"]) == (source(name).family, source(name).kind)
+        assert {k: v for k, v in e.items() if k in block} == block
+        if "summary" in old and name in old["summary"]:
+            assert e["summary"]["acc"] == pytest.approx(old["summary"][name])
+            if "summary_der" in old:
+                assert e["summary"]["der"] == pytest.approx(old["summary_der"][name])
+
+
 @pytest.mark.parametrize("path, kind", [(OLD / "evaluate.json", formats.EVALUATE),
                                         (OLD / "transfer.json", formats.TRANSFER),
                                         (OLD / "loto.json", formats.LOTO)])
-def test_reports_written_before_version_1_read_as_version_1(path, kind):
+def test_reports_written_before_version_1_read_as_the_current_version(path, kind):
     old = json.loads(path.read_text())
     assert "format" not in old  # written before the report formats had versions
     new = formats.check(formats.read(path))
     assert (new["format"], new["format_version"]) == (kind, formats.VERSION)
-    assert new["settings"]["sampling"]["n"] == old["n"]
-    assert {k: v for k, v in new.items() if k in old} == old  # nothing it had is changed
+    assert new["settings"]["sampling"] == {"n": old["n"], "sampler": old["sampler"], "steps": old.get("steps"),
+                                           "seed": old.get("seed", (old.get("seeds") or [None])[0])}
+    gone = {*formats.SAMPLING_KEYS, *(() if kind == formats.LOTO else  # a loto report keeps its own blocks
+                                      (*SECTIONS, "methods", "summary", "summary_asr", "summary_der"))}
+    assert {k: v for k, v in new.items() if k in old} == {k: v for k, v in old.items() if k not in gone}
+    if kind != formats.LOTO:
+        _same_sources(new, old)
     if kind == formats.EVALUATE:
-        assert new["defences"] == {}  # written before the defences were part of the report: none were run
-        assert new["condition"] is None  # and before conditions: nothing was asked
+        # written before the defences and conditions were part of the report: none were run, nothing was asked
+        assert not of_family(new["sources"], "defence") and new["condition"] is None
+        assert new["chain_steps"] == old["steps"]
 
 
-def test_a_version_1_evaluate_report_gains_its_condition_and_nothing_else(victim_report):
-    v1 = {k: v for k, v in victim_report.items() if k != "condition"}
-    v1["format_version"] = 1
-    new = formats.check(formats.upgrade(v1))
-    assert new["condition"] is None and new["format_version"] == formats.VERSION
-    unchanged = {k: v for k, v in v1.items() if k != "format_version"}
-    assert {k: v for k, v in new.items() if k != "format_version"} == {**unchanged, "condition": None}
+@pytest.mark.parametrize("target", ["clean", "victim"])
+def test_a_version_2_evaluate_report_reads_as_one_sources_block(target):
+    old = json.loads(V2[target].read_text())
+    assert old["format_version"] == 2
+    new = formats.check(formats.upgrade(old))
+    assert new["format_version"] == formats.VERSION and new["chain_steps"] == old["steps"]
+    assert new["settings"] == old["settings"] and new["settings"]["sampling"]["n"] == old["n"]
+    assert not {*formats.SAMPLING_KEYS, *SECTIONS, "summary", "summary_asr", "summary_der"} & set(new)
+    _same_sources(new, old)
+    if target == "victim":  # a backdoored target's controls and defences, filed by family
+        assert {"clean-layers", "clean-model"} <= set(of_family(new["sources"], "control"))
+        assert all("clean_resources" in e for e in new["sources"].values())
+
+
+def test_a_version_2_transfer_report_reads_as_one_sources_block():
+    path = ROOT / "results" / "transfer" / "scratch-badnets.json"
+    old = json.loads(path.read_text())
+    new = formats.check(formats.read(path))
+    assert "methods" not in new and "n" not in new and new["seeds"] == old["seeds"]
+    _same_sources(new, old)
+    for metric, summary in old["methods"]["generated"]["summary"].items():  # recomputed from the same lists
+        assert new["sources"]["generated"]["summary"][metric] == pytest.approx(summary)
 
 
 def test_todays_report_has_its_shape(victim_report):
@@ -43,7 +95,7 @@ def test_todays_report_has_its_shape(victim_report):
 
 
 def test_a_report_from_a_newer_pdiff_or_of_no_known_kind_is_refused():
-    with pytest.raises(ValueError, match="format_version 9; this pdiff reads versions up to 2: upgrade pdiff"):
+    with pytest.raises(ValueError, match="format_version 9; this pdiff reads versions up to 3: upgrade pdiff"):
         formats.upgrade({"format": formats.TRANSFER, "format_version": 9})
     with pytest.raises(ValueError, match="not a pdiff report"):
         formats.upgrade({"hello": 1})

@@ -69,7 +69,8 @@ def test_collect_train_evaluate_transfer(task, cifar_dir, tmp_path, monkeypatch)
     assert main(["evaluate", "--bundle", str(bundle), "--target", "clean", *SAMPLING, "--json", str(report_path),
                  "--no-tsne", "--validation", "16", "--bn-images", "0", *data]) == 0
     report = json.loads(report_path.read_text())
-    assert report["n"] == 3 and report["task"] == task and len(report["generated"]["acc"]) == 3
+    assert report["settings"]["sampling"]["n"] == 3 and report["task"] == task
+    assert len(report["sources"]["generated"]["acc"]) == 3
 
     transfer_path = tmp_path / "transfer.json"
     assert main(["transfer", "--bundle", str(bundle), "--victim", str(victim), *SAMPLING, "--methods",
@@ -78,7 +79,7 @@ def test_collect_train_evaluate_transfer(task, cifar_dir, tmp_path, monkeypatch)
                  "--revived", "1"]) == 0  # the revival attack on one ResNet-18 per method: minutes on a CPU otherwise
     transfer = json.loads(transfer_path.read_text())
     assert transfer["victim"]["name"] == victim.name and transfer["victim"]["trigger"]["name"] == "badnets"
-    assert {k: len(transfer["methods"][k]["der"]) for k in transfer["methods"]} == {
+    assert {k: len(transfer["sources"][k]["der"]) for k in transfer["sources"]} == {
         "generated": 3, "originals": 4, "finetune": 1}  # a defence: its final checkpoint
-    assert all(0 <= v <= 100 for m in transfer["methods"].values() for v in m["acc"] + m["asr"])
-    assert all(len(m["revived"]["asr"]) == 1 for m in transfer["methods"].values())
+    assert all(0 <= v <= 100 for m in transfer["sources"].values() for v in m["acc"] + m["asr"])
+    assert all(len(m["revived"]["asr"]) == 1 for m in transfer["sources"].values())

@@ -92,11 +92,11 @@ def test_transfer_reports_the_stitch_methods(tiny_bundle, small_train, small_tes
                  budget=0.25)
     assert r["stitch"]["images"] == 256 and r["stitch"]["clean_images"] == 256
     assert r["timings_s"]["per_method"]["stitch+generated"] > 0
-    assert len(r["methods"]["stitch+generated"]["acc"]) == 6
+    assert len(r["sources"]["stitch+generated"]["acc"]) == 6
     # the stitch is refitted on every seed's budget: its own layers behind it are measured per seed too
-    assert len(r["methods"]["stitch+clean-layers"]["acc"]) == 2 and len(r["stitch_per_seed"]) == 2
+    assert len(r["sources"]["stitch+clean-layers"]["acc"]) == 2 and len(r["stitch_per_seed"]) == 2
     v = r["victim"]
-    for m in r["methods"].values():
+    for m in r["sources"].values():
         for d, acc, asr in zip(m["der"], m["acc"], m["asr"]):
             assert d == pytest.approx((max(0.0, v["asr"] - asr) / 100 - max(0.0, v["acc"] - acc) / 100 + 1) / 2)
 

@@ -104,7 +104,7 @@ def test_fixed_controls_change_no_prediction(tiny_bundle, small_train, small_tes
     app, same_vectors = report(tiny_bundle, "clean", seed=3, controls_seed=0, **kwargs)
     assert torch.equal(vectors, same_vectors)
     for name in ("generated", "originals"):
-        assert app[name] == cli[name], name
+        assert app["sources"][name] == cli["sources"][name], name
     assert app["validation"]["selected"] == cli["validation"]["selected"]
 
 
@@ -154,6 +154,6 @@ def test_the_default_run_from_the_shipped_cache_is_the_shipped_example(tmp_path)
 
     shared = ["noise_0.01", "noise_0.05", "noise_0.15", "interpolation", "average", "average-16", "gaussian",
               "noise_matched"]
-    accs = {"generated": report["generated"]["acc"], "originals": report["originals"]["acc"],
-            **{name: report["baselines"][name]["acc"] for name in shared}}
+    accs = {"generated": report["sources"]["generated"]["acc"], "originals": report["sources"]["originals"]["acc"],
+            **{name: report["sources"][name]["acc"] for name in shared}}
     assert hashlib.sha256(json.dumps(accs, sort_keys=True).encode()).hexdigest() == BEFORE_CACHE

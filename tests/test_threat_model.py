@@ -48,7 +48,7 @@ def test_transfer_with_the_donor_uses_its_budget_and_states_every_method_s_resou
                "--revived", "1", "--json", str(tmp_path / "t.json"), *SMALL)
     r = json.loads((tmp_path / "t.json").read_text())
     assert "once, with seed 3" in r["clean_budget"]["drawn"] and r["clean_budget"]["images"] == 256
-    m = r["methods"]
+    m = r["sources"]
     assert m["donor"]["clean_resources"] == {"images": 0, "model_images": 256, "checkpoints": 0}
     assert m["clean-model"]["clean_resources"] == {"images": 0, "model_images": 55000, "checkpoints": 0}
     assert m["generated"]["clean_resources"] == {"images": 0, "model_images": 256, "checkpoints": 6}

@@ -2,9 +2,8 @@ import pytest
 import torch
 
 from pdiff.data.triggers import der
-from pdiff.core.params import unflatten
 from pdiff.measure.sources import source
-from pdiff.studies.transfer import FIRST_LOOK, METHODS, TABLE_HEADERS, check_methods, control_sets, table, table_rows
+from pdiff.studies.transfer import FIRST_LOOK, METHODS, TABLE_HEADERS, check_methods, table, table_rows
 
 from helpers import transfer, with_recipe
 
@@ -18,12 +17,13 @@ def transfer_report(tiny_bundle, small_train, small_test):
 def test_every_method_returns_the_report_keys(transfer_report):
     r = transfer_report
     assert set(r["victim"]) >= {"acc", "asr", "ra"} and r["victim"]["trigger"]["name"] == "badnets"
-    assert list(r["methods"]) == [m for m in METHODS if m != "donor"]  # no donor: the bundle is not a budget donor's
+    assert list(r["sources"]) == [m for m in METHODS if m != "donor"]  # no donor: the bundle is not a budget donor's
     assert r["clean_budget"]["images"] == 256 and r["defence_settings"]["epochs"] == 1 and r["defence_settings"]["k"] == 5
     assert r["defence_settings"]["lr"] == 0.01 and r["defence_settings"]["clp_u"] == 3.0
     # every control and defence: one model (a defence's final checkpoint)
     sizes = {"generated": 4, "originals": 8, "stitch+generated": 4}
-    for name, m in r["methods"].items():
+    for name, m in r["sources"].items():
+        assert (m["family"], m["kind"]) == (source(name).family, source(name).kind)  # filed by the registry
         for key in ("acc", "asr", "ra", "der"):
             assert len(m[key]) == sizes.get(name, 1), (name, key)
         assert set(m["summary"]) == {"acc", "asr", "ra", "der"}
@@ -34,44 +34,37 @@ def test_every_method_returns_the_report_keys(transfer_report):
         assert ledger["images"] == m["clean_images"] and ledger["checkpoints"] == (8 if source(name).checkpoints else 0)
         assert (ledger["model_images"] is None) == (not (source(name).model or source(name).checkpoints))
         assert len(m["revived"]["asr"]) == (1 if name != "clp" else 1)  # the revival attack: the first model of each
-    assert r["methods"]["generated"]["clean_data"] == "0 (+ clean checkpoints)"
-    assert r["methods"]["clean-layers"]["clean_data"] == "0 (+ clean model)"
-    assert r["methods"]["ft"]["clean_data"] == "256 images" and r["methods"]["clp"]["clean_data"] == "0"
-    assert r["methods"]["generated"]["model_std"]["acc"] == pytest.approx(r["methods"]["generated"]["summary"]["acc"]["std"])
-    assert r["methods"]["ft"]["model_std"]["acc"] is None  # one model per seed: no spread over models
+    assert r["sources"]["generated"]["clean_data"] == "0 (+ clean checkpoints)"
+    assert r["sources"]["clean-layers"]["clean_data"] == "0 (+ clean model)"
+    assert r["sources"]["ft"]["clean_data"] == "256 images" and r["sources"]["clp"]["clean_data"] == "0"
+    generated = r["sources"]["generated"]
+    assert generated["model_std"]["acc"] == pytest.approx(generated["summary"]["acc"]["std"])
+    assert "n" not in r and "sampler" not in r and r["settings"]["sampling"]["n"] == 4  # sampling recorded once
+    assert r["sources"]["ft"]["model_std"]["acc"] is None  # one model per seed: no spread over models
     for name in ("finetune", "reinit"):  # the final checkpoint, and the run's mean as a labelled extra
-        assert set(r["methods"][name]["run_mean"]) == {"acc", "asr", "ra", "der"}
-    assert set(r["timings_s"]["per_method"]) == set(r["methods"]) and r["timings_s"]["per_method"]["ft"] > 0
-    assert r["methods"]["clean-model"]["clean_resources"]["model_images"] == 1024  # the tiny collection's training split
-    assert set(r["methods"]["fp"]["details"][0]) >= {"pruned_channels", "channels"}
-    assert r["stitch"]["clean_images"] == 256 and r["methods"]["stitch+generated"]["clean_data"].startswith("256 images")
+        assert set(r["sources"][name]["run_mean"]) == {"acc", "asr", "ra", "der"}
+    assert set(r["timings_s"]["per_method"]) == set(r["sources"]) and r["timings_s"]["per_method"]["ft"] > 0
+    assert r["sources"]["clean-model"]["clean_resources"]["model_images"] == 1024  # the tiny collection's training split
+    assert set(r["sources"]["fp"]["details"][0]) >= {"pruned_channels", "channels"}
+    assert r["stitch"]["clean_images"] == 256 and r["sources"]["stitch+generated"]["clean_data"].startswith("256 images")
     text = table(r)
-    assert all(name in text for name in r["methods"]) and "256 images" in text and "final checkpoint" in text
+    assert all(name in text for name in r["sources"]) and "256 images" in text and "final checkpoint" in text
     assert "revived: ASR after 20 SGD steps" in text
 
 
 def test_der_of_each_method_is_the_formula(transfer_report):
     v = transfer_report["victim"]
-    for name, m in transfer_report["methods"].items():
+    for name, m in transfer_report["sources"].items():
         assert m["der"] == pytest.approx(der(v["acc"], v["asr"], m["acc"], m["asr"])), name
         for d, acc, asr in zip(m["der"], m["acc"], m["asr"]):
             assert d == pytest.approx((max(0.0, v["asr"] - asr) / 100 - max(0.0, v["acc"] - acc) / 100 + 1) / 2)
 
 
-def test_clean_layers_are_the_base_values_and_average_the_mean(tiny_bundle):
-    sets = control_sets(tiny_bundle, ("average", "clean-layers"))
-    assert list(sets) == ["average", "clean-layers"]
-    layers = unflatten(sets["clean-layers"], tiny_bundle.layout)
-    for name in tiny_bundle.names:
-        assert torch.equal(layers[name][0], tiny_bundle.base_state[name].float())
-    assert torch.allclose(sets["average"][0], tiny_bundle.originals.mean(0))
-
-
 def test_the_table_rows_carry_the_ledger_spread_revival_and_time(transfer_report):
-    rows = table_rows(transfer_report["victim"], transfer_report["methods"])
+    rows = table_rows(transfer_report["victim"], transfer_report["sources"])
     assert all(len(row) == len(TABLE_HEADERS) for row in rows)
     by_name = {row[0]: row for row in rows}
-    ft, gen = transfer_report["methods"]["ft"], transfer_report["methods"]["generated"]
+    ft, gen = transfer_report["sources"]["ft"], transfer_report["sources"]["generated"]
     assert by_name["ft"][1:5] == [256, None, 0, 1] and by_name["ft"][12] == round(ft["seconds"][0], 1)
     assert by_name["generated"][1:4] == [0, 1024, 8]  # no budget images; the clean model's 1,024 and its 8 checkpoints
     assert by_name["generated"][10] == round(gen["model_std"]["der"], 3)
@@ -92,10 +85,10 @@ def test_bad_budget_and_methods_are_named(tiny_bundle, small_train, small_test):
 def test_several_seeds_report_a_spread_and_the_originals_once(tiny_bundle, small_test):
     r = transfer(tiny_bundle, "finetuned", None, small_test, n=3, seeds=[0, 1], methods=("generated", "originals", "average", "clp"))
     assert r["victim"]["name"] == "finetuned-blended" and r["seeds"] == [0, 1]
-    gen, orig = r["methods"]["generated"], r["methods"]["originals"]
+    gen, orig = r["sources"]["generated"], r["sources"]["originals"]
     assert len(gen["acc"]) == 6 and len(gen["per_seed"]["acc"]) == 2
     assert len(orig["acc"]) == 8 and len(orig["per_seed"]["acc"]) == 1  # the same K sets whatever the seed
-    assert len(r["methods"]["average"]["acc"]) == len(r["methods"]["clp"]["acc"]) == 1  # seed-free: measured once
+    assert len(r["sources"]["average"]["acc"]) == len(r["sources"]["clp"]["acc"]) == 1  # seed-free: measured once
     # the spread over models within each seed, beside the spread of the seeds' means
     stds = [torch.tensor(gen["der"][i:i + 3], dtype=torch.float64).std().item() for i in (0, 3)]
     assert gen["per_seed_model_std"]["der"] == pytest.approx(stds)
@@ -119,7 +112,7 @@ def test_a_failed_defence_is_marked_and_the_run_goes_on(tiny_bundle, small_train
                  budget=0.25, anp_iterations=2, revived=0, anp_threshold=1.0)  # every mask is below 1 after a step
     err = capsys.readouterr().err
     assert "transfer: anp seed 0 done" in err and "min left" in err
-    if r["methods"]["anp"].get("failed"):  # the threshold pruned every neuron: one line, the run went on
-        assert "would prune all 224 neurons" in r["methods"]["anp"]["failed"][0] and r["methods"]["anp"]["acc"] == []
+    if r["sources"]["anp"].get("failed"):  # the threshold pruned every neuron: one line, the run went on
+        assert "would prune all 224 neurons" in r["sources"]["anp"]["failed"][0] and r["sources"]["anp"]["acc"] == []
         assert "note: anp: threshold 1.0 would prune all 224 neurons" in err
-    assert len(r["methods"]["generated"]["acc"]) == 1
+    assert len(r["sources"]["generated"]["acc"]) == 1

@@ -35,8 +35,8 @@ def _run(client, **kwargs):
 def test_generate_on_default_bundle(client):
     out = _run(client)
     report = json.loads(open(out[0]).read())
-    assert report["task"] == "fmnist-convnet" and report["n"] == 6
-    assert len(report["generated"]["acc"]) == 6 and len(report["similarity"]["max_iou_to_originals"]) == 6
+    assert report["task"] == "fmnist-convnet" and report["settings"]["sampling"]["n"] == 6
+    assert len(report["sources"]["generated"]["acc"]) == 6 and len(report["similarity"]["max_iou_to_originals"]) == 6
     assert os.path.getsize(out[1]) > 0  # generated parameters file
     for fig in (out[3], out[5], out[6]):  # accuracy, t-SNE, accuracy-vs-IoU plots
         parsed = json.loads(fig["plot"])
@@ -48,8 +48,8 @@ def test_generate_on_default_bundle(client):
     assert [row[0] for row in out[2]["data"]] == first
     assert [t["name"] for t in json.loads(out[3]["plot"])["data"]] == first
     assert {t["name"] for t in json.loads(out[5]["plot"])["data"]} == set(first)
-    assert {"noise_matched", "interpolation", "gaussian"} <= set(report["baselines"]) and out[10]["value"] == []
-    assert not any(name.startswith("gaussian_top") for name in report["baselines"])  # its scale is 0: no condition
+    assert {"noise_matched", "interpolation", "gaussian"} <= set(report["sources"]) and out[10]["value"] == []
+    assert not any(name.startswith("gaussian_top") for name in report["sources"])  # its scale is 0: no condition
 
 
 def test_results_come_in_stages(client):
@@ -108,7 +108,7 @@ def test_uploaded_victim_state_dict(client, tmp_path):
     torch.save(victim, path)
     out = _run(client, target="upload", victim_file=handle_file(str(path)))
     report = json.loads(open(out[0]).read())
-    assert report["target"]["name"] == "victim.pth" and len(report["generated"]["asr"]) == 6
+    assert report["target"]["name"] == "victim.pth" and len(report["sources"]["generated"]["asr"]) == 6
     assert report["target"]["asr"] > 50  # the uploaded model is the backdoored one
     assert report["target"]["trigger_source"] == "assumed (no victim report beside the file)"
     assert "assumed (no victim report beside the file)" in out[7]  # the status line says so too
@@ -247,7 +247,8 @@ def test_four_clients_at_once_all_answered(tmp_path):
         with ThreadPoolExecutor(4) as pool:
             outs = list(pool.map(call, range(4)))
         reports = [json.loads(Path(out[0]).read_text()) for out in outs]
-        assert [r["seed"] for r in reports] == [0, 1, 2, 3] and all(len(r["generated"]["acc"]) == 2 for r in reports)
+        assert [r["settings"]["sampling"]["seed"] for r in reports] == [0, 1, 2, 3]
+        assert all(len(r["sources"]["generated"]["acc"]) == 2 for r in reports)
         # this server's files only: gradio's upload folder is shared by every server on the machine
         served = set().union(*demo.temp_file_sets)
         written = {p for p in set(runs_folder().rglob("*.*")) - before if str(p) in served}

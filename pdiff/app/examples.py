@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pdiff.core.files import write_json
 from pdiff.core.paths import shipped
+from pdiff.studies.formats import read
 
 EXAMPLE_TARGETS = ("clean", "victim")
 EXAMPLES = shipped("assets") / "examples" if shipped("assets") else None  # None in an installed copy
@@ -32,14 +33,15 @@ def example_path(bundle_name: str, target: str) -> Path | None:
 
 def load_example(bundle_name: str, target: str, digest: str | None) -> dict | None:
     """The shipped example of `bundle_name` on `target`, if it was made from the bundle of this `digest`:
-    {"example": how it was made, "report": its report, "files": (report.json, generated.safetensors)}."""
+    {"example": how it was made, "report": its report (of the current format), "files": (report.json,
+    generated.safetensors)}."""
     folder = example_path(bundle_name, target)
     if folder is None or not (folder / EXAMPLE).is_file():
         return None
     made = json.loads((folder / EXAMPLE).read_text())
     if made["bundle_digest"] != digest:
         return None
-    return {"example": made, "report": json.loads((folder / REPORT).read_text()),
+    return {"example": made, "report": read(folder / REPORT),
             "files": (str(folder / REPORT), str(folder / PARAMS))}
 
 

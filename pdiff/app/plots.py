@@ -3,25 +3,27 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from pdiff.measure.sources import colour, ordered
+from pdiff.measure.sources import colour, of_family, ordered
 
 # what the page shows before anything is ticked: the generated sets, the originals, the average and the strongest
 # control at matched novelty (the per-number Gaussian at the generated sets' max-IoU; the plain one where none
 # was matched); every other source is one tick away and always in the JSON report
 ALWAYS = ("generated", "originals")
+PLOTTED = ("generated", "control", "baseline", "defence")  # the families the plots show (the transfer table: all)
 
 
 def first_view(report: dict) -> list[str]:
     """The sources shown besides ALWAYS before anything is ticked."""
-    names = set(report.get("baselines", {}))
+    names = set(report["sources"])
     strongest = "gaussian_matched" if "gaussian_matched" in names else "gaussian"
     return [name for name in ("average", strongest) if name in names]
 
 
 def more_sources(report: dict) -> list[str]:
-    """Every other source of the report (baselines, controls, defences), in the registry's order."""
+    """Every other source of the report but the whole-model controls (baselines, the layer controls, defences), in
+    the registry's order."""
     shown = {*ALWAYS, *first_view(report)}
-    return [name for name in ordered({*report.get("baselines", {}), *report.get("defences", {})}) if name not in shown]
+    return [name for name in _plotted(report) if name not in shown]
 
 
 def focus(report: dict, more=()) -> dict:
@@ -29,15 +31,22 @@ def focus(report: dict, more=()) -> dict:
     keep = {*ALWAYS, *first_view(report), *more}
     t = report.get("tsne", {"x": [], "y": [], "source": [], "acc": []})
     idx = [i for i, name in enumerate(t["source"]) if name in keep]
-    return {**report, "baselines": {k: v for k, v in report.get("baselines", {}).items() if k in keep},
-            "defences": {k: v for k, v in report.get("defences", {}).items() if k in keep},
+    return {**report, "sources": {k: v for k, v in report["sources"].items() if k in keep},
             "tsne": {key: [t[key][i] for i in idx] for key in ("x", "y", "source", "acc")}}
 
 
-def _sources(report: dict) -> dict[str, dict]:
-    """generated, originals and each baseline -> their metric lists, in the registry's order."""
-    found = {"generated": report["generated"], "originals": report["originals"], **report.get("baselines", {})}
+def _plotted(report: dict) -> dict[str, dict]:
+    """The sources the plots can show, in the registry's order: those of the PLOTTED families but the whole clean
+    models as they are (the transfer table's rows)."""
+    found = {name: e for name, e in of_family(report["sources"], *PLOTTED).items()
+             if not (e["family"] == "control" and e["kind"] == "whole")}
     return {s: found[s] for s in ordered(found)}
+
+
+def _sources(report: dict) -> dict[str, dict]:
+    """The plotted sets of layout vectors, every model of each shown (generated, originals, baselines, the layer
+    controls and defences that gave a model) -> their blocks."""
+    return {name: e for name, e in _plotted(report).items() if e["kind"] == "layers" and "acc" in e}
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
@@ -107,11 +116,11 @@ def acc_vs_asr(report: dict) -> go.Figure:
     """Every generated model's clean accuracy against its attack success rate, with each other source's mean
     (controls, baselines and defences: diamonds) and the target as-is (a black cross, its own legend entry)
     marked: where a backdoor removal would sit (top left)."""
-    g = report["generated"]
+    g = report["sources"]["generated"]
     fig = go.Figure(go.Scatter(x=g["asr"], y=g["acc"], mode="markers", name="generated",
                                marker=dict(size=6, color=colour("generated"), opacity=0.7),
                                hovertemplate="ASR %{x:.2f}%<br>ACC %{y:.2f}%<extra></extra>"))
-    for name, m in {**_sources(report), **report.get("defences", {})}.items():
+    for name, m in _plotted(report).items():
         if name != "generated" and m.get("asr"):
             fig.add_trace(go.Scatter(x=[sum(m["asr"]) / len(m["asr"])], y=[sum(m["acc"]) / len(m["acc"])],
                                      mode="markers", name=f"{name} (mean)",
@@ -130,7 +139,7 @@ def summary_rows(report: dict) -> list[list]:
 
     rows = []
     for name, m in _sources(report).items():
-        s, nov = report["summary"][name], report.get("novelty", {}).get(name, {})
+        s, nov = m["summary"]["acc"], report.get("novelty", {}).get(name, {})
         rows.append([name, len(m["acc"]), *(r(s[k], 2) for k in ("best", "mean", "median", "min")), r(s.get("std"), 3),
                      *(r(nov.get(k), 3) for k in ("self_iou", "max_iou_mean", "coverage"))])
     return rows

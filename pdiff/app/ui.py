@@ -152,9 +152,8 @@ def views(report: dict, files: tuple[str | None, str | None] = (None, None), exa
     """Every output of the page for a report (finished, a stage of one, or a shipped example), in OUTPUT_ORDER: the
     plots and the table show the first view's sources and those of `more` (plots.focus); the transfer table all."""
     backdoor = report["backdoor"] == "applicable"
-    sources = {"generated": report["generated"], "originals": report["originals"], **report["baselines"],
-               **report.get("controls", {}), **report.get("defences", {})}
-    transfer = {"headers": TABLE_HEADERS, "data": table_rows(report["target"], sources) if backdoor else []}
+    rows = table_rows(report["target"], report["sources"]) if backdoor else []  # every source, by family's order
+    transfer = {"headers": TABLE_HEADERS, "data": rows}
     shown = _shown(report, more)
     choices = plots.more_sources(report)
     ticked = [m for m in more if m in choices]
@@ -207,16 +206,18 @@ def _run_folder() -> Path:
 
 
 def _status(report: dict, example: dict | None = None) -> str:
-    s, o, t = report["summary"]["generated"], report["summary"]["originals"], report["target"]
+    generated, t = report["sources"]["generated"], report["target"]
+    s, o = generated["summary"]["acc"], report["sources"]["originals"]["summary"]["acc"]
     if s["mean"] is None:
-        return f"All {report['n']} generated parameter sets had non-finite values; nothing to evaluate."
-    line = (f"**{report['n'] - report['generated']['nonfinite']} generated models** on `{t['name']}`: "
+        return (f"All {report['settings']['sampling']['n']} generated parameter sets had non-finite values; nothing "
+                "to evaluate.")
+    line = (f"**{len(generated['acc'])} generated models** on `{t['name']}`: "
             f"accuracy best {s['best']:.2f} / mean {s['mean']:.2f} / median {s['median']:.2f} / min {s['min']:.2f} "
             f"(originals best {o['best']:.2f} / mean {o['mean']:.2f}; target as-is {t['acc']:.2f}). "
             f"Sampling {report['timings_s']['sample']:.1f} s, evaluation {report['timings_s']['evaluate']:.1f} s "
             f"on {report['device']}.")
-    if report["generated"]["nonfinite"]:
-        line += f" {report['generated']['nonfinite']} sets had non-finite values and were left out."
+    if generated["nonfinite"]:
+        line += f" {generated['nonfinite']} sets had non-finite values and were left out."
     if report["backdoor"] != "applicable":
         line += f" Backdoor metrics {report['backdoor']}."
     condition = report.get("condition")

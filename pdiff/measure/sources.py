@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pdiff.core.registry import Registry
+from pdiff.measure.similarity import summary
 
 FAMILIES = ("generated", "control", "baseline", "defence", "stitch", "trunk")
+METRICS = ("acc", "asr", "ra", "der")  # the metric lists a report's source block carries (asr, ra, der: backdoored)
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,19 @@ def ordered(found) -> list[str]:
 def names(family: str, kind: str | None = None) -> tuple[str, ...]:
     """The registered sources of a family, in registration order (`kind`: only those of that kind)."""
     return tuple(s.name for s in SOURCES.values() if s.family == family and kind in (None, s.kind))
+
+
+def entry(name: str, block: dict, ledger: dict) -> dict:
+    """A report's block for one source: its family and kind (the registry's), what `block` holds (metric lists and
+    anything else the study records), a summary of each metric list and its clean-resources `ledger`."""
+    s = source(name)
+    return {"family": s.family, "kind": s.kind, **block,
+            "summary": {k: summary(block[k]) for k in METRICS if k in block}, "clean_resources": ledger}
+
+
+def of_family(block: dict[str, dict], *families: str) -> dict[str, dict]:
+    """The entries of a report's `sources` block whose family is one of `families`, in the block's order."""
+    return {name: e for name, e in block.items() if e["family"] in families}
 
 
 def clean_resources(name: str, budget_images: int, model_images: int | None, checkpoints: int,

@@ -2,7 +2,11 @@
 
 Every report carries `format` and `format_version` and the settings it ran with. Reports written before version 1
 had neither; `upgrade` names their format from their keys and fills what can be derived, so the results tables read
-old and new reports alike (`read`). Version 2 added the evaluate report's `condition`.
+old and new reports alike (`read`). Version 2 added the evaluate report's `condition`. Version 3 files every source
+of an evaluate or transfer report in one `sources` block keyed by name, each entry with its family and kind
+(measure.sources), its metric lists and their summary, and its clean-resources ledger (readers filter by family:
+sources.of_family); and records sampling once, in `settings.sampling` (the top-level n, seed, sampler and steps
+are gone; an evaluate report's `chain_steps` is the denoiser calls the reverse chain made).
 """
 from __future__ import annotations
 
@@ -10,8 +14,11 @@ import json
 from pathlib import Path
 from typing import TypedDict, get_type_hints
 
+from pdiff.measure.sources import entry, ordered
+
 EVALUATE, TRANSFER, LOTO, TRUNKS = "pdiff-report", "pdiff-transfer", "pdiff-loto", "pdiff-trunks"
-VERSION = 2
+VERSION = 3
+SAMPLING_KEYS = ("n", "seed", "sampler", "steps")  # in settings.sampling since version 1; top-level before 3
 
 
 class EvaluateReport(TypedDict):
@@ -23,20 +30,14 @@ class EvaluateReport(TypedDict):
     bundle: str | None
     target: dict            # name, acc, trigger_source; asr, ra, trigger for a backdoored target
     backdoor: str           # "applicable", or why not
-    n: int
-    seed: int
-    sampler: str
-    steps: int
+    chain_steps: int        # denoiser calls of the reverse chain (DDIM's steps, or the bundle's T)
     layers: list
-    generated: dict         # acc (asr, ra, der) per model, nonfinite, finite_index
-    originals: dict
-    baselines: dict         # source -> metric lists
+    # source -> family, kind, acc (asr, ra, der) per model, summary, clean_resources; generated: nonfinite and
+    # finite_index; a defence: seconds, clean_images (and details, or failed)
+    sources: dict
     unavailable: dict
-    summary: dict           # source -> best / mean / median / min / std of accuracy
     similarity: dict
     novelty: dict
-    controls: dict          # whole clean models as they are (the clean model; a budget donor's donor)
-    defences: dict
     tsne: dict
     timings_s: dict
     bn_statistics: str
@@ -53,13 +54,12 @@ class TransferReport(TypedDict):
     settings: dict          # sampling, data, transfer
     task: str
     victim: dict
-    n: int
     seeds: list
-    sampler: str
     layers: list
     clean_budget: dict
     defence_settings: dict
-    methods: dict           # method -> metric lists, summary, per_seed, spread, model_std, clean data
+    # method -> family, kind, metric lists, summary, per_seed, spread, model_std, clean data and clean_resources
+    sources: dict
     nonfinite: int
     device: str
     timings_s: dict
@@ -73,9 +73,6 @@ class LotoReport(TypedDict):
     task: str
     held_out_trunk: int
     trunk_acc: float
-    n: int
-    seed: int
-    sampler: str
     trained_on_trunks: list
     trunk_mode: str | None
 
@@ -90,9 +87,6 @@ class TrunksReport(TypedDict):
     trained_on_trunks: list
     probe_images: int
     guidance: float | None
-    n: int
-    seed: int
-    sampler: str
     trunks: dict            # held-out trunk -> source -> accuracies and their summary
     summary_over_trunks: dict
 
@@ -114,25 +108,57 @@ def kind_of(report: dict) -> str:
 
 
 def upgrade(report: dict) -> dict:
-    """A report of any version as the current one (the dict given is not changed). 0 -> 1: the format named, and the
-    settings rebuilt from the fields that recorded them. 1 -> 2: an evaluate report's `condition` (none before)."""
+    """A report of any version as the current one (the dict given is not changed), one step per version: 0 -> 1 the
+    format named and the settings rebuilt from the fields that recorded them; 1 -> 2 an evaluate report's
+    `condition` (none before); 2 -> 3 one `sources` block, sampling recorded once."""
     kind = kind_of(report)
     version = report.get("format_version", 0)
     if version > VERSION:
         raise ValueError(f"a {kind} report of format_version {version}; this pdiff reads versions up to {VERSION}: "
                          "upgrade pdiff")
-    if version == VERSION:
-        return report
-    if version == 0:
-        seeds = report.get("seeds") or [report.get("seed", 0)]
-        sampling = {"n": report.get("n"), "sampler": report.get("sampler"), "steps": report.get("steps"),
-                    "seed": seeds[0]}
-        # keys that came later, as the reports without them meant them: no defences run, no trunk mode recorded
-        later = {EVALUATE: {"defences": {}, "controls": {}}, LOTO: {"trunk_mode": None}}.get(kind, {})
-        report = {**later, **report, "format": kind, "settings": {"sampling": sampling}}
+    for step in _STEPS[version:]:
+        report = step(report, kind)
+    return report if version == VERSION else {**report, "format_version": VERSION}
+
+
+def _to_1(report: dict, kind: str) -> dict:
+    seeds = report.get("seeds") or [report.get("seed", 0)]
+    sampling = {"n": report.get("n"), "sampler": report.get("sampler"), "steps": report.get("steps"), "seed": seeds[0]}
+    # keys that came later, as the reports without them meant them: no defences run, no trunk mode recorded
+    later = {EVALUATE: {"defences": {}, "controls": {}}, LOTO: {"trunk_mode": None}}.get(kind, {})
+    return {**later, **report, "format": kind, "settings": {"sampling": sampling}}
+
+
+def _to_2(report: dict, kind: str) -> dict:
+    return {"condition": None, **report} if kind == EVALUATE else report
+
+
+def _to_3(report: dict, kind: str) -> dict:
+    out = {k: v for k, v in report.items() if k not in SAMPLING_KEYS}
     if kind == EVALUATE:
-        report = {"condition": None, **report}
-    return {**report, "format_version": VERSION}
+        return _evaluate_sources(out, report)
+    if kind == TRANSFER:
+        out.pop("methods")
+        # its summary was computed from the same lists; a method that failed at every seed had none
+        out["sources"] = {name: entry(name, {k: v for k, v in m.items() if k != "summary"}, m.get("clean_resources"))
+                          for name, m in report["methods"].items()}
+    return out
+
+
+def _evaluate_sources(out: dict, old: dict) -> dict:
+    """An evaluate report's generated, originals, baselines, controls and defences as one `sources` block (each
+    source's summaries from its own lists, as version 3 computes them), its chain length kept as `chain_steps`."""
+    for key in ("generated", "originals", "baselines", "controls", "defences", "summary", "summary_asr", "summary_der"):
+        out.pop(key, None)
+    found = {"generated": old["generated"], "originals": old["originals"], **old.get("baselines", {}),
+             **old.get("controls", {}), **old.get("defences", {})}
+    out["sources"] = {name: entry(name, {k: v for k, v in found[name].items() if k != "clean_resources"},
+                                  found[name].get("clean_resources")) for name in ordered(found)}
+    out["chain_steps"] = old.get("steps")
+    return out
+
+
+_STEPS = (_to_1, _to_2, _to_3)
 
 
 def check(report: dict) -> dict:

@@ -48,8 +48,8 @@ def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, dat
     m = measure(engine, sets, reference=None)
     trained_on = sorted(set(bundle.meta.get("trunk_of", [])))
     report = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings_dict(sampling, data.spec),
-              "task": bundle.task.name, "held_out_trunk": held, "trunk_acc": coll.trunk_accs[held], "n": sampling.n,
-              "seed": sampling.seed, "sampler": sampling.sampler, "trained_on_trunks": trained_on,
+              "task": bundle.task.name, "held_out_trunk": held, "trunk_acc": coll.trunk_accs[held],
+              "trained_on_trunks": trained_on,
               "trunk_mode": coll.info.get("trunk_mode"),
               **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in SOURCES}}
     if stitch:

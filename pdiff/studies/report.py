@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import torch
 
-from pdiff.core.params import comparison_space, own_vector, tensor_std
-from pdiff.core.settings import EvalSettings, SamplingSpec, settings_dict
+from pdiff.core.params import comparison_space, tensor_std
+from pdiff.core.settings import DefenceSettings, EvalSettings, SamplingSpec, settings_dict
 from pdiff.core.splice import select_layers
 from pdiff.data.plan import RunData
 from pdiff.data.triggers import trigger_line
@@ -22,10 +22,11 @@ from pdiff.generator.conditions import resolved
 from pdiff.generator.sampling import Samples, draw
 from pdiff.measure.baselines import (GAUSSIAN_TEMPERATURES, TOP_FRACTIONS, TOP_TEMPERATURES, average, baseline_sets,
                                      gaussian, gaussian_sweep, match_level, noisy_originals, top_gaussians)
-from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, DefenceFailed, run_defence
+from pdiff.measure.assembly import Failed, assemble, ledger
+from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES
 from pdiff.measure.engine import EngineCache, TargetEngine, measure
 from pdiff.measure.similarity import iou_matrix
-from pdiff.measure.sources import clean_resources, source
+from pdiff.measure.sources import entry, ordered, source
 from pdiff.measure.targets import Target
 from pdiff.studies import formats
 
@@ -94,9 +95,8 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
         "task": bundle.task.name, "bundle": str(bundle.path) if bundle.path else None,
         "target": _target_info(engine, target),
         "backdoor": "applicable" if engine.backdoor else _not_applicable(target),
-        "n": len(vectors), "seed": spec.seed, "sampler": spec.sampler,
-        "steps": spec.chain_steps(bundle.ddpm_cfg.timesteps), "layers": layers,
-        **_sources_section(m, finite, {}, engine.backdoor), "controls": {}, "defences": {},
+        "chain_steps": spec.chain_steps(bundle.ddpm_cfg.timesteps), "layers": layers,
+        **_sources_section(bundle, m, finite, {}), "unavailable": {},
         "tsne": {"x": [], "y": [], "source": [], "acc": []},
         "timings_s": {"sample": sample_s, "evaluate": time.perf_counter() - t0},
         "bn_statistics": (f"re-estimated per model on {len(data.bn.labels)} training images" if engine.bn
@@ -104,7 +104,6 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
         "device": str(device), "test_size": len(data.test.labels), "validation": None,
         "condition": _condition(bundle, spec, m["metrics"]),
     }
-    _ledger(bundle, [{"generated": report["generated"], "originals": report["originals"]}], 0)
     yield {**report, "pending": ["baselines", "t-SNE"]}, vectors
 
     # 2. the sources that could explain the generated sets: baselines, controls, defences
@@ -120,16 +119,12 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
     say(0.8, "evaluating the baselines")
     m = measure(engine, sets, space=space, known=known, fixed=(*fixed, "clean-layers"))
     engines.save()
-    for name in [d for d in LAYER_DEFENCES if d in defended]:  # the engine measured them; add what they used
-        m["metrics"][name].update(defended.pop(name))
-    report.update(**_sources_section(m, finite, unavailable, engine.backdoor), controls=controls, defences=defended,
+    # the engine measured the layer defences; the whole models were measured on their own
+    report.update(**_sources_section(bundle, m, finite, {**controls, **defended}), unavailable=unavailable,
                   **_selection(checked, m["metrics"]))
     report["timings_s"]["evaluate"] += time.perf_counter() - t0
     if engine.bn:
         report["timings_s"]["bn_reestimate"] = engine.bn.seconds - bn_s
-    budget_images = max((d.get("clean_images", 0) for d in defended.values()), default=0)
-    _ledger(bundle, [{"generated": report["generated"], "originals": report["originals"]}, report["baselines"],
-                     controls, defended], budget_images)
     yield {**report, "pending": ["t-SNE"] if settings.tsne else []}, vectors
 
     # 3. where every source's vectors lie
@@ -179,46 +174,34 @@ def _sample(bundle: Bundle, sampling: SamplingSpec | Samples, target: Target, de
 
 def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, data: RunData, settings: EvalSettings,
                            seed: int, device, say: Progress) -> tuple[dict[str, dict], dict[str, dict]]:
-    """For a backdoored target: the clean-layers control (the clean model's own values of the layers) into `sets`;
-    the clean model as it is (and a budget donor's bundle's donor) as whole-model controls; with `data` (and its
-    training split) and settings.defences, every defence on a clean budget drawn from it less the validation images, each at its final
-    checkpoint: the layer defences' into `sets`. Returns (controls, defences): the whole models' metrics, and for
-    every defence its clean images and seconds."""
+    """For a backdoored target (measure.assembly): the clean-layers control (the clean model's own values of the
+    layers) into `sets`; the clean model as it is (and a budget donor's bundle's donor) as whole-model controls; with
+    `data` (and its training split) and settings.defences, every defence on a clean budget drawn from it less the
+    validation images, each at its final checkpoint: the layer defences' into `sets`. Returns (controls, defences):
+    the whole models' metrics, and for every defence its clean images and seconds."""
     if not engine.backdoor:
         return {}, {}
-    sets["clean-layers"] = own_vector(bundle.base_state, bundle.layout)
-    controls = {"clean-model": engine.measure_state(bundle.clean_model()[0], "clean-model")}
-    if bundle.budget_donor:
-        controls["donor"] = engine.measure_state(bundle.base_state, "donor")
-    if settings.defences is None or data.train is None:
-        return controls, {}
-    say(0.65, "defences (fine-tune, re-init, FT, FP, FST, ANP, CLP)")
-    g = torch.Generator().manual_seed(seed)
-    budget = data.budget(g)
-    defence = replace(settings.defences, k=settings.defences.k or len(bundle.originals))
+    wanted = ["clean-layers", "clean-model", "donor"]
+    budget, g = None, None
+    if settings.defences is not None and data.train is not None:
+        say(0.65, "defences (fine-tune, re-init, FT, FP, FST, ANP, CLP)")
+        g = torch.Generator().manual_seed(seed)
+        budget = data.budget(g)
+        wanted += DEFENCES
+    made = assemble(bundle, wanted, engine.target.state, budget, g, settings.defences or DefenceSettings(), device)
+    sets.update({name: v[-1:] if name in LAYER_DEFENCES else v for name, v in made.layers.items()})
+    controls = {name: engine.measure_state(made.whole[name], name) for name in ("clean-model", "donor")
+                if name in made.whole}
     out = {}
-    for name in DEFENCES:
-        try:
-            d = run_defence(name, bundle.task, bundle.layout, engine.target.state, budget, g, defence, device)
-        except DefenceFailed as e:  # marked in the report, its reason in one line; the others go on
-            out[name] = {"seconds": [], "failed": [str(e)], "clean_images": len(budget.labels)}
-            continue
-        if d.vectors is not None:
-            sets[name] = d.vectors[-1:]
-            out[name] = {"seconds": [d.seconds]}
+    for name, d in made.defences.items():
+        if isinstance(d, Failed):  # marked in the report, its reason in one line
+            out[name] = {"seconds": [], "failed": [d.reason], "clean_images": len(budget.labels)}
+        elif d.vectors is not None:
+            out[name] = {"seconds": [d.seconds], "clean_images": len(budget.labels) if source(name).budget else 0}
         else:
-            out[name] = {"seconds": [d.seconds], **engine.measure_state(d.state, name), "details": d.details}
-        out[name]["clean_images"] = len(budget.labels) if source(name).budget else 0
+            out[name] = {"seconds": [d.seconds], **engine.measure_state(d.state, name), "details": d.details,
+                         "clean_images": len(budget.labels) if source(name).budget else 0}
     return controls, out
-
-
-def _ledger(bundle: Bundle, sections: list[dict], budget_images: int) -> None:
-    """Every source's clean resources (measure.sources.clean_resources), written into its block in place."""
-    for section in sections:
-        for name, block in section.items():
-            model_images = bundle.clean_model()[1] if name == "clean-model" else bundle.train_size
-            block["clean_resources"] = clean_resources(name, budget_images, model_images, len(bundle.originals),
-                                                       bundle.conditions)
 
 
 def _fixed_sources(bundle: Bundle, count: int, seed: int, settings: EvalSettings,
@@ -246,22 +229,17 @@ def _guided(bundle: Bundle, spec: SamplingSpec) -> bool:
     return (spec.guidance if spec.guidance is not None else c.meta.get("guidance", 1.0)) > 0
 
 
-def _sources_section(m: dict, finite: torch.Tensor, unavailable: dict, backdoor: bool) -> dict:
-    """The report's per-source blocks: metric lists, summaries, similarity and novelty."""
-    out = {
-        # finite_index: row of the saved parameter file behind each entry of the generated lists
-        "generated": {**m["metrics"]["generated"], "nonfinite": int((~finite).sum()),
-                      "finite_index": finite.nonzero().flatten().tolist()},
-        "originals": m["metrics"]["originals"],
-        "baselines": {name: v for name, v in m["metrics"].items() if name not in ("generated", "originals")},
-        "unavailable": unavailable,
-        "summary": {name: s["acc"] for name, s in m["summary"].items()},
-        "similarity": _similarity_section(m["similarity"]), "novelty": _novelty(m),
-    }
-    if backdoor:
-        out["summary_asr"] = {name: s["asr"] for name, s in m["summary"].items()}
-        out["summary_der"] = {name: s["der"] for name, s in m["summary"].items()}
-    return out
+def _sources_section(bundle: Bundle, m: dict, finite: torch.Tensor, measured: dict[str, dict]) -> dict:
+    """The report's `sources` block (one entry per source, in the registry's order: sources.entry), similarity and
+    novelty. `measured`: what the engine's sets do not hold (the whole models' metrics, every defence's clean images
+    and seconds); a source's ledger counts the clean budget the defences drew."""
+    budget_images = max((d.get("clean_images", 0) for d in measured.values()), default=0)
+    blocks = {name: {**m["metrics"].get(name, {}), **measured.get(name, {})}
+              for name in ordered({*m["metrics"], *measured})}
+    # finite_index: row of the saved parameter file behind each entry of the generated lists
+    blocks["generated"].update(nonfinite=int((~finite).sum()), finite_index=finite.nonzero().flatten().tolist())
+    return {"sources": {name: entry(name, block, ledger(bundle, name, budget_images)) for name, block in blocks.items()},
+            "similarity": _similarity_section(m["similarity"]), "novelty": _novelty(m)}
 
 
 def _on_validation(bundle: Bundle, val: TargetEngine, sets: dict, count: int, seed: int) -> dict:
@@ -403,13 +381,14 @@ def _tsne(bundle: Bundle, sets: dict[str, torch.Tensor], reference: list[str], m
 
 def familiar_lines(report: dict) -> str:
     """The reference tool's printout: sorted accuracies, then average, max, min, median."""
-    acc = sorted(report["generated"]["acc"])
-    s = report["summary"]["generated"]
+    sources = report["sources"]
+    acc = sorted(sources["generated"]["acc"])
+    s = sources["generated"]["summary"]["acc"]
     lines = [f"generated accuracies (sorted): {[round(a, 2) for a in acc]}"]
     if acc:
         lines += [f"average: {s['mean']:.2f}", f"max: {s['best']:.2f}", f"min: {s['min']:.2f}",
                   f"median: {s['median']:.2f}"]
-    o = report["summary"]["originals"]
+    o = sources["originals"]["summary"]["acc"]
     lines.append(f"originals: best {o['best']:.2f} mean {o['mean']:.2f} median {o['median']:.2f} min {o['min']:.2f}")
     t = report["target"]
     lines.append(f"target {t['name']}: acc {t['acc']:.2f}" + (f" asr {t['asr']:.2f} ra {t['ra']:.2f}" if "asr" in t else ""))
@@ -427,7 +406,7 @@ def novelty_lines(report: dict) -> str:
     lines = [f"{'source':<16} {'n':>4} {'acc':>6} {'std':>6} {'IoU within':>10} {'max-IoU':>8} {'coverage':>8} "
              f"{'dist':>7}"]
     for name, v in nov.items():
-        n = len((report["baselines"].get(name) or report.get(name) or {}).get("acc", []))
+        n = len(report["sources"].get(name, {}).get("acc", []))
         lines.append(f"{name:<16} {n:>4} {cell(v['acc_mean'], '6.2f')} {cell(v['acc_std'], '6.3f')} "
                      f"{cell(v['self_iou'], '10.3f')} {cell(v['max_iou_mean'], '8.3f')} {cell(v['coverage'], '8.3f')} "
                      f"{cell(v['nearest_distance_mean'], '7.2f')}")
@@ -440,6 +419,7 @@ def novelty_lines(report: dict) -> str:
                       "no noise level matches the generated mean accuracy: the originals score below it")
                      + f" (validation, {val['size']} images)")
         lines.append(f"generated model chosen on validation: test acc {sel['test_acc']:.2f} (the max over test "
-                     f"accuracies, {report['summary']['generated']['best']:.2f}, is only an upper bound)")
+                     f"accuracies, {report['sources']['generated']['summary']['acc']['best']:.2f}, is only an "
+                     "upper bound)")
     lines += [f"{name}: {why}" for name, why in report.get("unavailable", {}).items()]
     return "\n".join(lines)

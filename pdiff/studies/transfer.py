@@ -37,14 +37,13 @@ from pdiff.data.triggers import trigger_line
 from pdiff.generator.bundle import Bundle
 from pdiff.generator.conditions import resolved
 from pdiff.generator.sampling import draw
-from pdiff.measure.baselines import average
-from pdiff.measure.defences import (DEFENCES, LAYER_DEFENCES, MODEL_DEFENCES, Defended, DefenceFailed,
-                                    hyper_parameters, run_defence)
+from pdiff.measure.assembly import Assembled, Failed, assemble, ledger
+from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, hyper_parameters, run_defence
 from pdiff.measure.engine import TargetEngine, measure
 from pdiff.measure.probe import probe_for
 from pdiff.measure.revival import REVIVAL, Composed, Stages, calibrate, measured, revived
 from pdiff.measure.similarity import summary
-from pdiff.measure.sources import clean_resources, names, source
+from pdiff.measure.sources import METRICS, entry, names, source
 from pdiff.measure.stitch import STITCHED, StitchLayer, stitched_engine
 from pdiff.measure.targets import Target
 from pdiff.models.loading import check_architecture
@@ -59,7 +58,6 @@ FIRST_LOOK = tuple(m for m in METHODS if m not in ("anp", *LAYER_DEFENCES))
 # rough relative cost of each unit of a run on a CPU (seconds at the defaults, quiet): the progress line's estimate
 _COST = {"generated": 20, "probe": 40, "ft": 60, "fp": 65, "fst": 60, "clp": 1, "anp": 300, "finetune": 60,
          "reinit": 60, "stitch": 90, "revival": 4, "calibration": 30}
-METRICS = ("acc", "asr", "ra", "der")
 TABLE_HEADERS = ["method", "clean images", "model images", "checkpoints", "n", "ACC mean", "ASR mean", "RA mean",
                  "DER mean", "DER best", "DER std (models)", "ASR revived", "time (s)"]
 
@@ -85,13 +83,6 @@ def check_methods(methods) -> tuple[str, ...]:
 def trained_methods(methods) -> list[str]:
     """The methods asked for that train or fit on the clean budget."""
     return [m for m in check_methods(methods) if source(m).budget]
-
-
-def control_sets(bundle: Bundle, methods) -> dict[str, torch.Tensor]:
-    """The layer controls asked for, as layout vectors: originals (K, P), average and clean-layers (1, P)."""
-    sets = {"originals": bundle.originals, "average": average(bundle.originals),
-            "clean-layers": own_vector(bundle.base_state, bundle.layout)}
-    return {name: v for name, v in sets.items() if name in methods}
 
 
 class Progress:
@@ -183,7 +174,7 @@ class _Run:
 
     def layer_sets(self, spec: SamplingSpec, budget: Split | None, g: torch.Generator, first: bool) -> dict:
         """The layout vectors measured on the victim itself: generated, the layer controls, the layer defences."""
-        sets = control_sets(self.bundle, self.methods) if first else {}
+        sets = self.assemble("layers", "control", budget, g, first).layers
         if {"generated", "stitch+generated"} & set(self.methods):
             t0 = time.perf_counter()
             samples = draw(self.bundle, spec, self.device, target_state=self.engine.target.state)
@@ -192,44 +183,28 @@ class _Run:
             sets["generated"] = samples.vectors[samples.finite]
             self.extra["generated"]["nonfinite"] = (self.extra["generated"].get("nonfinite", 0)
                                                     + int((~samples.finite).sum()))
-        for name in (m for m in LAYER_DEFENCES if m in self.methods):
-            d = self.defend(name, budget, g)
-            if d is not None:
-                sets[name] = d.vectors
+        sets.update(self.assemble("layers", "defence", budget, g, first).layers)
         return {k: v for k, v in sets.items() if k in self.methods or k == "generated"}
-
-    def defend(self, name: str, budget: Split | None, g: torch.Generator) -> Defended | None:
-        """One defence, timed; None (the defence marked, its reason said in one line) where it could not give a
-        model."""
-        t0 = time.perf_counter()
-        try:
-            d = run_defence(name, self.bundle.task, self.bundle.layout, self.engine.target.state, budget, g,
-                            replace(self.settings.defence, k=self.settings.defence.k or len(self.bundle.originals)),
-                            self.device)
-        except DefenceFailed as e:
-            print(f"note: {e}", file=sys.stderr, flush=True)
-            self.extra[name]["failed"].append(str(e))
-            self.extra[name]["seconds"].append(time.perf_counter() - t0)
-            return None
-        finally:
-            self.tick(name, self.seed_number)
-        self.extra[name]["seconds"].append(d.seconds)
-        if d.details is not None:
-            self.extra[name]["details"].append(d.details)
-        return d
 
     def whole_models(self, budget: Split | None, g: torch.Generator, first: bool) -> dict[str, dict]:
         """The whole models: the clean model and the donor as they are, the whole-model defences."""
-        out = {}
-        if self.wanted("clean-model", first):
-            out["clean-model"] = self.bundle.clean_model()[0]
-        if self.wanted("donor", first) and self.bundle.budget_donor:
-            out["donor"] = self.bundle.base_state
-        for name in (m for m in MODEL_DEFENCES if self.wanted(m, first)):
-            d = self.defend(name, budget, g)
-            if d is not None:
-                out[name] = d.state
-        return out
+        return self.assemble("whole", ("control", "defence"), budget, g, first).whole
+
+    def assemble(self, kind: str, families, budget: Split | None, g: torch.Generator, first: bool) -> Assembled:
+        """This seed's sources of `families` that yield `kind` (measure.assembly), each defence timed and a failed one
+        marked (its reason said in one line)."""
+        wanted = [m for m in self.methods if self.wanted(m, first) and source(m).kind == kind
+                  and source(m).family in families]
+        made = assemble(self.bundle, wanted, self.engine.target.state, budget, g, self.settings.defence, self.device,
+                        done=lambda name: self.tick(name, self.seed_number))
+        for name, d in made.defences.items():
+            self.extra[name]["seconds"].append(d.seconds)
+            if isinstance(d, Failed):
+                print(f"note: {d.reason}", file=sys.stderr, flush=True)
+                self.extra[name]["failed"].append(d.reason)
+            elif d.details is not None:
+                self.extra[name]["details"].append(d.details)
+        return made
 
     def through_stitch(self, generated: torch.Tensor | None, budget: Split, first: bool) -> dict:
         """The stitch methods, the stitch fitted on this seed's budget; returns their repaired-model builders."""
@@ -342,14 +317,12 @@ def run_transfer(bundle: Bundle, victim: Target, data: RunData, sampling: Sampli
 
 def _report(run: _Run, data: RunData, sampling: SamplingSpec, seeds: list[int], images: int) -> dict:
     bundle, engine = run.bundle, run.engine
-    ledger = {m: clean_resources(m, images, bundle.clean_model()[1] if m == "clean-model" else bundle.train_size,
-                                 len(bundle.originals), bundle.conditions) for m in run.methods}
     victim = engine.target
     return {"format": FORMAT, "format_version": FORMAT_VERSION,
             "settings": settings_dict(sampling, data.spec, run.settings), "task": bundle.task.name,
             "victim": {"name": victim.name, **engine.as_is(), "trigger": victim.trigger.to_dict(),
                        "trigger_source": victim.trigger_source},
-            "n": sampling.n, "seeds": seeds, "sampler": sampling.sampler, "layers": bundle.names,
+            "seeds": seeds, "layers": bundle.names,
             "clean_budget": {"fraction": data.spec.budget, "images": images,
                              "drawn": (f"once, with seed {data.spec.budget_seed}: the images the donor was trained on"
                                        if data.spec.budget_seed is not None else "at random, per seed")
@@ -360,13 +333,18 @@ def _report(run: _Run, data: RunData, sampling: SamplingSpec, seeds: list[int], 
                            if run.calibration else {})},
             "defence_settings": hyper_parameters(replace(run.settings.defence,
                                                          k=run.settings.defence.k or len(bundle.originals))),
-            "methods": {name: {**_pooled(run.runs[name], run.extra[name]), "clean_data": clean_data(name, images),
-                               "clean_images": ledger[name]["images"], "clean_resources": ledger[name]}
-                        for name in run.methods},
+            "sources": {name: _entry(run, name, images) for name in run.methods},
             "nonfinite": run.extra["generated"].get("nonfinite", 0), "device": str(run.device),
             **({"stitch": run.stitch[0], "stitch_per_seed": run.stitch} if run.stitch else {}),
             "timings_s": {"sample": sum(run.extra["generated"]["seconds"]),
                           "per_method": {m: sum(run.extra[m]["seconds"]) for m in run.methods}}}
+
+
+def _entry(run: _Run, name: str, images: int) -> dict:
+    """One method's block of the report's `sources` (sources.entry): its seeds pooled, the clean data it used."""
+    used = ledger(run.bundle, name, images)
+    return entry(name, {**_pooled(run.runs[name], run.extra[name]), "clean_data": clean_data(name, images),
+                        "clean_images": used["images"]}, used)
 
 
 def _pooled(per_seed: list[dict], extra: dict) -> dict:
@@ -374,8 +352,7 @@ def _pooled(per_seed: list[dict], extra: dict) -> dict:
     the std over models within each seed; its wall time per seed, run-means and what it did, where it has them."""
     if not per_seed:  # a defence that failed at every seed: its reasons only
         return {metric: [] for metric in METRICS} | {"seconds": extra["seconds"], "failed": extra["failed"]}
-    m = {metric: [v for run in per_seed for v in run[metric]] for metric in METRICS}
-    m["summary"] = {metric: summary(m[metric]) for metric in METRICS}
+    m = {metric: [v for run in per_seed for v in run[metric]] for metric in METRICS}  # summarised by sources.entry
     m["per_seed"] = {metric: [summary(run[metric])["mean"] for run in per_seed] for metric in METRICS}
     m["spread"] = {metric: _mean_std(vals) for metric, vals in m["per_seed"].items()}
     m["per_seed_model_std"] = {metric: [summary(run[metric])["std"] if len(run[metric]) > 1 else None
@@ -445,7 +422,7 @@ def table(report: dict) -> str:
              f"{b.get('drawn', 'per seed')}; each defence at its final checkpoint",
              f"{'method':<20} {'images':>6} {'model':>6} {'ckpts':>5} {'n':>5} {'ACC':>13} {'ASR':>13} {'RA':>13} "
              f"{'DER':>13} {'DER std':>7} {'revived':>7} {'time s':>7}"]
-    for row, (name, m) in zip(table_rows(v, report["methods"])[1:], report["methods"].items()):
+    for row, (name, m) in zip(table_rows(v, report["sources"])[1:], report["sources"].items()):
         ledger = " ".join(f"{'-' if c is None else c:>{w}}" for c, w in zip(row[1:4], (6, 6, 5)))
         if not row[4]:
             lines.append(f"{name:<20} {ledger} {0:>5}  (no finite parameter sets)")

@@ -58,8 +58,7 @@ def trunk_study(bundle: Bundle, collection: str | Path | Collection, data: RunDa
     overall = {s: summary([r["sources"][s]["mean"] for r in per_trunk.values()]) for s in sources}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings_dict(sampling, data.spec),
             "task": bundle.task.name, "held_out_trunks": held, "trained_on_trunks": trained,
-            "probe_images": len(c.probe.labels), "guidance": c.meta.get("guidance"), "n": sampling.n,
-            "seed": sampling.seed, "sampler": sampling.sampler, "trunks": per_trunk,
+            "probe_images": len(c.probe.labels), "guidance": c.meta.get("guidance"), "trunks": per_trunk,
             "summary_over_trunks": overall}
 
 

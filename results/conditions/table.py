@@ -71,7 +71,7 @@ def acc_table() -> str:
     for name, r in runs.items():
         nov, g = r["novelty"], r["novelty"]["generated"]
         tops = (r.get("condition") or {}).get("originals_top_by_validation", {})
-        test = sorted(r["originals"]["acc"], reverse=True)
+        test = sorted(r["sources"]["originals"]["acc"], reverse=True)
         strict = sum(test[:len(test) // 10]) / (len(test) // 10)
         curves = [curve_at(_top_curve(nov, q), g["max_iou_mean"]) for q in FRACTIONS]
         plain = [(v["max_iou_mean"], v["acc_mean"]) for k, v in nov.items() if re.fullmatch(r"gaussian_t[\d.]+", k)]
@@ -112,9 +112,9 @@ def trunks_table() -> str:
     if not path.exists():
         return _missing("trunk study")
     r = read(path)
-    held = r["held_out_trunks"]
+    held, sampling = r["held_out_trunks"], r["settings"]["sampling"]
     lines = [f"Held-out trunks {held}; each trunk's signature from {r['probe_images']} clean training images "
-             f"(20 per class); guidance {r['guidance']}; N = {r['n']} ({r['sampler']}).", "",
+             f"(20 per class); guidance {r['guidance']}; N = {sampling['n']} ({sampling['sampler']}).", "",
              "| source | " + " | ".join(f"trunk {h}" for h in held) + " | mean |",
              "|---|" + "---|" * (len(held) + 1)]
     for name, s in r["summary_over_trunks"].items():
@@ -129,11 +129,12 @@ def victim_table() -> str:
         return _missing("scratch-victim transfer")
     r = read(path)
     v = r["victim"]
-    lines = [f"Victim {v['name']}: ACC {v['acc']:.2f}, ASR {v['asr']:.2f}. N = {r['n']}, seeds {r['seeds']}, "
+    lines = [f"Victim {v['name']}: ACC {v['acc']:.2f}, ASR {v['asr']:.2f}. N = {r['settings']['sampling']['n']}, "
+             f"seeds {r['seeds']}, "
              f"condition {r['settings']['sampling'].get('condition')}.", "",
              "| method | clean images | condition images | model images | checkpoints | ACC | ASR | DER |",
              "|---|---|---|---|---|---|---|---|"]
-    for name, m in r["methods"].items():
+    for name, m in r["sources"].items():
         res, s = m["clean_resources"], m["summary"]
         lines.append(f"| {name} | {res['images']} | {res.get('condition_images', 0)} | {res['model_images'] or '-'} | "
                      f"{res['checkpoints']} | {s['acc']['mean']:.2f} | {s['asr']['mean']:.2f} | {s['der']['mean']:.3f} |")

@@ -48,7 +48,7 @@ def baseline_rows(r):
     """The originals and the baselines of the seed-0 report."""
     nov = r["novelty"]
     o = nov["originals"]
-    lines = [f"| originals (K = {len(r['originals']['acc'])}) | {o['acc_mean']:.2f} | {o['acc_std']:.3f} | "
+    lines = [f"| originals (K = {len(r['sources']['originals']['acc'])}) | {o['acc_mean']:.2f} | {o['acc_std']:.3f} | "
              f"{o['self_iou']:.3f} | nearest other {o['nearest_other_iou_mean']:.3f} | - | - | - | - |"]
     for name in (b for b in BASELINES if b in nov):
         v = nov[name]

@@ -29,7 +29,7 @@ def runs(trigger: str) -> dict:
             path = HERE / f"{trigger}-{v}-g{g}.json"
             if path.exists():
                 report = read(path)
-                if "fst" in report["methods"]:  # this design's runs only
+                if "fst" in report["sources"]:  # this design's runs only
                     out[(v, g)] = report
     return out
 
@@ -54,7 +54,7 @@ def method_cells(reports: dict, name: str, key: str, revived: bool = False) -> t
     """balanced() of a method's per-run mean of `key` (after the revival attack, with `revived`)."""
     per = {}
     for (v, g), r in reports.items():
-        m = r["methods"].get(name)
+        m = r["sources"].get(name)
         values = ((m or {}).get("revived") or {}).get(key) if revived else (m or {}).get(key)
         if values:
             per[(v, g)] = mean(values)
@@ -93,7 +93,7 @@ def trigger_table(trigger: str) -> str:
              "| method | clean images | model images | checkpoints | ACC | ASR | DER | revived ACC | revived ASR | "
              "revived ASR over the floor |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, m in first["methods"].items():
+    for name, m in first["sources"].items():
         res = m.get("clean_resources", {})
         ledger = [res.get("images"), res.get("model_images"), res.get("checkpoints")]
         cells = [_fmt(method_cells(reports, name, k), d) for k, d in (("acc", 2), ("asr", 2), ("der", 3))]

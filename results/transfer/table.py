@@ -32,8 +32,8 @@ def transfer() -> str:
         r = read(path)
         v = r["victim"]
         lines.append(f"| **{victim}** (as it is: ACC {v['acc']:.2f}, ASR {v['asr']:.2f}; seed "
-                     f"{' '.join(map(str, r['seeds']))}, N {r['n']}) | | | | | | | | |")
-        for name, m in r["methods"].items():
+                     f"{' '.join(map(str, r['seeds']))}, N {r['settings']['sampling']['n']}) | | | | | | | | |")
+        for name, m in r["sources"].items():
             if not m["acc"]:
                 continue
             res = m.get("clean_resources", {})
