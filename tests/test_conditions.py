@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from pdiff.core.config import DDPMConfig
-from pdiff.core.settings import SamplingSpec
+from pdiff.core.settings import Condition, SamplingSpec
 from pdiff.data.datasets import Split
-from pdiff.generator.conditions import Conditions, guide_for, probe_set, signature
+from pdiff.generator.conditions import Conditions, guide_for, probe_set, resolve, signature
 from pdiff.generator.diffusion import Diffusion, Guide
 from pdiff.generator.training import train_denoiser
 
@@ -73,6 +73,29 @@ def test_a_signature_is_stable_across_probe_draws(tiny_bundle, small_train):
     cos = torch.nn.functional.cosine_similarity
     assert own_a.shape == (128,)
     assert cos(own_a, own_b, dim=0) > 0.8 and (own_a - own_b).norm() < (own_a - other).norm()
+
+
+def test_a_condition_is_parsed_once_and_resolved_to_the_guidance_sampling_uses():
+    asked = SamplingSpec(condition="acc=72.5")
+    assert asked.condition == Condition("acc", "72.5") and str(asked.condition) == "acc=72.5"
+    assert asked.to_dict()["condition"] == "acc=72.5"  # a report records the text
+    for text in ("default", "none", "acc=best", "trunk=target", "trunk=victim.pth"):
+        assert str(Condition.parse(text)) == text and Condition.parse(Condition.parse(text)) == Condition.parse(text)
+    with pytest.raises(ValueError, match="condition 'acc=high': acc takes a number"):  # at the edge, not at sampling
+        SamplingSpec(condition="acc=high")
+    chose = Conditions.of("acc", torch.tensor([91.0, 93.0]), {"range": [91.0, 93.0], "guidance": 2.0})
+    plain = Conditions.of("acc", torch.tensor([91.0, 93.0]), {"range": [91.0, 93.0]})  # chose no scale
+    cases = [(SamplingSpec(), chose, Condition("acc", "best"), 2.0),  # default: what the bundle is for, its own scale
+             (SamplingSpec(guidance=0.5), chose, Condition("acc", "best"), 0.5),  # the scale asked
+             (SamplingSpec(condition="acc=92"), plain, Condition("acc", "92"), 1.0),  # none chosen: plain conditioning
+             (SamplingSpec(condition="none", guidance=3.0), chose, Condition("none"), None),  # no condition guides
+             (SamplingSpec(guidance=3.0), None, Condition("none"), None)]  # an unconditional bundle
+    for spec, conditions, condition, guidance in cases:
+        resolved = resolve(spec, conditions)
+        assert (resolved.condition, resolved.guidance) == (condition, guidance)
+        assert resolve(resolved, conditions) == resolved  # resolved once; again changes nothing
+    layers = ["w"]
+    assert guide_for(SamplingSpec(n=2), chose, None, layers).scale == 2.0  # the Guide samples with the recorded scale
 
 
 def test_conditions_a_bundle_does_not_know_are_refused_in_one_line(tiny_bundle, small_train):

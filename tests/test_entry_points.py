@@ -50,9 +50,11 @@ def reports(tmp_path_factory, small_train):  # small_train: the training split i
 def test_the_cli_the_api_and_the_app_agree(reports):
     cli, api, app = reports
     assert cli["format"] == "pdiff-report" and cli["format_version"] == formats.VERSION
-    # the default bundle is accuracy-conditional: "default" is resolved to what it is for, and recorded so
+    # the default bundle is accuracy-conditional: "default" is resolved to what it is for, and the guidance to the
+    # scale the bundle chose on validation (0), recorded so and nowhere else differently
     assert cli["settings"]["sampling"] == {"n": 4, "sampler": "ddim", "steps": 5, "seed": 0, "condition": "acc=best",
-                                           "guidance": None}
+                                           "guidance": 0.0}
+    assert cli["condition"]["asked"] == "acc=best" and cli["condition"]["guidance"] == 0.0
     assert cli["validation"]["size"] == 5000 and cli["target"]["name"] == "victim"
     _same(cli, api)
     # the app draws its controls from one seed for every run (APP_CONTROLS_SEED, 0), and says so; at seed 0 the

@@ -69,7 +69,8 @@ def test_a_version_2_evaluate_report_reads_as_one_sources_block(target):
     assert old["format_version"] == 2
     new = formats.check(formats.upgrade(old))
     assert new["format_version"] == formats.VERSION and new["chain_steps"] == old["steps"]
-    assert new["settings"] == old["settings"] and new["settings"]["sampling"]["n"] == old["n"]
+    sampling = {**old["settings"]["sampling"], "guidance": old["condition"]["guidance"]}  # the scale sampling used
+    assert new["settings"] == {**old["settings"], "sampling": sampling} and sampling["n"] == old["n"]
     assert not {*formats.SAMPLING_KEYS, *SECTIONS, "summary", "summary_asr", "summary_der"} & set(new)
     _same_sources(new, old)
     if target == "victim":  # a backdoored target's controls and defences, filed by family

@@ -111,13 +111,15 @@ def test_fixed_controls_change_no_prediction(tiny_bundle, small_train, small_tes
 @pytest.mark.parametrize("guidance, joins", [(None, False), (0.0, False), (1.0, True)])
 def test_top_q_gaussians_only_where_the_condition_is_used(guidance, joins):
     from pdiff.core.settings import SamplingSpec
+    from pdiff.generator.conditions import resolve
     from pdiff.generator.locate import load_bundle
     from pdiff.studies.report import _guided
 
     bundle = load_bundle("fmnist-convnet")  # accuracy-conditional, its own scale 0
     assert bundle.conditions.meta["guidance"] == 0
-    assert _guided(bundle, SamplingSpec(condition="acc=best", guidance=guidance)) is joins
-    assert not _guided(bundle, SamplingSpec(condition="none", guidance=1.0))
+    asked = resolve(SamplingSpec(condition="acc=best", guidance=guidance), bundle.conditions)
+    assert asked.guidance == (guidance if guidance is not None else 0.0) and _guided(bundle, asked) is joins
+    assert not _guided(bundle, resolve(SamplingSpec(condition="none", guidance=1.0), bundle.conditions))
 
 
 BEFORE_CACHE = "aeadec7911078b2700318d6e3c4c1ce7df487a2e345069c58275a4088de97408"

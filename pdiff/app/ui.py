@@ -221,8 +221,9 @@ def _status(report: dict, example: dict | None = None) -> str:
     if report["backdoor"] != "applicable":
         line += f" Backdoor metrics {report['backdoor']}."
     condition = report.get("condition")
-    if condition:
-        line += f" Asked for {condition['asked']} (guidance {condition['guidance']:g})."
+    if condition:  # a scale only where a condition guided the sets
+        guidance = "" if condition["guidance"] is None else f" (guidance {condition['guidance']:g})"
+        line += f" Asked for {condition['asked']}{guidance}."
     described = trigger_line(t)
     line += f" The {described}." if described else ""
     if report.get("pending"):

@@ -40,30 +40,60 @@ def _whole(owner: str, name: str, value, low: int) -> None:
 
 
 @dataclass(frozen=True)
+class Condition:
+    """What a conditional bundle is asked for, parsed once from its text where a request enters (generator.conditions
+    resolves it against a bundle where sampling starts): `default` (what the bundle is for), `none` (its
+    unconditional model), `acc=VALUE` (percent) or `acc=best`, `trunk=target` (the model the sets go into) or
+    `trunk=FILE` (another model's file). str() gives the text back."""
+    kind: str = "default"       # default, none, or one of CONDITION_KINDS
+    value: str | None = None    # acc: "best" or the percent as asked; trunk: "target" or a model file
+
+    @classmethod
+    def parse(cls, text: "str | Condition") -> "Condition":
+        if isinstance(text, Condition):
+            return text
+        if text in ("none", "default"):
+            return cls(text)
+        kind, _, value = text.partition("=") if isinstance(text, str) else ("", "", "")
+        if kind not in CONDITION_KINDS or not value:
+            raise ValueError(f"sampling.condition must be default, none, acc=VALUE, acc=best, trunk=target or trunk=FILE, "
+                             f"got {text!r}")
+        if kind == "acc" and value != "best":
+            try:
+                float(value)
+            except ValueError:
+                raise ValueError(f"condition {text!r}: acc takes a number (percent) or best") from None
+        return cls(kind, value)
+
+    def __str__(self) -> str:
+        return self.kind if self.value is None else f"{self.kind}={self.value}"
+
+
+@dataclass(frozen=True)
 class SamplingSpec(_Settings):
     """How to draw parameter sets from a bundle: n of them, DDPM (all T steps) or DDIM with `steps`, from `seed`."""
     n: int = 200
     sampler: str = "ddpm"
     steps: int = 50         # DDIM steps; DDPM always runs the bundle's T
     seed: int = 0
-    # a conditional bundle: "none" (its unconditional model), "acc=VALUE" or "acc=best", "trunk=target" or
-    # "trunk=FILE" (generator.conditions); "default": what the bundle is for (acc=best, trunk=target; none for an
-    # unconditional bundle). The guidance scale (None: the one the bundle chose on validation)
-    condition: str = "default"
+    # what a conditional bundle is asked for (Condition; its text is parsed here) and the guidance scale (None: the
+    # one the bundle chose on validation). Resolved where sampling starts (generator.conditions.resolve): "default"
+    # becomes what the bundle is for, the guidance the scale sampling uses (None where no condition is used)
+    condition: Condition = Condition()
     guidance: float | None = None
 
     def __post_init__(self):
         _whole("sampling", "n", self.n, 1)
-        kind, _, value = self.condition.partition("=")
-        if self.condition not in ("none", "default") and (kind not in CONDITION_KINDS or not value):
-            raise ValueError(f"sampling.condition must be default, none, acc=VALUE, acc=best, trunk=target or trunk=FILE, got "
-                             f"{self.condition!r}")
+        object.__setattr__(self, "condition", Condition.parse(self.condition))  # frozen: set once, here
         if self.guidance is not None and (isinstance(self.guidance, bool) or not self.guidance >= 0):
             raise ValueError(f"sampling.guidance must be at least 0 (0: the unconditional model), got {self.guidance!r}")
         _whole("sampling", "steps", self.steps, 1)
         _whole("sampling", "seed", self.seed, 0)
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampling.sampler must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}")
+
+    def to_dict(self) -> dict:
+        return {**super().to_dict(), "condition": str(self.condition)}  # the condition as it is written
 
     def generator(self) -> torch.Generator:
         """The generator every draw of this sampling comes from (library functions take it, never a seed)."""

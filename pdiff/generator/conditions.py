@@ -21,7 +21,7 @@ from pdiff.collection.folder import Collection
 from pdiff.data.datasets import DATASETS, Split
 from pdiff.models.loading import check_architecture
 from pdiff.models.staged import BatchedEvaluator, accuracies, first_stage, predict
-from pdiff.core.settings import SamplingSpec
+from pdiff.core.settings import Condition, SamplingSpec
 from pdiff.core.splice import stacked_params
 from pdiff.generator.diffusion import Guide
 from pdiff.models.loading import load_state_file
@@ -118,14 +118,25 @@ def trunk_conditions(collection: Collection, probe: Split, device="cpu") -> Cond
                                            "trunks": len(sigs)}, probe)
 
 
-DEFAULT_ASK = {"acc": "acc=best", "trunk": "trunk=target"}  # what "default" asks a conditional bundle for
+# what "default" asks a conditional bundle for
+DEFAULT_ASK = {"acc": Condition("acc", "best"), "trunk": Condition("trunk", "target")}
+NO_GUIDANCE_CHOSEN = 1.0  # the scale of a conditional bundle that chose none on validation (plain conditioning)
 
 
-def resolved(condition: str, conditions: Conditions | None) -> str:
-    """`condition` with "default" replaced by what the bundle is for: acc=best, trunk=target, or none."""
-    if condition != "default":
-        return condition
-    return "none" if conditions is None else DEFAULT_ASK[conditions.kind]
+def resolve(spec: SamplingSpec, conditions: Conditions | None) -> SamplingSpec:
+    """The spec as sampling runs it, resolved once where sampling starts (and unchanged by resolving again): the
+    condition with "default" replaced by what the bundle is for (acc=best, trunk=target; none for an unconditional
+    bundle), and the guidance scale the sets are drawn with, which the report records: the one asked, else the one
+    the bundle chose on validation, else NO_GUIDANCE_CHOSEN; None where no condition is used."""
+    condition = spec.condition
+    if condition.kind == "default":
+        condition = Condition("none") if conditions is None else DEFAULT_ASK[conditions.kind]
+    if condition.kind == "none":
+        return replace(spec, condition=condition, guidance=None)
+    if conditions is None:  # asked of an unconditional bundle: guide_for refuses it
+        return replace(spec, condition=condition)
+    guidance = spec.guidance if spec.guidance is not None else conditions.meta.get("guidance", NO_GUIDANCE_CHOSEN)
+    return replace(spec, condition=condition, guidance=float(guidance))
 
 
 def guide_for(spec: SamplingSpec, conditions: Conditions | None, task, layers: list[str], target_state: dict | None = None,
@@ -133,21 +144,18 @@ def guide_for(spec: SamplingSpec, conditions: Conditions | None, task, layers: l
     """What spec.condition asks of a bundle with these `conditions`, as the Guide sampling takes (None: "none").
     A condition the bundle was not trained on, a value outside the range it saw, or a model whose features do not fit
     the bundle's task is refused in one line."""
-    spec = replace(spec, condition=resolved(spec.condition, conditions))
-    kind, _, value = spec.condition.partition("=")
-    if spec.condition == "none":
+    spec = resolve(spec, conditions)
+    asked, kind, value = spec.condition, spec.condition.kind, spec.condition.value
+    if kind == "none":
         return None
     if conditions is None:
-        raise ValueError(f"condition {spec.condition!r}: this bundle was trained without a condition; ask for none")
+        raise ValueError(f"condition {str(asked)!r}: this bundle was trained without a condition; ask for none")
     if kind != conditions.kind:
-        raise ValueError(f"condition {spec.condition!r}: this bundle was trained on the {conditions.kind} condition, "
+        raise ValueError(f"condition {str(asked)!r}: this bundle was trained on the {conditions.kind} condition, "
                          f"not {kind}")
     if kind == "acc":
         low, high = conditions.meta["range"]
-        try:
-            acc = high if value == "best" else float(value)
-        except ValueError:
-            raise ValueError(f"condition {spec.condition!r}: acc takes a number (percent) or best") from None
+        acc = high if value == "best" else float(value)
         if not low <= acc <= high:
             raise ValueError(f"condition acc={acc:g} is outside the validation accuracies this bundle saw ({low:.2f} to "
                              f"{high:.2f}); ask within them, or acc=best")
@@ -159,6 +167,5 @@ def guide_for(spec: SamplingSpec, conditions: Conditions | None, task, layers: l
             state = target_state if value == "target" else load_state_file(value)
             raw = signature(task, state, layers, conditions.probe, device).expand(spec.n, -1)
         except (ValueError, RuntimeError) as e:  # another architecture or splice-point shape: no signature to ask
-            raise ValueError(f"condition {spec.condition}: {str(e).splitlines()[0]}") from None
-    scale = spec.guidance if spec.guidance is not None else conditions.meta.get("guidance", 1.0)
-    return Guide(conditions.standardised(raw), float(scale))
+            raise ValueError(f"condition {asked}: {str(e).splitlines()[0]}") from None
+    return Guide(conditions.standardised(raw), spec.guidance)

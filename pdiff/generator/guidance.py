@@ -17,6 +17,7 @@ from dataclasses import replace
 from pdiff.core.settings import SamplingSpec
 from pdiff.data.datasets import Split
 from pdiff.generator.bundle import Bundle
+from pdiff.generator.conditions import DEFAULT_ASK
 from pdiff.generator.sampling import draw
 from pdiff.models.loading import check_architecture
 from pdiff.models.staged import BatchedEvaluator, accuracies
@@ -35,7 +36,7 @@ def choose_guidance(bundle: Bundle, validation: Split, device="cpu",
     if c is None:
         raise ValueError("only a conditional bundle has a guidance scale")
     trunk = bundle.base_state  # the first training trunk: acc conditions were measured on their own trunks
-    condition = "acc=best" if c.kind == "acc" else "trunk=target"
+    condition = DEFAULT_ASK[c.kind]  # what a user asks most
     evaluator = BatchedEvaluator(check_architecture(bundle.task, trunk), validation.normalized(device), bundle.names,
                                  device)
     table = {}
@@ -53,7 +54,7 @@ def set_guidance(bundle: Bundle, validation: Split, device="cpu", sampling: Samp
     sampler and steps (the denoiser calls per set: T for DDPM) the choice drew its sets with."""
     scale, table = choose_guidance(bundle, validation, device, sampling)
     bundle.conditions.meta.update(guidance=scale, guidance_on_validation={
-        "condition": "acc=best" if bundle.conditions.kind == "acc" else "trunk=the first training trunk",
+        "condition": "acc=best" if bundle.conditions.kind == "acc" else "trunk=the first training trunk",  # in words
         "sets": sampling.n, "sampler": sampling.sampler, "steps": sampling.chain_steps(bundle.ddpm_cfg.timesteps),
         "seed": sampling.seed, "mean_validation_acc": table})
     return scale

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,7 +12,7 @@ from pdiff.core.files import write_safetensors
 from pdiff.core.params import denormalize, layout_to_json, unflatten
 from pdiff.core.settings import SamplingSpec
 from pdiff.generator.bundle import Bundle
-from pdiff.generator.conditions import guide_for, resolved
+from pdiff.generator.conditions import guide_for, resolve
 from pdiff.generator.diffusion import Guide
 
 SAMPLES_FILE = "samples.safetensors"  # a folder given to Samples.save gets this file
@@ -58,7 +58,7 @@ class Samples:
         path = path if path.suffix == ".safetensors" else path / SAMPLES_FILE
         s = self.spec
         meta = {"format": "pdiff-samples", "task": self.bundle.task.name, "sampler": s.sampler, "seed": str(s.seed),
-                "steps": str(s.chain_steps(self.bundle.ddpm_cfg.timesteps)), "condition": s.condition,
+                "steps": str(s.chain_steps(self.bundle.ddpm_cfg.timesteps)), "condition": str(s.condition),
                 "layout": json.dumps(layout_to_json(self.bundle.layout))}
         write_safetensors(path, self.params(), meta)
         return path
@@ -69,7 +69,7 @@ def draw(bundle: Bundle, spec: SamplingSpec, device: str | torch.device = "cpu",
     """spec.n sets from the bundle, drawn from spec.seed's generator, with spec.condition (trunk=target: the
     signature of `target_state`, the model the sets go into); the Samples' spec names the condition asked
     ("default" resolved)."""
-    spec = replace(spec, condition=resolved(spec.condition, bundle.conditions))
+    spec = resolve(spec, bundle.conditions)
     guide = guide_for(spec, bundle.conditions, bundle.task, bundle.names, target_state, device)
     vectors = sample(bundle, spec.n, spec.sampler, spec.steps, spec.generator(), device, progress, guide)
     return Samples(vectors, spec, bundle)

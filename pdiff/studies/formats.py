@@ -6,7 +6,8 @@ old and new reports alike (`read`). Version 2 added the evaluate report's `condi
 of an evaluate or transfer report in one `sources` block keyed by name, each entry with its family and kind
 (measure.sources), its metric lists and their summary, and its clean-resources ledger (readers filter by family:
 sources.of_family); and records sampling once, in `settings.sampling` (the top-level n, seed, sampler and steps
-are gone; an evaluate report's `chain_steps` is the denoiser calls the reverse chain made).
+are gone; an evaluate report's `chain_steps` is the denoiser calls the reverse chain made), its condition and
+guidance as sampling used them (generator.conditions.resolve; None where no condition guided the sets).
 """
 from __future__ import annotations
 
@@ -155,6 +156,10 @@ def _evaluate_sources(out: dict, old: dict) -> dict:
     out["sources"] = {name: entry(name, {k: v for k, v in found[name].items() if k != "clean_resources"},
                                   found[name].get("clean_resources")) for name in ordered(found)}
     out["chain_steps"] = old.get("steps")
+    condition, sampling = old.get("condition"), old["settings"].get("sampling", {})
+    if condition and condition["asked"] != "none" and sampling.get("guidance") is None:
+        # before version 3 only the condition block held the scale sampling used; settings.sampling holds it now
+        out["settings"] = {**old["settings"], "sampling": {**sampling, "guidance": condition["guidance"]}}
     return out
 
 

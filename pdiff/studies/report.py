@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 
 import torch
 
@@ -18,7 +17,7 @@ from pdiff.core.splice import select_layers
 from pdiff.data.plan import RunData
 from pdiff.data.triggers import trigger_line
 from pdiff.generator.bundle import Bundle
-from pdiff.generator.conditions import resolved
+from pdiff.generator.conditions import resolve
 from pdiff.generator.sampling import Samples, draw
 from pdiff.measure.baselines import (GAUSSIAN_TEMPERATURES, TOP_FRACTIONS, TOP_TEMPERATURES, average, baseline_sets,
                                      gaussian, gaussian_sweep, match_level, noisy_originals, top_gaussians)
@@ -148,7 +147,7 @@ def warm(bundle: Bundle, target: Target, data: RunData, sampling: SamplingSpec, 
     val = engines.get(bundle, target, layers, data.validation, device, data.bn) if data.validation is not None else None
     seed = sampling.seed if settings.controls_seed is None else settings.controls_seed
     sets, _ = _fixed_sources(bundle, min(sampling.n, len(bundle.originals)), seed, settings,
-                             _guided(bundle, replace(sampling, condition=resolved(sampling.condition, bundle.conditions))))
+                             _guided(bundle, resolve(sampling, bundle.conditions)))
     for vectors in sets.values():
         engine.run(vectors, fixed=True)
     if val is not None:
@@ -221,12 +220,11 @@ def _fixed_sources(bundle: Bundle, count: int, seed: int, settings: EvalSettings
 
 
 def _guided(bundle: Bundle, spec: SamplingSpec) -> bool:
-    """Whether the run asked an accuracy-conditional bundle for an accuracy with a guidance scale above 0 (at 0, or
-    asked for none, the sets come from its unconditional model and the condition is not used)."""
+    """Whether the run (its spec resolved: conditions.resolve) asked an accuracy-conditional bundle for an accuracy
+    with a guidance scale above 0 (at 0, or asked for none, the sets come from its unconditional model and the
+    condition is not used)."""
     c = bundle.conditions
-    if c is None or c.kind != "acc" or spec.condition == "none":
-        return False
-    return (spec.guidance if spec.guidance is not None else c.meta.get("guidance", 1.0)) > 0
+    return c is not None and c.kind == "acc" and spec.condition.kind == "acc" and spec.guidance > 0
 
 
 def _sources_section(bundle: Bundle, m: dict, finite: torch.Tensor, measured: dict[str, dict]) -> dict:
@@ -289,8 +287,7 @@ def _condition(bundle: Bundle, spec: SamplingSpec, metrics: dict) -> dict | None
     c = bundle.conditions
     if c is None:
         return None
-    out = {"kind": c.kind, "asked": spec.condition,
-           "guidance": spec.guidance if spec.guidance is not None else c.meta.get("guidance", 1.0)}
+    out = {"kind": c.kind, "asked": str(spec.condition), "guidance": spec.guidance}  # as sampling used them
     if c.kind == "acc":
         order = c.values.flatten().argsort(descending=True).tolist()
         test = metrics["originals"]["acc"]

@@ -35,7 +35,7 @@ from pdiff.data.datasets import DATASETS, Split
 from pdiff.data.plan import RunData
 from pdiff.data.triggers import trigger_line
 from pdiff.generator.bundle import Bundle
-from pdiff.generator.conditions import resolved
+from pdiff.generator.conditions import resolve
 from pdiff.generator.sampling import draw
 from pdiff.measure.assembly import Assembled, Failed, assemble, ledger
 from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, hyper_parameters, run_defence
@@ -290,7 +290,7 @@ def run_transfer(bundle: Bundle, victim: Target, data: RunData, sampling: Sampli
     `model_std` the mean over seeds of the std over models within a seed. Methods that do not depend on the seed
     (sources.Source.seeded) are measured once, with the first seed."""
     methods, seeds = check_methods(settings.methods), list(settings.seeds)
-    sampling = replace(sampling, condition=resolved(sampling.condition, bundle.conditions))
+    sampling = resolve(sampling, bundle.conditions)  # recorded as every seed samples it
     if "donor" in methods and not bundle.budget_donor:
         if settings.methods and settings.methods != ("all",):  # named by the user, not by a default set
             raise ValueError("the donor row is a budget donor's clean model: give a donor's bundle (collect --train-on "

@@ -25,7 +25,7 @@ from pdiff.core.settings import SamplingSpec, settings_dict
 from pdiff.data.datasets import DATASETS
 from pdiff.data.plan import RunData
 from pdiff.generator.bundle import Bundle
-from pdiff.generator.conditions import signature
+from pdiff.generator.conditions import resolve, signature
 from pdiff.generator.diffusion import Guide
 from pdiff.generator.sampling import draw, sample
 from pdiff.measure.baselines import average, gaussian
@@ -53,20 +53,21 @@ def trunk_study(bundle: Bundle, collection: str | Path | Collection, data: RunDa
     coll = collection if isinstance(collection, Collection) else Collection.load(collection)
     trained = sorted(set(bundle.meta["trunk_of"]))
     signatures = c.standardised(torch.stack([c.values[bundle.meta["trunk_of"].index(t)] for t in trained]))
-    per_trunk = {str(h): _one_trunk(bundle, coll, h, trained, signatures, data, sampling, device) for h in held}
+    asked = resolve(replace(sampling, condition="trunk=target"), c)  # the guidance every trunk's sets are drawn with
+    per_trunk = {str(h): _one_trunk(bundle, coll, h, trained, signatures, data, asked, device) for h in held}
     sources = list(next(iter(per_trunk.values()))["sources"])
     overall = {s: summary([r["sources"][s]["mean"] for r in per_trunk.values()]) for s in sources}
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings_dict(sampling, data.spec),
             "task": bundle.task.name, "held_out_trunks": held, "trained_on_trunks": trained,
-            "probe_images": len(c.probe.labels), "guidance": c.meta.get("guidance"), "trunks": per_trunk,
+            "probe_images": len(c.probe.labels), "guidance": asked.guidance, "trunks": per_trunk,
             "summary_over_trunks": overall}
 
 
 def _one_trunk(bundle: Bundle, coll: Collection, h: int, trained: list[int], signatures: torch.Tensor,
-               data: RunData, sampling: SamplingSpec, device) -> dict:
-    state, c = coll.trunks[h], bundle.conditions
+               data: RunData, asked: SamplingSpec, device) -> dict:
+    """Every source on held-out trunk `h`, the generated ones drawn as `asked` (trunk=target, resolved)."""
+    state, c, sampling = coll.trunks[h], bundle.conditions, asked
     engine = TargetEngine(bundle.task, bundle.layout, Target(f"trunk {h}", state, None), data.test, device=device)
-    asked = replace(sampling, condition="trunk=target")
     own = c.standardised(draw_signature(bundle, state, device))
     nearest = trained[int(torch.cdist(own, signatures).argmin())]
     other = trained[int(torch.cdist(own, signatures).argmax())]  # the farthest training trunk: the swap
@@ -82,8 +83,7 @@ def _one_trunk(bundle: Bundle, coll: Collection, h: int, trained: list[int], sig
         "unconditional": finite(draw(bundle, replace(sampling, condition="none"), device).vectors),
         "swap": finite(draw(bundle, asked, device, target_state=coll.trunks[other]).vectors),
         "random": finite(sample(bundle, sampling.n, sampling.sampler, sampling.steps, sampling.generator(), device,
-                                guide=Guide(torch.randn(sampling.n, c.dim, generator=g),
-                                            float(c.meta.get("guidance", 1.0))))),
+                                guide=Guide(torch.randn(sampling.n, c.dim, generator=g), asked.guidance))),
         "retrieval": retrieved, "retrieval_gaussian": gaussian(retrieved, bundle.layout, sampling.n, g),
         "average": average(bundle.originals),
     }
