@@ -29,7 +29,7 @@ $H sweep --generator runs/heads/t16-rmq --trunks 16,17 --scales 0.5,1,2 --n 10 -
 $H sweep --generator runs/heads/t16-rmq --trunks 0,1 --scales 1 --n 10 --json results/heads/sweep-t16-rmq-training.json
 # 6. eight held-out trunks (16-19, 2 epochs; the zoo's 44-47, 8 epochs) and 40 training trunks (0-15 and the zoo's
 #    20-43): the generator of step 3 on all of them, shipped as checkpoints/fmnist-convnet-trunks/heads (`python -m
-#    pdiff heads`), studied at K = 1, 5, 20 (about 25 minutes beside two other jobs)
+#    pdiff heads`), studied at K = 1, 5, 20 (about 15 minutes beside two other jobs)
 $H train --trunks 0-15,20-43 --out runs/heads/t40-rmq --steps 1000 --refine --prior matched --quality
 $H ship --generator runs/heads/t40-rmq --out checkpoints/fmnist-convnet-trunks/heads
 $H study --generator runs/heads/t40-rmq --held 16-19,44-47 --json results/heads/t40-rmq.json
@@ -38,3 +38,5 @@ $H study --generator runs/heads/t40-rmq --held 16-19,44-47 --json results/heads/
 $H train --trunks 0-15,20-35 --out runs/heads/t32-rmq --steps 1000 --refine --prior matched --quality
 $H study --generator runs/heads/t32-rmq --held 16-19,44-47 --ks 5 --json results/heads/curve8-t32.json
 $H study --generator runs/heads/t16-rmq --held 16-19,44-47 --ks 5 --json results/heads/curve8-t16.json
+# 8. the shipped generator's guidance scale on the validation split, on a held-out trunk of each recipe
+$H sweep --generator runs/heads/t40-rmq --trunks 16,44 --scales 0.5,1,2 --n 10 --json results/heads/sweep-t40-rmq.json
