@@ -153,7 +153,7 @@ def test_a_module_in_memory_is_a_target(small_train, small_test):
     # the CLI's recipe: the spec kept whole, the reconstructions checked on `test` (the whole model, not staged)
     assert bundle.train_spec == pdiff.TrainSpec(pdiff.AEConfig(steps=20, channels=[8, 16]),
                                                 pdiff.DDPMConfig(steps=20, channels=16))
-    assert len(bundle.meta["training"]["reconstruction"]["acc"]) == 6
+    assert len(bundle.info.training["reconstruction"]["acc"]) == 6
     report = pdiff.evaluate(pdiff.sample(bundle, 4, "ddim", 5), test, target=base,
                             settings=pdiff.EvalSettings(baselines=False))
     assert report["target"]["name"] == "Sequential" and len(report["sources"]["generated"]["acc"]) == 4

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pdiff.generator.bundle import BUNDLE_JSON, DENOISER_FILE, Bundle, BundleError
+from pdiff.generator.bundle import _RESERVED, BundleInfo, BUNDLE_JSON, DENOISER_FILE, Bundle, BundleError
 from pdiff.core.config import AEConfig, DDPMConfig
 from pdiff.generator.sampling import sample
 from pdiff.collection.folder import Collection
@@ -150,7 +150,7 @@ def test_named_victims_travel_with_the_bundle(tiny_bundle, tiny_collection):
     from pdiff.measure.targets import resolve_target
 
     assert list(tiny_bundle.victims) == ["scratch-badnets", "finetuned-blended"]
-    assert tiny_bundle.meta["victims"]["finetuned-blended"]["trigger"]["name"] == "blended"
+    assert tiny_bundle.info.victim_reports["finetuned-blended"]["trigger"]["name"] == "blended"
     for name in ("finetuned", "finetuned-blended"):  # a kind means its victim
         target = resolve_target(tiny_bundle, name)
         assert target.name == "finetuned-blended" and target.trigger.name == "blended"
@@ -190,6 +190,21 @@ def test_the_shipped_bundles_load_without_a_spec():
         meta = json.loads((Path("checkpoints") / name / "bundle" / BUNDLE_JSON).read_text())
         bundle = Bundle.load(Path("checkpoints") / name / "bundle")
         assert meta["format_version"] in (2, 3) and bundle.train_spec is None and bundle.digest
+
+
+def test_what_bundle_json_records_reads_as_typed_info_and_writes_back_as_it_was():
+    for name in ("fmnist-convnet", "fmnist-convnet-budget", "fmnist-convnet-trunks"):
+        meta = json.loads((Path("checkpoints") / name / "bundle" / BUNDLE_JSON).read_text())
+        recorded = {k: v for k, v in meta.items() if k not in _RESERVED}
+        info = BundleInfo.from_json(recorded)
+        assert info.originals_acc == recorded["originals_acc"] and info.trunk_of == recorded["trunk_of"]
+        assert info.victim_reports.get("scratch-badnets") == recorded["victim"] and not info.extra  # all known
+        written = info.to_json()
+        assert {k: written[k] for k in recorded} == recorded  # saved again, bundle.json says the same
+        assert set(written) - set(recorded) <= {"held_out_trunks"}  # before format 4: none were held out
+    budget = Bundle.load(Path("checkpoints") / "fmnist-convnet-budget" / "bundle")
+    assert budget.budget_donor == budget.info.trained_on and budget.budget_donor["images"] == budget.train_size == 3000
+    assert budget.clean_model()[1] == budget.info.references["clean-model"]["train_size"] == 55000
 
 
 def test_latents_are_standardised_per_latent_number(tiny_bundle, tmp_path):
@@ -244,6 +259,6 @@ def test_victims_only_replaces_the_victims_and_keeps_the_generator(tiny_bundle, 
     assert cli.main(["train", "--collection", str(coll), "--out", str(bundle_dir), "--victims-only"]) == 0
     again = Bundle.load(bundle_dir)
     assert set(again.victims) == {"scratch-badnets"}
-    assert again.meta["victims"] == {}
+    assert list(again.info.victim_reports) == ["scratch-badnets"]
     assert (bundle_dir / "denoiser_ema.safetensors").read_bytes() == before
     assert not (bundle_dir / weights).exists()

@@ -195,7 +195,7 @@ def test_the_trunk_study_sets_every_control_beside_the_generated_layers(tmp_path
     bundle = train_bundle(coll, AEConfig(channels=[16, 32], steps=20),
                           DDPMConfig(channels=32, blocks=2, steps=20, condition_dim=conditions.dim), 0,
                           conditions=conditions)
-    assert bundle.meta["held_out_trunks"] == [2] and bundle.conditions.kind == "trunk"
+    assert bundle.info.held_out_trunks == [2] and bundle.conditions.kind == "trunk"
     report = trunk_study(bundle, tmp_path, RunData(small_test), SamplingSpec(4, "ddim", 3, seed=0))
     sources = report["trunks"]["2"]["sources"]
     assert {"trunk_as_is", "own_checkpoints", "generated", "unconditional", "swap", "random", "retrieval",

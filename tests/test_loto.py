@@ -30,7 +30,7 @@ def two_trunks(tmp_path_factory, small_train, small_test):
 def loto_bundle(two_trunks, tmp_path_factory):
     bundle = train_bundle(Collection.load(two_trunks, hold_out_trunk=1), AEConfig(channels=[16, 32], steps=20),
                           DDPMConfig(channels=32, blocks=2, steps=20), seed=0)
-    assert bundle.meta["held_out_trunk"] == 1 and bundle.meta["trunk_of"] == [0, 0, 0, 0]
+    assert bundle.info.held_out_trunk == 1 and bundle.info.trunk_of == [0, 0, 0, 0]
     return Bundle.load(bundle.save(tmp_path_factory.mktemp("loto") / "bundle"))
 
 

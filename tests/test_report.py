@@ -61,7 +61,7 @@ def test_der_follows_the_formula(victim_report):
 
 def test_originals_in_the_clean_target_match_the_collection(tiny_bundle, small_test):
     r, _ = report(tiny_bundle, "clean", n=3, sampler="ddim", steps=3, test=small_test, tsne=False)
-    assert r["sources"]["originals"]["acc"] == pytest.approx(tiny_bundle.meta["originals_acc"], abs=1e-6)
+    assert r["sources"]["originals"]["acc"] == pytest.approx(tiny_bundle.info.originals_acc, abs=1e-6)
     assert r["backdoor"] == NOT_APPLICABLE and "asr" not in r["sources"]["generated"] and "asr" not in r["target"]
     assert "clean-layers" not in r["sources"] and "clean-model" not in r["sources"]  # no backdoor: no controls
     assert "average:" in familiar_lines(r)

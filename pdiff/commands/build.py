@@ -252,7 +252,7 @@ def cmd_train(args) -> int:
     bundle = build_bundle(collection, spec, train, test, args.seed, resolve_device(args.device))
     if dist.is_main():  # under torchrun every rank holds the same bundle; one writes it
         bundle.save(args.out)
-    tr = bundle.meta["training"]
+    tr = bundle.info.training
     summary = {"bundle": str(args.out), "timings_s": tr["timings_s"], "autoencoder_final_mse": tr["autoencoder_final_mse"],
                "ddpm_final_loss": tr["ddpm_final_loss"]}
     if "reconstruction" in tr:

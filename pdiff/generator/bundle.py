@@ -50,6 +50,50 @@ class BundleError(ValueError):
 
 
 @dataclass
+class BundleInfo:
+    """Where a bundle came from, typed: what bundle.json records beside the weights' settings, under the keys it has
+    always had (`from_json` / `to_json`; keys pdiff does not know are kept in `extra` and written back)."""
+    originals_acc: list[float] = field(default_factory=list)  # each original's test accuracy (percent)
+    base_acc: float | None = None                             # the base model's
+    collection_seed: int | None = None
+    # the ledger of every method that uses the clean model behind the checkpoints: the images it was trained on, and
+    # for a budget donor's bundle the clean budget it was drawn from (bundle.json's `collection`)
+    train_size: int | None = None
+    trained_on: dict | None = None
+    trunk_of: list[int] = field(default_factory=list)          # each original's trunk
+    held_out_trunk: int | None = None                         # the trunk a leave-one-trunk-out collection left out
+    held_out_trunks: list[int] = field(default_factory=list)  # trunks the spec held out of training (the trunk study)
+    training: dict = field(default_factory=dict)  # seed, device, timings, final losses, the reconstruction check
+    # victims' reports by name (PLAIN_VICTIM, the scratch BadNets one: bundle.json's `victim`; the others `victims`)
+    victim_reports: dict[str, dict] = field(default_factory=dict)
+    references: dict[str, dict] = field(default_factory=dict)  # the reference models' reports (train_size, acc)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, meta: dict) -> "BundleInfo":
+        """From bundle.json's keys beside the reserved ones (every format version alike)."""
+        meta = dict(meta)
+        collection = meta.pop("collection", None) or {}
+        plain, others = meta.pop("victim", None), meta.pop("victims", None) or {}
+        known = [f for f in cls.__dataclass_fields__ if f not in ("train_size", "trained_on", "victim_reports", "extra")]
+        given = {k: meta.pop(k) for k in known if k in meta}
+        return cls(**{k: v for k, v in given.items() if v is not None}, train_size=collection.get("train_size"),
+                   trained_on=collection.get("trained_on"),
+                   victim_reports={**({PLAIN_VICTIM: plain} if plain else {}), **others}, extra=meta)
+
+    def to_json(self) -> dict:
+        """bundle.json's keys for this record, in the order a bundle trained now has them."""
+        collection = {k: v for k, v in (("train_size", self.train_size), ("trained_on", self.trained_on))
+                      if v is not None}
+        return {"originals_acc": self.originals_acc, "base_acc": self.base_acc, "collection_seed": self.collection_seed,
+                "collection": collection, "trunk_of": self.trunk_of, "held_out_trunk": self.held_out_trunk,
+                "held_out_trunks": self.held_out_trunks, "training": self.training,
+                "victim": self.victim_reports.get(PLAIN_VICTIM),
+                "victims": {k: v for k, v in self.victim_reports.items() if k != PLAIN_VICTIM},
+                **({"references": self.references} if self.references else {}), **self.extra}
+
+
+@dataclass
 class Bundle:
     task: Task
     layout: Layout
@@ -63,11 +107,11 @@ class Bundle:
     latent_mean: torch.Tensor       # latent standardisation: (C, L) per latent number; a 0-d scalar in older bundles
     latent_std: torch.Tensor
     base_state: dict[str, torch.Tensor]
-    meta: dict = field(default_factory=dict)   # accuracies, victim reports, training log
-    # victims by name (collection.victim_name), e.g. scratch-badnets, finetuned-blended; each has a report in
-    # meta: the scratch BadNets one under meta["victim"] (the first format's key), the others in meta["victims"]
+    info: BundleInfo = field(default_factory=BundleInfo)  # accuracies, the ledger, trunks, reports, training log
+    # victims by name (collection.victim_name), e.g. scratch-badnets, finetuned-blended; each with its report in
+    # info.victim_reports
     victims: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
-    # clean models kept beside a bundle for the controls, by name, each with a report in meta["references"]
+    # clean models kept beside a bundle for the controls, by name, each with its report in info.references
     # (train_size, acc): a budget donor's bundle keeps the full clean model as "clean-model"
     references: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     conditions: Conditions | None = None   # what a conditional bundle was trained on (generator.conditions)
@@ -98,28 +142,27 @@ class Bundle:
     @property
     def train_size(self) -> int | None:
         """The images the clean model behind the checkpoints was trained on (None: a bundle that did not record it)."""
-        return (self.meta.get("collection") or {}).get("train_size")
+        return self.info.train_size
 
     @property
     def budget_donor(self) -> dict | None:
         """A budget donor's bundle: what it records of the clean budget its model was trained on; else None."""
-        return (self.meta.get("collection") or {}).get("trained_on")
+        return self.info.trained_on
 
     def clean_model(self) -> tuple[dict[str, torch.Tensor], int | None]:
         """The clean model the `clean-model` control is, and the images it was trained on: the reference model a
         budget donor's bundle keeps, else the bundle's own base."""
         if "clean-model" in self.references:
-            return self.references["clean-model"], self.meta["references"]["clean-model"].get("train_size")
+            return self.references["clean-model"], self.info.references["clean-model"].get("train_size")
         return self.base_state, self.train_size
 
     def victim_report(self, name: str) -> dict:
-        return self.meta["victim"] if name == PLAIN_VICTIM else self.meta["victims"][name]
+        return self.info.victim_reports[name]
 
     def set_victims(self, victims: dict) -> None:
         """Hold these victims ({name: collection.Victim}) with their reports, in place of any before."""
         self.victims = {name: v.state for name, v in victims.items()}
-        self.meta["victim"] = victims[PLAIN_VICTIM].report if PLAIN_VICTIM in victims else None
-        self.meta["victims"] = {name: v.report for name, v in victims.items() if name != PLAIN_VICTIM}
+        self.info.victim_reports = {name: v.report for name, v in victims.items()}
 
     def save(self, path: str | Path) -> Path:
         """Write the bundle folder atomically; an existing bundle at `path` is replaced whole."""
@@ -138,15 +181,14 @@ class Bundle:
                               "latent_std": torch.as_tensor(self.latent_std, dtype=torch.float32)},
                 BASE_FILE: self.base_state,
             }
-            reported = set(self.meta.get("victims") or {}) | ({PLAIN_VICTIM} if self.meta.get("victim") else set())
-            unknown = sorted(set(self.victims) - reported)
+            unknown = sorted(set(self.victims) - set(self.info.victim_reports))
             if unknown:
-                raise BundleError(f"victims without a report in meta: {', '.join(unknown)}")
+                raise BundleError(f"victims without a report in info: {', '.join(unknown)}")
             for name, state in self.victims.items():
                 files[victim_files(name)[0]] = state
-            unknown = sorted(set(self.references) - set(self.meta.get("references") or {}))
+            unknown = sorted(set(self.references) - set(self.info.references))
             if unknown:
-                raise BundleError(f"reference models without a report in meta: {', '.join(unknown)}")
+                raise BundleError(f"reference models without a report in info: {', '.join(unknown)}")
             for name, state in self.references.items():
                 files[reference_file(name)] = state
             c = self.conditions
@@ -161,7 +203,7 @@ class Bundle:
                 "task": self.task.to_dict(),
                 "arch_args": self.arch_args if self.arch_args is not None else default_arch_args(self.task),
                 "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
-                "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.meta.items() if k not in _RESERVED},
+                "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.info.to_json().items() if k not in _RESERVED},
                 **({"condition": {"kind": c.kind, **c.meta}} if c is not None else {}),
                 **({"train_spec": self.train_spec.to_dict()} if self.train_spec is not None else {}),
                 "files": {name: sha256(tmp / name) for name in sorted(files)},
@@ -201,10 +243,9 @@ class Bundle:
                 module.load_state_dict(tensors[name])
             except RuntimeError as e:
                 raise BundleError(f"{path / name} does not match bundle.json's settings: {e}") from None
-        extra = {k: v for k, v in meta.items() if k not in _RESERVED}
+        info = BundleInfo.from_json({k: v for k, v in meta.items() if k not in _RESERVED})
         victims = {}
-        named = [*([PLAIN_VICTIM] if extra.get("victim") else []), *(extra.get("victims") or {})]
-        for name in named:
+        for name in info.victim_reports:
             file = victim_files(name)[0]
             if file not in tensors:
                 raise BundleError(f"{path / BUNDLE_JSON} names victim {name!r} but lists no {file}")
@@ -213,18 +254,18 @@ class Bundle:
         if meta.get("condition"):
             if CONDITIONS_FILE not in tensors:
                 raise BundleError(f"{path / BUNDLE_JSON} has a condition but lists no {CONDITIONS_FILE}")
-            c, info = tensors[CONDITIONS_FILE], dict(meta["condition"])
+            c, recorded = tensors[CONDITIONS_FILE], dict(meta["condition"])
             probe = (Split(c["probe_images"], c["probe_labels"], task.dataset) if "probe_images" in c else None)
-            conditions = Conditions(info.pop("kind"), c["values"], c["mean"], c["std"], info, probe)
+            conditions = Conditions(recorded.pop("kind"), c["values"], c["mean"], c["std"], recorded, probe)
         spec = TrainSpec.from_dict(meta["train_spec"]) if meta.get("train_spec") is not None else None
         references = {}
-        for name in extra.get("references") or {}:
+        for name in info.references:
             if reference_file(name) not in tensors:
                 raise BundleError(f"{path / BUNDLE_JSON} names reference model {name!r} but lists no {reference_file(name)}")
             references[name] = tensors[reference_file(name)]
         return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
                    stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"],
-                   tensors[BASE_FILE], extra, victims=victims, path=path, arch_args=meta["arch_args"],
+                   tensors[BASE_FILE], info, victims=victims, path=path, arch_args=meta["arch_args"],
                    digest=sha256(path / BUNDLE_JSON), references=references, conditions=conditions, train_spec=spec)
 
 

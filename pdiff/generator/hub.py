@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from pdiff.data.triggers import Trigger
+from pdiff.collection.folder import PLAIN_VICTIM
 from pdiff.generator.bundle import BUNDLE_JSON, FORMAT, Bundle, BundleError
 
 MB = 1_000_000
@@ -24,10 +25,9 @@ DEFAULT_CACHE_MB = 2000   # the whole download cache; PDIFF_HUB_CACHE_MB overrid
 
 def model_card(bundle: Bundle, repo_id: str) -> str:
     """A README.md for the bundle's Hub repo, from what bundle.json records."""
-    accs = bundle.meta.get("originals_acc") or []
-    victim = bundle.meta.get("victim") or {}
-    training = bundle.meta.get("training", {})
-    recon = training.get("reconstruction", {})
+    accs, info = bundle.info.originals_acc, bundle.info
+    victim = info.victim_reports.get(PLAIN_VICTIM) or {}
+    recon = info.training.get("reconstruction", {})
     lines = [
         "---", "library_name: pdiff", "license: mit", "tags:", "- parameter-generation", "- diffusion", "- p-diff",
         f"- {bundle.task.dataset}", "---", "",
@@ -49,7 +49,7 @@ def model_card(bundle: Bundle, repo_id: str) -> str:
     if victim:
         lines.append(f"| victim (BadNets, target {victim['trigger']['target']}) | ACC {victim['acc']:.2f}, "
                      f"ASR {victim['asr']:.2f}, RA {victim['ra']:.2f} |")
-    for name, v in (bundle.meta.get("victims") or {}).items():
+    for name, v in ((n, v) for n, v in info.victim_reports.items() if n != PLAIN_VICTIM):
         lines.append(f"| victim `{name}` ({Trigger.from_dict(v['trigger']).describe()}) | "
                      f"ACC {v['acc']:.2f}, ASR {v['asr']:.2f}, RA {v['ra']:.2f} |")
     lines += ["", "## Use", "", "```bash",

@@ -43,7 +43,7 @@ def build_bundle(collection: Collection, spec: TrainSpec = TrainSpec(), train: S
     if spec.clean_model is not None:
         keep_reference(bundle, Collection.load(spec.clean_model, trunks=False), Path(spec.clean_model).name)
     if spec.reconstruction:
-        bundle.meta["training"]["reconstruction"] = reconstruction_report(bundle, test, device, collection.trunks)
+        bundle.info.training["reconstruction"] = reconstruction_report(bundle, test, device, collection.trunks)
     bundle.train_spec = replace(spec, hold_out_trunks=collection.held_out_trunks)
     return bundle
 
@@ -81,8 +81,8 @@ def keep_reference(bundle: Bundle, reference: Collection, name: str) -> None:
     """Keep `reference`'s base model beside the bundle as the clean-model control, with what it was trained on (a
     budget donor's bundle keeps the full clean model so that its tables can show it beside the donor)."""
     bundle.references["clean-model"] = reference.base
-    bundle.meta["references"] = {"clean-model": {"train_size": reference.info.get("train_size"),
-                                                 "acc": reference.trunk_accs[0], "from": name}}
+    bundle.info.references = {"clean-model": {"train_size": reference.info.get("train_size"),
+                                              "acc": reference.trunk_accs[0], "from": name}}
 
 
 def replace_victims(folder: str | Path, collection: Collection) -> Bundle:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from pdiff.generator.bundle import Bundle
+from pdiff.generator.bundle import Bundle, BundleInfo
 from pdiff.collection.folder import Collection
 from pdiff.core import dist
 from pdiff.core.config import AEConfig, DDPMConfig, auto_fold
@@ -246,17 +246,16 @@ def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig,
     ddpm_s = time.perf_counter() - t0
 
     # what the clean model behind the checkpoints was trained on: the ledger of every method that uses it
-    trained = {k: collection.info[k] for k in ("train_size", "trained_on") if k in collection.info}
-    meta = {"originals_acc": collection.accs, "base_acc": collection.trunk_accs[0], "collection_seed": collection.seed,
-            "collection": trained,
-            "trunk_of": collection.trunk_of, "held_out_trunk": collection.held_out_trunk,
-            "held_out_trunks": list(collection.held_out_trunks),
-            "training": {"seed": seed, "device": str(device), "ranks": dist.world(),
-                         "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
-                         "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
-                         "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])}}
+    info = BundleInfo(originals_acc=collection.accs, base_acc=collection.trunk_accs[0],
+                      collection_seed=collection.seed, train_size=collection.info.get("train_size"),
+                      trained_on=collection.info.get("trained_on"), trunk_of=collection.trunk_of,
+                      held_out_trunk=collection.held_out_trunk, held_out_trunks=list(collection.held_out_trunks),
+                      training={"seed": seed, "device": str(device), "ranks": dist.world(),
+                                "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
+                                "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
+                                "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])})
     bundle = Bundle(collection.task, layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
-                    z_mean, z_std, collection.base, meta)
+                    z_mean, z_std, collection.base, info)
     bundle.set_victims(collection.victims)
     bundle.conditions = conditions
     return bundle
@@ -270,7 +269,7 @@ def reconstruction_report(bundle: Bundle, test: Split, device="cpu",
     ae = bundle.autoencoder.to(device).eval()
     x = normalize(bundle.originals, bundle.norm_mean, bundle.norm_std, bundle.layout)
     recon = denormalize(ae.decode(ae.encode(x.to(device))).cpu(), bundle.norm_mean, bundle.norm_std, bundle.layout)
-    trunk_of = torch.tensor(bundle.meta.get("trunk_of") or [0] * len(recon))
+    trunk_of = torch.tensor(bundle.info.trunk_of or [0] * len(recon))
     states = trunks or [bundle.base_state]
     used = trunk_of.unique().tolist()
     if max(used) >= len(states):

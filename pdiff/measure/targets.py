@@ -97,7 +97,7 @@ def _resolve(bundle: Bundle, target: str) -> Target:
 def assumed_trigger(bundle: Bundle) -> Trigger:
     """The trigger an uploaded model is scored against when nothing names one: the bundle's scratch
     victim's (BadNets, target 0, for the shipped bundles), else the BadNets preset."""
-    plain = bundle.meta.get("victim") or {}
+    plain = bundle.info.victim_reports.get(PLAIN_VICTIM) or {}
     return Trigger.from_dict(plain["trigger"]) if plain.get("trigger") else Trigger()
 
 def target_names(bundle: Bundle) -> list[str]:

@@ -33,7 +33,7 @@ def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, dat
     """Accuracy on the held-out trunk of: the trunk as it is, generated sets, that trunk's own checkpoints,
     the other trunks' ones; with `stitch`, also the generated sets and the first training trunk's own layers after
     a stitch from the held-out trunk onto that trunk, fitted on a clean budget drawn with the sampling seed."""
-    held = bundle.meta.get("held_out_trunk")
+    held = bundle.info.held_out_trunk
     if held is None:
         raise ValueError("this bundle was trained on every trunk; train one with `train --hold-out-trunk I`")
     coll = collection if isinstance(collection, Collection) else Collection.load(collection)
@@ -46,7 +46,7 @@ def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, dat
     sets = dict(zip(SOURCES, (own_vector(trunk.state, bundle.layout), samples.vectors[samples.finite],
                               coll.rows_of_trunk(held), bundle.originals)))
     m = measure(engine, sets, reference=None)
-    trained_on = sorted(set(bundle.meta.get("trunk_of", [])))
+    trained_on = sorted(set(bundle.info.trunk_of))
     report = {"format": FORMAT, "format_version": FORMAT_VERSION, "settings": settings_dict(sampling, data.spec),
               "task": bundle.task.name, "held_out_trunk": held, "trunk_acc": coll.trunk_accs[held],
               "trained_on_trunks": trained_on,

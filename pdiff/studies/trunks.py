@@ -47,12 +47,12 @@ def trunk_study(bundle: Bundle, collection: str | Path | Collection, data: RunDa
     c = bundle.conditions
     if c is None or c.kind != "trunk":
         raise ValueError("this study needs a trunk-conditional bundle: train one with --condition trunk")
-    held = bundle.meta.get("held_out_trunks") or []
+    held = bundle.info.held_out_trunks
     if not held:
         raise ValueError("this bundle was trained on every trunk; train one with --hold-out-trunk I J ...")
     coll = collection if isinstance(collection, Collection) else Collection.load(collection)
-    trained = sorted(set(bundle.meta["trunk_of"]))
-    signatures = c.standardised(torch.stack([c.values[bundle.meta["trunk_of"].index(t)] for t in trained]))
+    trained = sorted(set(bundle.info.trunk_of))
+    signatures = c.standardised(torch.stack([c.values[bundle.info.trunk_of.index(t)] for t in trained]))
     asked = resolve(replace(sampling, condition="trunk=target"), c)  # the guidance every trunk's sets are drawn with
     per_trunk = {str(h): _one_trunk(bundle, coll, h, trained, signatures, data, asked, device) for h in held}
     sources = list(next(iter(per_trunk.values()))["sources"])
