@@ -78,6 +78,17 @@ def test_a_run_reports_the_generated_heads_beside_every_control_with_its_ledger(
     assert report["condition"] == "trunk=target" and report["target"] == str(target)
     assert report["donors"] == ["trunk-1", "trunk-2"] and report["draw"]["excluded_images"] == 200
     assert "stitch_ensemble" in printed.out and "  20 / 60" in printed.out
+    assert report["training_trunk"] is None
+
+
+def test_a_training_trunk_as_the_target_is_said_and_lends_nothing_to_itself(kit, tmp_path, capsys):
+    folder, _ = kit
+    out = tmp_path / "heads.json"
+    code, printed = _run(capsys, "--generator", str(folder), "--target", str(folder.parent / "trunk-1.safetensors"),
+                         "--json", str(out), *FLAGS)
+    assert code == 0, printed.err
+    report = json.loads(out.read_text())
+    assert report["training_trunk"] == "trunk-1" and report["donors"] == ["trunk-2"]
 
 
 def test_the_api_gives_the_same_report_for_a_module_and_takes_its_own_pool(kit, small_test):

@@ -88,9 +88,11 @@ def _status(report: dict) -> str:
     means = report["summary"][k]
     controls = {n: v for n, v in means.items() if report["trunks"][TARGET]["k"][k][n]["family"] == "control"}
     best = max(controls, key=controls.get)
+    seen = (f" The target is the generator's training trunk {report['training_trunk']}: it saw its heads."
+            if report.get("training_trunk") else "")
     return (f"**{report['target']}**, K = {k}: generated heads {means['generated']:.2f} % on average (their mean "
             f"{means['generator_mean']:.2f}); the best control on the same images, {best}, {controls[best]:.2f}; "
-            f"the trunk's own head {means['own_head']:.2f}.")
+            f"the trunk's own head {means['own_head']:.2f}.{seen}")
 
 
 def heads_panel() -> None:

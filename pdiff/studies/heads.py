@@ -296,13 +296,22 @@ def heads_for_target(kit: HeadKit, target: dict[str, torch.Tensor], splits: tupl
     """Heads for one trunk the generator never saw (a model's state, its own head the bar), asked for with the
     trunk's own condition (trunk=target) from spec.ks shots per class and the unlabelled pool, beside every data-fit
     control on the same images with its ledger, and the checks at spec.checks_at. The draw keeps out the images the
-    generator trained its conditions on."""
+    generator trained its conditions on. A target that is one of the generator's training trunks is said so in the
+    report (`training_trunk`: the generator saw its heads) and left out of the donors."""
     model = kit.model
     check_target(target, model.form)
     train = splits[0]
     exclude = torch.cat(generator_images(train.labels, model.meta["images_per_class"], model.form.classes,
                                          model.meta["images_seed"], spec.validation))
     cache = FeatureCache(kit.task, model.form, device)
-    donors = [Trunk(name, state) for name, state in kit.donors]
+    # a training trunk asked for again lends nothing to itself (as in training, its prior is the other trunks')
+    itself = [name for name, state in kit.donors if _same_model(state, target)]
+    donors = [Trunk(name, state) for name, state in kit.donors if name not in itself]
     report = head_study(model, [Trunk(TARGET, target)], donors, splits, spec, cache, exclude, pool)
-    return {**report, "condition": f"trunk={TARGET}", "kit": str(kit.folder)}
+    return {**report, "condition": f"trunk={TARGET}", "kit": str(kit.folder),
+            "training_trunk": itself[0] if itself else None}
+
+
+def _same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """The same weights under the same names (a training trunk given as the target)."""
+    return a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
