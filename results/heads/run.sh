@@ -40,3 +40,8 @@ $H study --generator runs/heads/t32-rmq --held 16-19,44-47 --ks 5 --json results
 $H study --generator runs/heads/t16-rmq --held 16-19,44-47 --ks 5 --json results/heads/curve8-t16.json
 # 8. the shipped generator's guidance scale on the validation split, on a held-out trunk of each recipe
 $H sweep --generator runs/heads/t40-rmq --trunks 16,44 --scales 0.5,1,2 --n 10 --json results/heads/sweep-t40-rmq.json
+# 9. the shipped command on two ConvNets no study held out (made by `pdiff collect`, not the zoo's loop)
+python -m pdiff heads --target checkpoints/fmnist-convnet/base.safetensors --condition trunk=target --shots 5 \
+    --json results/heads/other-fmnist-convnet-base.json --device cpu
+python -m pdiff heads --target checkpoints/fmnist-convnet-budget/base.safetensors --condition trunk=target --shots 5 \
+    --json results/heads/other-budget-base.json --device cpu

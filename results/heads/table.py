@@ -23,6 +23,9 @@ CURVE = ("curve-t4", "curve-t8", "t16-rmq", "curve-t22")  # trunks 0-3, 0-7, 0-1
 # the shipped generator, trained on trunks 0-15 and the zoo's 20-43, asked for held-out trunks 16-19 and 44-47
 VARIANTS8 = (("t40-rmq", "40 training trunks"),)
 CURVE8 = ("curve8-t16", "curve8-t32", "t40-rmq")  # trunks 0-15; 0-15 and 20-35; 0-15 and 20-43
+# `python -m pdiff heads` with the shipped generator on models of other loops (one report each)
+OTHER = (("other-fmnist-convnet-base", "the default bundle's base (collect, 8 epochs, 55,000 images)"),
+         ("other-budget-base", "the budget donor's base (collect, 3,000 images)"))
 
 
 def _read(name: str) -> dict | None:
@@ -107,8 +110,26 @@ def curve_table(names) -> str:
                       "| own head |", "|---|---|---|---|---|---|---|", *rows])
 
 
+def other_table() -> str:
+    """K = 5: the shipped generator and the controls on models no study held out, one report each."""
+    rows = []
+    for name, label in OTHER:
+        r = _read(name)
+        if r is None:
+            continue
+        k, = r["summary"]
+        s = r["summary"][k]
+        best = max(CONTROLS, key=lambda c: s[c])
+        rows.append(f"| {label} | {s['own_head']:.2f} | {s['generated']:.2f} | {s['generator_mean']:.2f} "
+                    f"| {s['probe']:.2f} | {s['stitch_ensemble']:.2f} | {best} {s[best]:.2f} |")
+    if not rows:
+        return "(no reports yet: results/heads/run.sh makes them)"
+    return "\n".join(["| target | own head | generated | generator mean | probe | stitch_ensemble | best control |",
+                      "|---|---|---|---|---|---|---|", *rows])
+
+
 TABLES = {"heads8-k5": lambda: k5_table(VARIANTS8), "heads8-ks": lambda: ks_table(VARIANTS8),
-          "heads8-curve": lambda: curve_table(CURVE8), "heads-k5": lambda: k5_table(VARIANTS),
+          "heads8-curve": lambda: curve_table(CURVE8), "heads-other": other_table, "heads-k5": lambda: k5_table(VARIANTS),
           "heads-ks": lambda: ks_table(VARIANTS), "heads-curve": lambda: curve_table(CURVE)}
 
 if __name__ == "__main__":
