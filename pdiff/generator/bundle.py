@@ -22,7 +22,7 @@ from pdiff.generator.conditions import Conditions
 from pdiff.generator.diffusion import Diffusion
 from pdiff.core.files import sha256, write_json, write_safetensors
 from pdiff.generator.nets import Denoiser, ParamAutoencoder
-from pdiff.core.params import Layout, layout_from_json, layout_to_json
+from pdiff.core.params import Layout, comparison_space, denormalize, layout_from_json, layout_to_json, normalize
 from pdiff.core.version import __version__
 from pdiff.models.tasks import arch_args as default_arch_args
 
@@ -94,18 +94,48 @@ class BundleInfo:
 
 
 @dataclass
+class Normaliser:
+    """How a bundle standardises what it learns: parameter vectors by each number's mean and each tensor's std over
+    the K originals (p-diff step 3), the autoencoder's latents per latent number (what the DDPM sees)."""
+    mean: torch.Tensor         # (P,) each number's mean over the K originals ((T,) in older bundles)
+    std: torch.Tensor          # (T,) one scale per tensor of the layout
+    latent_mean: torch.Tensor  # (C, L) per latent number; a 0-d scalar in older bundles
+    latent_std: torch.Tensor
+
+    def normalise(self, vectors: torch.Tensor, layout: Layout) -> torch.Tensor:
+        return normalize(vectors, self.mean, self.std, layout)
+
+    def denormalise(self, vectors: torch.Tensor, layout: Layout) -> torch.Tensor:
+        return denormalize(vectors, self.mean, self.std, layout)
+
+    def comparison_space(self, vectors: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """The normalised vectors distances and the t-SNE compare (params.comparison_space)."""
+        return comparison_space(vectors, self.mean, self.std, layout)
+
+    def latents_out(self, z: torch.Tensor) -> torch.Tensor:
+        """Sampled latents back on the autoencoder's scale."""
+        return z * torch.as_tensor(self.latent_std, device=z.device) + torch.as_tensor(self.latent_mean, device=z.device)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """As stats.safetensors holds them."""
+        return {"norm_mean": self.mean, "norm_std": self.std,
+                "latent_mean": torch.as_tensor(self.latent_mean, dtype=torch.float32),
+                "latent_std": torch.as_tensor(self.latent_std, dtype=torch.float32)}
+
+
+@dataclass(kw_only=True)
 class Bundle:
+    """A trained generator as named components (the autoencoder, the EMA denoiser, the normaliser, the conditions it
+    was trained on) beside its settings, its originals and clean model, the victims and reference models kept with
+    it, and where it came from (`info`, typed)."""
     task: Task
     layout: Layout
     ae_cfg: AEConfig
     ddpm_cfg: DDPMConfig
     autoencoder: ParamAutoencoder
     denoiser: Denoiser              # the EMA weights: the ones sampling uses
+    normaliser: Normaliser
     originals: torch.Tensor         # (K, P) raw train_layer vectors, layout order
-    norm_mean: torch.Tensor         # (P,) each number's mean over the K originals ((T,) in older bundles)
-    norm_std: torch.Tensor          # (T,) one scale per tensor of the layout
-    latent_mean: torch.Tensor       # latent standardisation: (C, L) per latent number; a 0-d scalar in older bundles
-    latent_std: torch.Tensor
     base_state: dict[str, torch.Tensor]
     info: BundleInfo = field(default_factory=BundleInfo)  # accuracies, the ledger, trunks, reports, training log
     # victims by name (collection.victim_name), e.g. scratch-badnets, finetuned-blended; each with its report in
@@ -176,9 +206,7 @@ class Bundle:
                 AE_FILE: self.autoencoder.state_dict(),
                 DENOISER_FILE: self.denoiser.state_dict(),
                 ORIGINALS_FILE: {"vectors": self.originals.to(getattr(torch, self.task.recipe.storage_dtype))},
-                STATS_FILE: {"norm_mean": self.norm_mean, "norm_std": self.norm_std,
-                             "latent_mean": torch.as_tensor(self.latent_mean, dtype=torch.float32),
-                              "latent_std": torch.as_tensor(self.latent_std, dtype=torch.float32)},
+                STATS_FILE: self.normaliser.tensors(),
                 BASE_FILE: self.base_state,
             }
             unknown = sorted(set(self.victims) - set(self.info.victim_reports))
@@ -263,9 +291,10 @@ class Bundle:
             if reference_file(name) not in tensors:
                 raise BundleError(f"{path / BUNDLE_JSON} names reference model {name!r} but lists no {reference_file(name)}")
             references[name] = tensors[reference_file(name)]
-        return cls(task, layout, ae_cfg, ddpm_cfg, ae.to(device).eval(), denoiser.to(device).eval(), originals,
-                   stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"],
-                   tensors[BASE_FILE], info, victims=victims, path=path, arch_args=meta["arch_args"],
+        normaliser = Normaliser(stats["norm_mean"], stats["norm_std"], stats["latent_mean"], stats["latent_std"])
+        return cls(task=task, layout=layout, ae_cfg=ae_cfg, ddpm_cfg=ddpm_cfg, autoencoder=ae.to(device).eval(),
+                   denoiser=denoiser.to(device).eval(), normaliser=normaliser, originals=originals,
+                   base_state=tensors[BASE_FILE], info=info, victims=victims, path=path, arch_args=meta["arch_args"],
                    digest=sha256(path / BUNDLE_JSON), references=references, conditions=conditions, train_spec=spec)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pdiff.core.files import write_safetensors
-from pdiff.core.params import denormalize, layout_to_json, unflatten
+from pdiff.core.params import layout_to_json, unflatten
 from pdiff.core.settings import SamplingSpec
 from pdiff.generator.bundle import Bundle
 from pdiff.generator.conditions import guide_for, resolve
@@ -30,9 +30,8 @@ def sample(bundle: Bundle, n: int, sampler: str = "ddpm", steps: int | None = No
     denoiser, ae = bundle.denoiser.to(device).eval(), bundle.autoencoder.to(device).eval()
     z = bundle.diffusion.sample(denoiser, (n, *ae.latent_shape), sampler, steps, generator, device, progress, guide)
     # undo the latent standardisation: (C, L) per latent number, or one scalar pair in older bundles
-    z = z * torch.as_tensor(bundle.latent_std, device=z.device) + torch.as_tensor(bundle.latent_mean, device=z.device)
-    flat = ae.decode(z).cpu()
-    return denormalize(flat, bundle.norm_mean, bundle.norm_std, bundle.layout)
+    flat = ae.decode(bundle.normaliser.latents_out(z)).cpu()
+    return bundle.normaliser.denormalise(flat, bundle.layout)
 
 
 @dataclass

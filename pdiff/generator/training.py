@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, vmap
 from tqdm.auto import tqdm
 
-from pdiff.generator.bundle import Bundle, BundleInfo
+from pdiff.generator.bundle import Bundle, BundleInfo, Normaliser
 from pdiff.collection.folder import Collection
 from pdiff.core import dist
 from pdiff.core.config import AEConfig, DDPMConfig, auto_fold
@@ -254,8 +254,9 @@ def train_bundle(collection: Collection, ae_cfg: AEConfig, ddpm_cfg: DDPMConfig,
                                 "timings_s": {"autoencoder": ae_s, "ddpm": ddpm_s},
                                 "autoencoder_final_mse": sum(ae_losses[-100:]) / len(ae_losses[-100:]),
                                 "ddpm_final_loss": sum(ddpm_losses[-100:]) / len(ddpm_losses[-100:])})
-    bundle = Bundle(collection.task, layout, ae_cfg, ddpm_cfg, ae.cpu(), denoiser.cpu(), originals, mean, std,
-                    z_mean, z_std, collection.base, info)
+    bundle = Bundle(task=collection.task, layout=layout, ae_cfg=ae_cfg, ddpm_cfg=ddpm_cfg, autoencoder=ae.cpu(),
+                    denoiser=denoiser.cpu(), normaliser=Normaliser(mean, std, z_mean, z_std), originals=originals,
+                    base_state=collection.base, info=info)
     bundle.set_victims(collection.victims)
     bundle.conditions = conditions
     return bundle
@@ -267,8 +268,8 @@ def reconstruction_report(bundle: Bundle, test: Split, device="cpu",
     """Decode the K originals, splice each into its own trunk, compare test accuracies (percent). `trunks`: the
     collection's trunk states by id, needed when the bundle's originals come from trunks other than the base."""
     ae = bundle.autoencoder.to(device).eval()
-    x = normalize(bundle.originals, bundle.norm_mean, bundle.norm_std, bundle.layout)
-    recon = denormalize(ae.decode(ae.encode(x.to(device))).cpu(), bundle.norm_mean, bundle.norm_std, bundle.layout)
+    x = bundle.normaliser.normalise(bundle.originals, bundle.layout)
+    recon = bundle.normaliser.denormalise(ae.decode(ae.encode(x.to(device))).cpu(), bundle.layout)
     trunk_of = torch.tensor(bundle.info.trunk_of or [0] * len(recon))
     states = trunks or [bundle.base_state]
     used = trunk_of.unique().tolist()

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 
 import torch
 
-from pdiff.core.params import comparison_space, tensor_std
+from pdiff.core.params import tensor_std
 from pdiff.core.settings import DefenceSettings, EvalSettings, SamplingSpec, settings_dict
 from pdiff.core.splice import select_layers
 from pdiff.data.plan import RunData
@@ -76,7 +76,7 @@ def report_stages(bundle: Bundle, target: Target, data: RunData, sampling: Sampl
     engines = engines if engines is not None else EngineCache(0)
     engine = engines.get(bundle, target, layers, data.test, device, data.bn)
     bn_s = engine.bn.seconds if engine.bn else 0.0
-    space = lambda v: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout)  # noqa: E731
+    space = lambda v: bundle.normaliser.comparison_space(v, bundle.layout)  # noqa: E731
 
     samples, sample_s = _sample(bundle, sampling, target, device, say)
     vectors, finite, spec = samples.vectors, samples.finite, samples.spec  # spec: the condition resolved
@@ -154,7 +154,7 @@ def warm(bundle: Bundle, target: Target, data: RunData, sampling: SamplingSpec, 
         val.run(bundle.originals, fixed=True)
     engines.save()
     if settings.tsne:
-        space = [comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout) for v in sets.values()]
+        space = [bundle.normaliser.comparison_space(v, bundle.layout) for v in sets.values()]
         engines.tsne_map(bundle, torch.cat(space), seed)
     return engine
 
@@ -363,7 +363,7 @@ def _tsne(bundle: Bundle, sets: dict[str, torch.Tensor], reference: list[str], m
     """Every source's normalised vectors in 2-D: the `reference` sources (the originals and the controls drawn at
     the controls' seed) as one t-SNE map, fitted once per bundle and reference (engines.tsne_map), every other
     source placed into it."""
-    space = {k: comparison_space(v, bundle.norm_mean, bundle.norm_std, bundle.layout) for k, v in sets.items()}
+    space = {k: bundle.normaliser.comparison_space(v, bundle.layout) for k, v in sets.items()}
     tsne = engines.tsne_map(bundle, torch.cat([space[k] for k in reference]), seed)
     placed = [k for k in sets if k not in reference]
     xy = {k: v for k, v in zip(reference, tsne.points.split([len(sets[k]) for k in reference]))}
