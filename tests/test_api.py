@@ -151,7 +151,7 @@ def test_a_module_in_memory_is_a_target(small_train, small_test):
     bundle = pdiff.train(collection, train, test, autoencoder={"steps": 20, "channels": [8, 16]},
                          ddpm={"steps": 20, "channels": 16}, seed=0)
     # the CLI's recipe: the spec kept whole, the reconstructions checked on `test` (the whole model, not staged)
-    assert bundle.train_spec == pdiff.TrainSpec(pdiff.AEConfig(steps=20, channels=[8, 16]),
+    assert bundle.info.train_spec == pdiff.TrainSpec(pdiff.AEConfig(steps=20, channels=[8, 16]),
                                                 pdiff.DDPMConfig(steps=20, channels=16))
     assert len(bundle.info.training["reconstruction"]["acc"]) == 6
     report = pdiff.evaluate(pdiff.sample(bundle, 4, "ddim", 5), test, target=base,

@@ -30,7 +30,7 @@ def test_roundtrip_gives_identical_samples(tiny_bundle, tmp_path, sampler, steps
 def test_bundle_json_records_what_the_design_asks(tiny_bundle):
     meta = json.loads((tiny_bundle.path / BUNDLE_JSON).read_text())
     assert meta["format_version"] == 4 and meta["task"]["name"] == "fmnist-convnet" and "condition" not in meta
-    assert "train_spec" not in meta and tiny_bundle.train_spec is None  # trained without a spec: unknown
+    assert "train_spec" not in meta and tiny_bundle.info.train_spec is None  # trained without a spec: unknown
     assert meta["arch_args"] == {"in_channels": 1, "num_classes": 10} and meta["pdiff_version"]
     assert [n for n, _ in meta["layout"]] == tiny_bundle.task.train_layer
     assert len(meta["originals_acc"]) == 8 and meta["victim"]["trigger"]["name"] == "badnets"
@@ -191,7 +191,7 @@ def test_the_shipped_bundles_load_without_a_spec():
         meta = json.loads((Path("checkpoints") / name / "bundle" / BUNDLE_JSON).read_text())
         bundle = Bundle.load(Path("checkpoints") / name / "bundle")
         assert meta["format_version"] in (2, 3, 4) and bundle.digest
-        assert (bundle.train_spec is None) == (meta["format_version"] < 4)
+        assert (bundle.info.train_spec is None) == (meta["format_version"] < 4)
 
 
 def test_what_bundle_json_records_reads_as_typed_info_and_writes_back_as_it_was():

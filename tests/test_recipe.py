@@ -39,10 +39,10 @@ def test_the_spec_round_trips_and_refuses_bad_settings_by_name():
 def test_the_bundle_keeps_its_spec_and_every_trunk_held_out(small_test, tmp_path):
     coll = _collection(3).without_trunk(1)  # loaded without trunk 1, as `Collection.load(folder, [1])` gives it
     bundle = build_bundle(coll, TINY.changed(hold_out_trunks=(2,)), train=small_test, test=small_test.subset(100))
-    assert bundle.info.held_out_trunks == [1, 2] and bundle.train_spec.hold_out_trunks == (1, 2)
+    assert bundle.info.held_out_trunks == [1, 2] and bundle.info.train_spec.hold_out_trunks == (1, 2)
     assert set(bundle.info.trunk_of) == {0} and len(bundle.info.training["reconstruction"]["acc"]) == 3
     again = Bundle.load(bundle.save(tmp_path / "b"))
-    assert again.train_spec == bundle.train_spec and again.train_spec.autoencoder.channels == [16, 32]
+    assert again.info.train_spec == bundle.info.train_spec and again.info.train_spec.autoencoder.channels == [16, 32]
     meta = json.loads((tmp_path / "b" / BUNDLE_JSON).read_text())
     assert meta["format_version"] == 4 and meta["train_spec"]["autoencoder"]["fold"] == 0  # as asked
     assert meta["autoencoder"]["fold"] == 16  # as resolved

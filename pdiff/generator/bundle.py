@@ -31,7 +31,7 @@ FORMAT = "pdiff-bundle"
 # bundle was built with (`train_spec`; absent where it was trained without one: generator.training.train_bundle)
 FORMAT_VERSION = 4
 _RESERVED = ("format", "format_version", "task", "layout", "autoencoder", "ddpm", "files", "pdiff_version", "arch_args",
-             "condition", "train_spec")
+             "condition")
 BUNDLE_JSON = "bundle.json"
 AE_FILE = "autoencoder.safetensors"
 DENOISER_FILE = "denoiser_ema.safetensors"
@@ -67,6 +67,9 @@ class BundleInfo:
     # victims' reports by name (PLAIN_VICTIM, the scratch BadNets one: bundle.json's `victim`; the others `victims`)
     victim_reports: dict[str, dict] = field(default_factory=dict)
     references: dict[str, dict] = field(default_factory=dict)  # the reference models' reports (train_size, acc)
+    # how it was built (generator.recipe.build_bundle); None for a bundle trained without a spec or written before
+    # format 4: unknown
+    train_spec: TrainSpec | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -77,6 +80,8 @@ class BundleInfo:
         plain, others = meta.pop("victim", None), meta.pop("victims", None) or {}
         known = [f for f in cls.__dataclass_fields__ if f not in ("train_size", "trained_on", "victim_reports", "extra")]
         given = {k: meta.pop(k) for k in known if k in meta}
+        if given.get("train_spec") is not None:
+            given["train_spec"] = TrainSpec.from_dict(given["train_spec"])
         return cls(**{k: v for k, v in given.items() if v is not None}, train_size=collection.get("train_size"),
                    trained_on=collection.get("trained_on"),
                    victim_reports={**({PLAIN_VICTIM: plain} if plain else {}), **others}, extra=meta)
@@ -90,7 +95,8 @@ class BundleInfo:
                 "held_out_trunks": self.held_out_trunks, "training": self.training,
                 "victim": self.victim_reports.get(PLAIN_VICTIM),
                 "victims": {k: v for k, v in self.victim_reports.items() if k != PLAIN_VICTIM},
-                **({"references": self.references} if self.references else {}), **self.extra}
+                **({"references": self.references} if self.references else {}),
+                **({"train_spec": self.train_spec.to_dict()} if self.train_spec is not None else {}), **self.extra}
 
 
 @dataclass
@@ -145,9 +151,6 @@ class Bundle:
     # (train_size, acc): a budget donor's bundle keeps the full clean model as "clean-model"
     references: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     conditions: Conditions | None = None   # what a conditional bundle was trained on (generator.conditions)
-    # how it was built (generator.recipe.build_bundle); None for a bundle trained without a spec or written before
-    # format 4: unknown
-    train_spec: TrainSpec | None = None
     path: Path | None = None
     # the model's constructor arguments as bundle.json recorded them (None: derived from the task on save); kept
     # so that a bundle of a task of your own, loaded without its model, saves again
@@ -233,7 +236,6 @@ class Bundle:
                 "layout": layout_to_json(self.layout), "autoencoder": self.ae_cfg.to_dict(),
                 "ddpm": self.ddpm_cfg.to_dict(), **{k: v for k, v in self.info.to_json().items() if k not in _RESERVED},
                 **({"condition": {"kind": c.kind, **c.meta}} if c is not None else {}),
-                **({"train_spec": self.train_spec.to_dict()} if self.train_spec is not None else {}),
                 "files": {name: sha256(tmp / name) for name in sorted(files)},
             }
             write_json(tmp / BUNDLE_JSON, meta)
@@ -285,7 +287,6 @@ class Bundle:
             c, recorded = tensors[CONDITIONS_FILE], dict(meta["condition"])
             probe = (Split(c["probe_images"], c["probe_labels"], task.dataset) if "probe_images" in c else None)
             conditions = Conditions(recorded.pop("kind"), c["values"], c["mean"], c["std"], recorded, probe)
-        spec = TrainSpec.from_dict(meta["train_spec"]) if meta.get("train_spec") is not None else None
         references = {}
         for name in info.references:
             if reference_file(name) not in tensors:
@@ -295,14 +296,14 @@ class Bundle:
         return cls(task=task, layout=layout, ae_cfg=ae_cfg, ddpm_cfg=ddpm_cfg, autoencoder=ae.to(device).eval(),
                    denoiser=denoiser.to(device).eval(), normaliser=normaliser, originals=originals,
                    base_state=tensors[BASE_FILE], info=info, victims=victims, path=path, arch_args=meta["arch_args"],
-                   digest=sha256(path / BUNDLE_JSON), references=references, conditions=conditions, train_spec=spec)
+                   digest=sha256(path / BUNDLE_JSON), references=references, conditions=conditions)
 
 
 def upgrade(meta: dict) -> dict:
     """bundle.json of an older format version, brought to FORMAT_VERSION in memory (the files stay as they are).
     1 -> 2: the architecture's constructor arguments, which format 1 implied by the task's dataset. 2 -> 3: nothing
     to add (format 3 may hold a condition; a format 2 bundle is unconditional). 3 -> 4: nothing to add (format 4 may
-    hold the TrainSpec it was built with; an older bundle's is unknown: Bundle.train_spec None)."""
+    hold the TrainSpec it was built with; an older bundle's is unknown: Bundle.info.train_spec None)."""
     meta = dict(meta)
     if meta["format_version"] == 1:
         meta.update(format_version=2, pdiff_version=meta.get("pdiff_version", "before 0.2 (format 1)"),

@@ -1,5 +1,5 @@
 """The recipe for a bundle: a collection and a TrainSpec in, a Bundle out. `pdiff train` and `pdiff.train` both
-call `build_bundle`; the bundle keeps the spec (bundle.json's `train_spec`).
+call `build_bundle`; the bundle keeps the spec (Bundle.info.train_spec; bundle.json's `train_spec`).
 
 In order: the spec's trunks held out; every original's condition (its accuracy on the validation split, or its
 trunk's signature on a probe set of the training images no model held out); the autoencoder and the latent DDPM
@@ -44,7 +44,7 @@ def build_bundle(collection: Collection, spec: TrainSpec = TrainSpec(), train: S
         keep_reference(bundle, Collection.load(spec.clean_model, trunks=False), Path(spec.clean_model).name)
     if spec.reconstruction:
         bundle.info.training["reconstruction"] = reconstruction_report(bundle, test, device, collection.trunks)
-    bundle.train_spec = replace(spec, hold_out_trunks=collection.held_out_trunks)
+    bundle.info.train_spec = replace(spec, hold_out_trunks=collection.held_out_trunks)
     return bundle
 
 
