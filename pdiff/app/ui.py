@@ -256,7 +256,7 @@ def _condition_updates(b: Bundle) -> tuple:
 def _acc_range(b: Bundle | None) -> tuple[float, float]:
     """The validation accuracies an accuracy-conditional bundle saw, rounded for the slider (else 0 to 100)."""
     c = b.conditions if b is not None else None
-    low, high = c.meta["range"] if c is not None and c.kind == "acc" else (0.0, 100.0)
+    low, high = c.acc_range if c is not None and c.kind == "acc" else (0.0, 100.0)
     return round(low, 2), round(high, 2)
 
 

@@ -51,6 +51,17 @@ class Conditions:
         return self.values.shape[1]
 
     @property
+    def acc_range(self) -> tuple[float, float]:
+        """An accuracy condition's lowest and highest value over the originals (what it can be asked for)."""
+        low, high = self.meta["range"]
+        return low, high
+
+    @property
+    def chosen_guidance(self) -> float | None:
+        """The guidance scale chosen on validation (guidance.set_guidance); None where none was chosen."""
+        return self.meta.get("guidance")
+
+    @property
     def clean_images(self) -> int:
         """The clean images asking for this condition rests on (the ledger): the validation images every original's
         accuracy was measured on, or the probe images a signature is computed from."""
@@ -135,8 +146,8 @@ def resolve(spec: SamplingSpec, conditions: Conditions | None) -> SamplingSpec:
         return replace(spec, condition=condition, guidance=None)
     if conditions is None:  # asked of an unconditional bundle: guide_for refuses it
         return replace(spec, condition=condition)
-    guidance = spec.guidance if spec.guidance is not None else conditions.meta.get("guidance", NO_GUIDANCE_CHOSEN)
-    return replace(spec, condition=condition, guidance=float(guidance))
+    chosen = conditions.chosen_guidance if conditions.chosen_guidance is not None else NO_GUIDANCE_CHOSEN
+    return replace(spec, condition=condition, guidance=float(spec.guidance if spec.guidance is not None else chosen))
 
 
 def guide_for(spec: SamplingSpec, conditions: Conditions | None, task, layers: list[str], target_state: dict | None = None,
@@ -154,7 +165,7 @@ def guide_for(spec: SamplingSpec, conditions: Conditions | None, task, layers: l
         raise ValueError(f"condition {str(asked)!r}: this bundle was trained on the {conditions.kind} condition, "
                          f"not {kind}")
     if kind == "acc":
-        low, high = conditions.meta["range"]
+        low, high = conditions.acc_range
         acc = high if value == "best" else float(value)
         if not low <= acc <= high:
             raise ValueError(f"condition acc={acc:g} is outside the validation accuracies this bundle saw ({low:.2f} to "

@@ -294,7 +294,7 @@ def _condition(bundle: Bundle, spec: SamplingSpec, metrics: dict) -> dict | None
         out["originals_top_by_validation"] = {
             f"top{round(q * 100)}": sum(test[i] for i in order[:max(1, round(q * len(order)))])
             / max(1, round(q * len(order))) for q in TOP_FRACTIONS}
-        out["validation_range"] = c.meta["range"]
+        out["validation_range"] = list(c.acc_range)
     return out
 
 
