@@ -44,3 +44,14 @@ def test_features_of_the_wrong_width_or_not_finite_are_refused():
         model.conv3.weight[0] = float("nan")
     with pytest.raises(ValueError, match="not finite on 3 of 3 images"):
         head_features(model, torch.randn(3, 1, 28, 28), HeadForm("bn3", "linear", 128, 10))
+
+
+def test_a_running_variance_below_zero_is_refused_in_one_line():
+    model = _model()
+    form = HeadForm("bn3", "linear", 128, 10)
+    state = model.state_dict()
+    state["bn3.running_var"] = state["bn3.running_var"].clone()
+    state["bn3.running_var"][:2] = -1.0
+    with pytest.raises(ValueError, match="not finite in 2 of 128 channels") as e:
+        standardise(head_features(model, torch.randn(3, 1, 28, 28), form), state, form)
+    assert "\n" not in str(e.value)
