@@ -96,7 +96,10 @@ def _status(report: dict) -> str:
 
 
 def heads_panel() -> None:
-    """The panel's layout and its Run event (api_name="heads"); call inside gr.Blocks."""
+    """The panel's layout and its Run event (api_name="heads"); call inside gr.Blocks. Nothing where no head
+    generator is shipped (a Space holds only the default bundle)."""
+    if DEFAULT_KIT not in shipped_kits():
+        return
     trunks = list(held_out_trunks())
     with gr.Accordion("Heads for a new trunk (few-shot head generator)", open=False):
         gr.Markdown(INTRO)
