@@ -23,6 +23,8 @@ def _old_blocks(old: dict) -> dict:
     """Every source block an evaluate report of version 2 or before held, by name; a transfer report's methods."""
     if "methods" in old:
         return old["methods"]
+    if "held_out_trunk" in old:  # a loto report: each block its accuracies and their summary
+        return {k: {"acc": v["acc"]} for k, v in old.items() if isinstance(v, dict) and "summary" in v}
     return {"generated": old["generated"], "originals": old["originals"], **old.get("baselines", {}),
             **old.get("controls", {}), **old.get("defences", {})}
 
@@ -31,11 +33,14 @@ def _same_sources(new: dict, old: dict) -> None:
     """Every block the old report had is its source's entry in `sources`, filed by the registry, nothing it had
     changed; an evaluate report's old accuracy summaries are the entries' own."""
     blocks = _old_blocks(old)
-    assert list(new["sources"]) == (list(blocks) if "methods" in old else ordered(blocks))
+    in_place = "methods" in old or "held_out_trunk" in old  # a transfer or loto report keeps its order
+    assert list(new["sources"]) == (list(blocks) if in_place else ordered(blocks))
     for name, block in blocks.items():
         e = new["sources"][name]
         assert (e["family"], e["kind"]) == (source(name).family, source(name).kind)
         assert {k: v for k, v in e.items() if k in block} == block
+        if "held_out_trunk" in old:
+            assert e["summary"]["acc"] == pytest.approx(old[name]["summary"])
         if "summary" in old and name in old["summary"]:
             assert e["summary"]["acc"] == pytest.approx(old["summary"][name])
             if "summary_der" in old:
@@ -52,11 +57,11 @@ def test_reports_written_before_version_1_read_as_the_current_version(path, kind
     assert (new["format"], new["format_version"]) == (kind, formats.VERSION)
     assert new["settings"]["sampling"] == {"n": old["n"], "sampler": old["sampler"], "steps": old.get("steps"),
                                            "seed": old.get("seed", (old.get("seeds") or [None])[0])}
-    gone = {*formats.SAMPLING_KEYS, *(() if kind == formats.LOTO else  # a loto report keeps its own blocks
-                                      (*SECTIONS, "methods", "summary", "summary_asr", "summary_der"))}
+    gone = {*formats.SAMPLING_KEYS, *SECTIONS, "methods", "summary", "summary_asr", "summary_der",
+            "trunk_as_is", "own_checkpoints", "other_trunks_checkpoints", "generated", "stitch+generated",
+            "stitch+clean-layers"}  # a loto report's blocks
     assert {k: v for k, v in new.items() if k in old} == {k: v for k, v in old.items() if k not in gone}
-    if kind != formats.LOTO:
-        _same_sources(new, old)
+    _same_sources(new, old)
     if kind == formats.EVALUATE:
         # written before the defences and conditions were part of the report: none were run, nothing was asked
         assert not of_family(new["sources"], "defence") and new["condition"] is None

@@ -37,19 +37,20 @@ def loto_bundle(two_trunks, tmp_path_factory):
 def test_leave_one_trunk_out_reports_the_held_out_trunk_as_it_is(loto_bundle, two_trunks, small_test):
     report = leave_one_trunk_out(loto_bundle, two_trunks, RunData(small_test), SamplingSpec(3, "ddim", 3))
     assert report["held_out_trunk"] == 1 and report["trained_on_trunks"] == [0] and report["trunk_mode"] == "reinit"
-    assert len(report["generated"]["acc"]) == 3
-    assert len(report["own_checkpoints"]["acc"]) == 4 and len(report["other_trunks_checkpoints"]["acc"]) == 4
+    assert len(report["sources"]["generated"]["acc"]) == 3
+    assert len(report["sources"]["own_checkpoints"]["acc"]) == 4 and len(report["sources"]["other_trunks_checkpoints"]["acc"]) == 4
     # one model: the trunk with its own layers, scored as collect scored it
-    assert report["trunk_as_is"]["acc"] == [pytest.approx(report["trunk_acc"])]
+    assert report["sources"]["trunk_as_is"]["acc"] == [pytest.approx(report["trunk_acc"])]
     assert "held-out trunk 1" in loto_lines(report) and "trunk_as_is" in loto_lines(report)
-    assert "stitch+generated" not in report
+    assert "stitch+generated" not in report["sources"] and not {"generated", "trunk_as_is"} & set(report)
+    assert report["sources"]["other_trunks_checkpoints"]["family"] == "trunk"  # filed by the registry
 
 
 def test_leave_one_trunk_out_through_a_stitch(loto_bundle, two_trunks, small_train, small_test):
     data = RunData(small_test, small_train, DataSpec(validation=0, budget=0.25))
     report = leave_one_trunk_out(loto_bundle, two_trunks, data, SamplingSpec(3, "ddim", 3), stitch=True)
     assert report["stitch"]["onto_trunk"] == 0 and report["stitch"]["images"] == 256
-    assert len(report["stitch+generated"]["acc"]) == 3 and len(report["stitch+clean-layers"]["acc"]) == 1
+    assert len(report["sources"]["stitch+generated"]["acc"]) == 3 and len(report["sources"]["stitch+clean-layers"]["acc"]) == 1
     assert "stitch onto trunk 0" in loto_lines(report)
 
 

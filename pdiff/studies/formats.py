@@ -76,6 +76,7 @@ class LotoReport(TypedDict):
     trunk_acc: float
     trained_on_trunks: list
     trunk_mode: str | None
+    sources: dict           # trunk_as_is, generated, own_checkpoints, other_trunks_checkpoints (and stitch+...)
 
 
 class TrunksReport(TypedDict):
@@ -138,6 +139,10 @@ def _to_3(report: dict, kind: str) -> dict:
     out = {k: v for k, v in report.items() if k not in SAMPLING_KEYS}
     if kind == EVALUATE:
         return _evaluate_sources(out, report)
+    if kind == LOTO:  # its sources were top-level blocks: acc and its summary
+        blocks = [k for k, v in report.items() if isinstance(v, dict) and {"acc", "summary"} <= set(v)]
+        out = {k: v for k, v in out.items() if k not in blocks}
+        out["sources"] = {name: entry(name, {"acc": report[name]["acc"]}, None) for name in blocks}
     if kind == TRANSFER:
         out.pop("methods")
         # its summary was computed from the same lists; a method that failed at every seed had none

@@ -18,7 +18,9 @@ from pdiff.data.plan import RunData
 from pdiff.generator.bundle import Bundle
 from pdiff.generator.sampling import draw
 from pdiff.collection.folder import Collection
+from pdiff.measure.assembly import ledger
 from pdiff.measure.engine import TargetEngine, measure
+from pdiff.measure.sources import entry
 from pdiff.measure.stitch import stitched_engine
 from pdiff.measure.targets import Target
 from pdiff.studies import formats
@@ -51,10 +53,12 @@ def leave_one_trunk_out(bundle: Bundle, collection: str | Path | Collection, dat
               "task": bundle.task.name, "held_out_trunk": held, "trunk_acc": coll.trunk_accs[held],
               "trained_on_trunks": trained_on,
               "trunk_mode": coll.info.get("trunk_mode"),
-              **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in SOURCES}}
+              "sources": {name: entry(name, {"acc": m["metrics"][name]["acc"]}, ledger(bundle, name, 0))
+                          for name in SOURCES}}
     if stitch:
         budget = data.budget(torch.Generator().manual_seed(sampling.seed))
-        report.update(_through_stitch(bundle, coll, engine, trained_on[0], sets["generated"], budget))
+        report.update(_through_stitch(bundle, coll, engine, trained_on[0], sets["generated"], budget,
+                                      report["sources"]))
     return report
 
 
@@ -62,13 +66,15 @@ LOTO_STITCHED = ("stitch+generated", "stitch+clean-layers")  # (the victim's own
 
 
 def _through_stitch(bundle: Bundle, coll: Collection, engine: TargetEngine, onto: int, generated: torch.Tensor,
-                    budget) -> dict:
-    """The generated sets and trunk `onto`'s own layers, after a stitch from the engine's trunk onto trunk `onto`."""
+                    budget, sources: dict) -> dict:
+    """The generated sets and trunk `onto`'s own layers, after a stitch from the engine's trunk onto trunk `onto`,
+    into `sources`; returns the stitch's own record."""
     stitched, info = stitched_engine(engine, coll.trunks[onto], budget)
     sets = dict(zip(LOTO_STITCHED, (generated, own_vector(coll.trunks[onto], bundle.layout))))
     m = measure(stitched, sets, reference=None)
-    return {"stitch": {**info, "onto_trunk": onto},
-            **{name: {"acc": m["metrics"][name]["acc"], "summary": m["summary"][name]["acc"]} for name in sets}}
+    sources.update({name: entry(name, {"acc": m["metrics"][name]["acc"]}, ledger(bundle, name, len(budget.labels)))
+                    for name in sets})
+    return {"stitch": {**info, "onto_trunk": onto}}
 
 
 def loto_lines(report: dict) -> str:
@@ -78,8 +84,8 @@ def loto_lines(report: dict) -> str:
     if "stitch" in report:
         s = report["stitch"]
         lines.append(f"stitch onto trunk {s['onto_trunk']}: {s['images']} clean images, R^2 {s['r2']:.3f}")
-    for name in (*SOURCES, *(LOTO_STITCHED if "stitch" in report else ())):
-        s = report[name]["summary"]
-        lines.append(f"{name:<25} n={len(report[name]['acc']):<4} best {s['best']:.2f}  mean {s['mean']:.2f}  "
+    for name, block in report["sources"].items():
+        s = block["summary"]["acc"]
+        lines.append(f"{name:<25} n={len(block['acc']):<4} best {s['best']:.2f}  mean {s['mean']:.2f}  "
                      f"median {s['median']:.2f}  min {s['min']:.2f}")
     return "\n".join(lines)
