@@ -65,3 +65,18 @@ def test_the_page_serves_heads_beside_generate():
             client.predict(UPLOAD, None, 5, 2, 0, api_name="/heads")
     finally:
         demo.close()
+
+
+def test_the_panel_opens_on_the_shipped_run_and_never_on_a_stale_one(tmp_path, monkeypatch):
+    import pdiff.app.heads as panel
+
+    first = panel.example("trunk-47")
+    assert first is not None and first["target"] == "trunk-47"
+    assert "trunk-47" in panel._status(first) and panel.heads_table(first)["data"]
+    stale = tmp_path / "heads"
+    stale.mkdir()
+    for f in shipped_kits()["fmnist-convnet-trunks"].iterdir():
+        (stale / f.name).write_bytes(f.read_bytes())
+    (stale / "denoiser_ema.safetensors").write_bytes(b"other weights")
+    monkeypatch.setattr(panel, "shipped_kits", lambda: {"fmnist-convnet-trunks": stale})
+    assert panel.example("trunk-47") is None

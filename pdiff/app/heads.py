@@ -1,23 +1,29 @@
 """The page's panel for a trunk the head generator never saw: a shipped held-out trunk or an uploaded ConvNet-family
 model, K labelled shots per class (the slider) and the unlabelled pool; the shipped head generator writes N heads
 for it (studies.heads.heads_for_target), shown beside every data-fit control on the same images with its ledger.
-Its Run event is api_name="/heads"."""
+Its Run event is api_name="/heads". It opens on a shipped run (`python -m pdiff.app.heads trunk-47` writes it beside
+the kit), shown only while the kit's weights are those it was made with."""
 from __future__ import annotations
 
+import json
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
 
 import gradio as gr
 
-from pdiff.core.files import write_json
+from pdiff.core.files import sha256, write_json
 from pdiff.data.datasets import DataError, Split
+from pdiff.generator.equivariant import WEIGHTS_FILE
 from pdiff.generator.headkit import DEFAULT_KIT, HeadKit, load_kit, shipped_kits
 from pdiff.models.loading import TargetError, load_state_file
 from pdiff.studies.heads import TARGET, HeadStudySpec, heads_for_target
 
 UPLOAD = "upload"
+EXAMPLE = "example-{target}.json"  # beside the shipped kit: a finished run the panel opens on
 MAX_SHOTS, MAX_HEADS = 20, 50
+DEFAULT_SHOTS, DEFAULT_HEADS = 5, 10
 HEADERS = ["source", "family", "labelled / unlabelled", "mean acc. (%)", "std"]
 INTRO = """
 ### Heads for a trunk the generator never saw
@@ -50,8 +56,8 @@ def held_out_trunks(name: str = DEFAULT_KIT) -> dict[str, Path]:
     return {p.stem: p for p in files}
 
 
-def heads_run(target: str = "", target_file: str | None = None, shots: int = 5, n: int = 10, seed: int = 0,
-              generator: str = DEFAULT_KIT) -> tuple[dict, str | None, str]:
+def heads_run(target: str = "", target_file: str | None = None, shots: int = DEFAULT_SHOTS, n: int = DEFAULT_HEADS,
+              seed: int = 0, generator: str = DEFAULT_KIT) -> tuple[dict, str | None, str]:
     """Run: N heads for the target (a held-out trunk's name, or upload with `target_file`) from `shots` shots per
     class; returns the table, the JSON report file and a status line. A refusal is one line (gr.Error)."""
     try:
@@ -95,6 +101,27 @@ def _status(report: dict) -> str:
             f"the trunk's own head {means['own_head']:.2f}.{seen}")
 
 
+def example(target: str, name: str = DEFAULT_KIT) -> dict | None:
+    """The shipped run of the panel's defaults on `target` (None where there is none, or it was made with other
+    weights than the kit's: a stale example is never shown)."""
+    folder = shipped_kits().get(name)
+    path = folder / EXAMPLE.format(target=target) if folder else None
+    if path is None or not path.is_file():
+        return None
+    report = json.loads(path.read_text())
+    return report if report.get("denoiser_sha256") == sha256(folder / WEIGHTS_FILE) else None
+
+
+def write_example(target: str, name: str = DEFAULT_KIT) -> Path:
+    """Run the panel's defaults on `target` and keep the report beside the kit, with the weights' SHA-256."""
+    _, path, _ = heads_run(target, None, DEFAULT_SHOTS, DEFAULT_HEADS, 0, name)
+    folder = shipped_kits()[name]
+    report = json.loads(Path(path).read_text())
+    out = folder / EXAMPLE.format(target=target)
+    write_json(out, {**report, "denoiser_sha256": sha256(folder / WEIGHTS_FILE)})
+    return out
+
+
 def heads_panel() -> None:
     """The panel's layout and its Run event (api_name="heads"); call inside gr.Blocks. Nothing where no head
     generator is shipped (a Space holds only the default bundle)."""
@@ -108,15 +135,24 @@ def heads_panel() -> None:
                 target = gr.Radio([*trunks, UPLOAD], value=trunks[-1] if trunks else UPLOAD, label="Target trunk")
                 target_file = gr.File(label="ConvNet model (.safetensors or .pth state dict)", type="filepath",
                                       visible=not trunks)
-                shots = gr.Slider(1, MAX_SHOTS, value=5, step=1, label="Labelled shots per class (K)")
-                n = gr.Slider(1, MAX_HEADS, value=10, step=1, label="Heads to generate (N)")
+                shots = gr.Slider(1, MAX_SHOTS, value=DEFAULT_SHOTS, step=1, label="Labelled shots per class (K)")
+                n = gr.Slider(1, MAX_HEADS, value=DEFAULT_HEADS, step=1, label="Heads to generate (N)")
                 seed = gr.Number(0, precision=0, label="Seed (the draw of shots and pool, and the sampling)")
                 run = gr.Button("Write heads", variant="primary")
             with gr.Column(scale=2):
-                status = gr.Markdown("Press **Write heads**: about a minute on a CPU.")
-                table = gr.Dataframe({"headers": HEADERS, "data": []}, label="Test accuracy by source",
-                                     interactive=False)
+                first = example(trunks[-1]) if trunks else None  # the panel opens on a finished run
+                status = gr.Markdown(_status(first) + " (a shipped run; press **Write heads** for yours: one to two "
+                                     "minutes on a CPU)" if first else "Press **Write heads**: one to two minutes on a "
+                                     "CPU.")
+                table = gr.Dataframe(heads_table(first) if first else {"headers": HEADERS, "data": []},
+                                     label="Test accuracy by source", interactive=False)
                 report = gr.File(label="JSON report")
         target.change(lambda t: gr.update(visible=t == UPLOAD), target, target_file, api_name=False, queue=False)
         run.click(heads_run, [target, target_file, shots, n, seed], [table, report, status], api_name="heads",
                   concurrency_limit=1)
+
+
+if __name__ == "__main__":  # python -m pdiff.app.heads trunk-47: the example the panel opens on
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m pdiff.app.heads HELD_OUT_TRUNK")
+    print(write_example(sys.argv[1]))

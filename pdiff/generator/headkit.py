@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from pdiff.core.config import Task
 from pdiff.core.files import sha256, write_json
-from pdiff.core.paths import shipped
+from pdiff.core.paths import REPO, shipped
 from pdiff.generator.equivariant import CONFIG_FILE, HeadGenerator
 
 DONORS_FILE = "donors.json"
@@ -34,6 +34,12 @@ class HeadKit:
     task: Task
     donors: list[tuple[str, dict[str, torch.Tensor]]]
     folder: Path
+
+    @property
+    def label(self) -> str:
+        """The folder as a report names it: relative to the checkout when inside it (no absolute paths in files)."""
+        folder = self.folder.resolve()
+        return folder.relative_to(REPO).as_posix() if folder.is_relative_to(REPO) else str(self.folder)
 
 
 def shipped_kits() -> dict[str, Path]:

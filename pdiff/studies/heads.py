@@ -308,7 +308,7 @@ def heads_for_target(kit: HeadKit, target: dict[str, torch.Tensor], splits: tupl
     itself = [name for name, state in kit.donors if _same_model(state, target)]
     donors = [Trunk(name, state) for name, state in kit.donors if name not in itself]
     report = head_study(model, [Trunk(TARGET, target)], donors, splits, spec, cache, exclude, pool)
-    return {**report, "condition": f"trunk={TARGET}", "kit": str(kit.folder),
+    return {**report, "condition": f"trunk={TARGET}", "kit": kit.label,
             "training_trunk": itself[0] if itself else None}
 
 

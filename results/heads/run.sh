@@ -45,3 +45,5 @@ python -m pdiff heads --target checkpoints/fmnist-convnet/base.safetensors --con
     --json results/heads/other-fmnist-convnet-base.json --device cpu
 python -m pdiff heads --target checkpoints/fmnist-convnet-budget/base.safetensors --condition trunk=target --shots 5 \
     --json results/heads/other-budget-base.json --device cpu
+# 10. the run the app's heads panel opens on (beside the kit, with the weights' SHA-256)
+python -m pdiff.app.heads trunk-47
