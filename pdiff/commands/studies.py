@@ -72,8 +72,8 @@ def _add_method_flags(p) -> None:
                         "last is reported, their mean as the run-mean column")
     p.add_argument("--seeds", type=int, nargs="+", default=None,
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
-    p.add_argument("--methods", default="",
-                   help=f"comma-separated subset of {', '.join(METHODS)}, or 'all'. Default: {', '.join(FIRST_LOOK)} "
+    p.add_argument("--methods", default="first-look",
+                   help=f"comma-separated subset of {', '.join(METHODS)}, or 'all'. first-look: {', '.join(FIRST_LOOK)} "
                         "(about 15 minutes on two CPU cores at --n 20; donor only with a budget donor's bundle); 'all' "
                         "adds ANP at 2,000 mask steps (about 10 minutes more) and the layer defences")
 
@@ -104,7 +104,7 @@ def _shrink(text: str) -> float | str:
 def cmd_transfer(args) -> int:
     from pdiff.studies.transfer import run_transfer, table, trained_methods
 
-    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip() and m.strip() != "first-look")
     trained = trained_methods(methods)  # unknown names refused before anything loads
     settings = TransferSettings(methods, tuple(args.seeds or [args.seed]),
                                 DefenceSettings(epochs=args.defence_epochs, k=args.k_defence,
