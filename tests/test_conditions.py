@@ -203,3 +203,17 @@ def test_the_trunk_study_sets_every_control_beside_the_generated_layers(tmp_path
     assert len(sources["generated"]["acc"]) == 4 and len(sources["own_checkpoints"]["acc"]) == 4
     assert report["trunks"]["2"]["nearest_trunk"] in (0, 1) and report["probe_images"] == 50
     assert "trunk 2" in trunk_lines(report)
+
+
+def test_the_app_s_form_parses_its_condition_where_the_request_enters():
+    from pdiff.app.request import RunRequest
+    from pdiff.generator.locate import load_bundle
+
+    bundle = load_bundle("fmnist-convnet")  # accuracy-conditional
+    form = {"bundle": "fmnist-convnet", "target": "clean", "condition": "acc", "acc": "92.9"}
+    assert RunRequest.from_form(form, bundle).sampling.condition == Condition("acc", "92.9")  # the slider's value
+    assert RunRequest.from_form({**form, "condition": "acc=best"}, bundle).sampling.condition == Condition("acc", "best")
+    with pytest.raises(ValueError, match="condition 'trunk=target': this bundle offers default, none, acc=best, acc"):
+        RunRequest.from_form({**form, "condition": "trunk=target"}, bundle)
+    with pytest.raises(ValueError, match="condition acc needs an accuracy"):
+        RunRequest.from_form({**form, "acc": "high"}, bundle)

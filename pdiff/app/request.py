@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pdiff.core.settings import DefenceSettings, EvalSettings, SamplingSpec
+from pdiff.core.settings import Condition, DefenceSettings, EvalSettings, SamplingSpec
 from pdiff.core.splice import ALL_LAYERS
 from pdiff.data.triggers import trigger_from_fields
 from pdiff.generator.bundle import Bundle
@@ -43,15 +43,15 @@ def condition_choices(bundle: Bundle) -> list[str]:
     return ["default", "none", *(("acc=best", "acc") if c.kind == "acc" else ("trunk=target",))]
 
 
-def _condition(form: dict, bundle: Bundle) -> str:
-    """The form's condition as SamplingSpec takes it: `acc` becomes acc=<the slider's value>."""
+def _condition(form: dict, bundle: Bundle) -> Condition:
+    """The form's condition, parsed here where the request enters: `acc` is acc=<the slider's value>."""
     choice = form["condition"] or "default"
     if choice not in condition_choices(bundle):
         raise ValueError(f"condition {choice!r}: this bundle offers {', '.join(condition_choices(bundle))}")
     if choice != "acc":
-        return choice
+        return Condition.parse(choice)
     try:
-        return f"acc={float(form['acc']):g}"
+        return Condition("acc", f"{float(form['acc']):g}")
     except (TypeError, ValueError):
         raise ValueError(f"condition acc needs an accuracy (percent), got {form['acc']!r}") from None
 
