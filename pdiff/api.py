@@ -25,7 +25,7 @@ from pdiff.collection.collect import run_collect
 from pdiff.collection.folder import MANIFEST_FILE, Collection
 from pdiff.core.config import Recipe, Task
 from pdiff.core.files import write_json
-from pdiff.core.settings import CollectSpec, DataSpec, EvalSettings, SamplingSpec, TrainSpec
+from pdiff.core.settings import CollectSpec, Condition, DataSpec, EvalSettings, SamplingSpec, TrainSpec
 from pdiff.data.datasets import DATASETS, DataError, Split, random_flip
 from pdiff.data.plan import RunData
 from pdiff.generator.bundle import Bundle
@@ -108,7 +108,7 @@ def _train_spec(spec: TrainSpec, changes: dict) -> TrainSpec:
 
 
 def sample(bundle: Bundle, n: int = SamplingSpec.n, sampler: str = SamplingSpec.sampler,
-           steps: int = SamplingSpec.steps, seed: int = SamplingSpec.seed, condition: str = SamplingSpec.condition,
+           steps: int = SamplingSpec.steps, seed: int = SamplingSpec.seed, condition: "str | Condition" = SamplingSpec.condition,
            guidance: float | None = SamplingSpec.guidance, device: str = "cpu") -> Samples:
     """n new parameter sets from the bundle (the full DDPM chain, or DDIM with `steps` steps): the same defaults
     as the CLI's `sample` (core.settings.SamplingSpec). A conditional bundle is asked for `condition` ("default":
