@@ -42,7 +42,7 @@ def _click_to_plots(url: str) -> dict | None:
         page = browser.new_page()
         page.goto(url, wait_until="load")  # not networkidle: the page's gr.State keeps a heartbeat open
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=600_000)
-        page.get_by_role("button", name="Run").click()
+        page.get_by_role("button", name="Run", exact=True).click()
         t0 = time.perf_counter()
         # the example's text stays in the status (under gradio's progress overlay) until the run's first stage
         # replaces it: "Example run" anywhere in it means the run has not shown yet

@@ -44,7 +44,7 @@ def test_click_run_draws_both_plots(tmp_path):
             more.get_by_label("interpolation", exact=True).check()
             page.wait_for_function(f"{traces}.includes('interpolation')", timeout=30_000)
             assert page.evaluate(traces) == [*first, "interpolation"]
-            page.get_by_role("button", name="Run").click()
+            page.get_by_role("button", name="Run", exact=True).click()
             t0 = time.perf_counter()
             # the stages come in: the example's status goes (it stays under gradio's progress overlay until the
             # first stage replaces it), the run's own stays without anything still coming
@@ -66,7 +66,7 @@ def test_click_run_draws_both_plots(tmp_path):
             print(f"click-to-plots: {seconds:.1f} s")
             # the victim: the backdoor views appear and get drawn too
             page.get_by_label("victim", exact=True).check()
-            page.get_by_role("button", name="Run").click()
+            page.get_by_role("button", name="Run", exact=True).click()
             page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 5", timeout=900_000)
             page.wait_for_function("document.querySelector('#status').innerText.includes('on victim') && !document.querySelector('#status').innerText.includes('Still coming')", timeout=900_000)
             assert page.locator(".js-plotly-plot").count() == 5

@@ -74,8 +74,8 @@ def _add_method_flags(p) -> None:
                    help="run every seed-dependent method once per seed and report the spread (overrides --seed)")
     p.add_argument("--methods", default="first-look",
                    help=f"comma-separated subset of {', '.join(METHODS)}, or 'all'. first-look: {', '.join(FIRST_LOOK)} "
-                        "(about 15 minutes on two CPU cores at --n 20; donor only with a budget donor's bundle); 'all' "
-                        "adds ANP at 2,000 mask steps (about 10 minutes more) and the layer defences")
+                        "(about 2 minutes on two quiet CPU cores at --n 20; donor only with a budget donor's bundle); 'all' "
+                        "adds ANP at 2,000 mask steps (about 6 minutes more) and the layer defences")
 
 
 def _add_stitch_flags(p) -> None:

@@ -52,8 +52,8 @@ from pdiff.studies import formats
 FORMAT, FORMAT_VERSION = formats.TRANSFER, formats.VERSION
 CONTROLS = names("control")   # what clean weights (or the budget with the victim's own features) alone do
 METHODS = ("generated", *CONTROLS, *DEFENCES, *STITCHED)
-# the default set: every control, the whole-model defences but ANP, the stitch; about 15 minutes on two CPU cores at
-# n 20 (ANP's 2,000 mask steps add about 10, the layer defences about 2 each: `--methods all`)
+# the default set: every control, the whole-model defences but ANP, the stitch; 117 s on two quiet CPU cores at n 20
+# (ANP's 2,000 mask steps add about 6 minutes, the layer defences about 2 each: `--methods all`)
 FIRST_LOOK = tuple(m for m in METHODS if m not in ("anp", *LAYER_DEFENCES))
 # rough relative cost of each unit of a run on a CPU (seconds at the defaults, quiet): the progress line's estimate
 _COST = {"generated": 20, "probe": 40, "ft": 60, "fp": 65, "fst": 60, "clp": 1, "anp": 300, "finetune": 60,
