@@ -78,6 +78,7 @@ def test_a_run_reports_the_generated_heads_beside_every_control_with_its_ledger(
     assert report["condition"] == "trunk=target" and report["target"] == str(target)
     assert report["donors"] == ["trunk-1", "trunk-2"] and report["draw"]["excluded_images"] == 200
     assert "stitch_ensemble" in printed.out and "  20 / 60" in printed.out
+    assert printed.out.startswith("target; pool 60 unlabelled images")  # a user's trunk is not called held out
     assert report["training_trunk"] is None
 
 

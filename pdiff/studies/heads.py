@@ -266,7 +266,8 @@ def head_lines(report: dict) -> str:
     """One line per K and source: its labelled / unlabelled images of the trunk, its mean accuracy on each held-out
     trunk, and over them."""
     held = report["held_out"]
-    lines = [f"held-out trunks {held}; pool {report['draw']['pool']} unlabelled images; N = {report['spec']['n']} "
+    what = "target" if held == [TARGET] else f"held-out trunks {held}"
+    lines = [f"{what}; pool {report['draw']['pool']} unlabelled images; N = {report['spec']['n']} "
              f"({report['spec']['sampler']}{report['spec']['steps'] or ''}), guidance {report['spec']['guidance']}"]
     for k, sources in report["summary"].items():
         lines.append(f"K = {k}: {'source':<18} {'images':>10} " + " ".join(f"{h:>9}" for h in held) + f" {'mean':>7}")
