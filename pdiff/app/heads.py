@@ -13,6 +13,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from pdiff.app.request import LIGHT
 from pdiff.core.files import sha256, write_json
 from pdiff.data.datasets import DataError, Split
 from pdiff.generator.equivariant import WEIGHTS_FILE
@@ -147,7 +148,7 @@ def heads_panel() -> None:
                 table = gr.Dataframe(heads_table(first) if first else {"headers": HEADERS, "data": []},
                                      label="Test accuracy by source", interactive=False)
                 report = gr.File(label="JSON report")
-        target.change(lambda t: gr.update(visible=t == UPLOAD), target, target_file, api_name=False, queue=False)
+        target.change(lambda t: gr.update(visible=t == UPLOAD), target, target_file, **LIGHT)
         run.click(heads_run, [target, target_file, shots, n, seed], [table, report, status], api_name="heads",
                   concurrency_limit=1)
 

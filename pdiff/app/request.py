@@ -25,6 +25,9 @@ APP_DEFENCES = DefenceSettings(anp_iterations=200)
 # draws are the CLI's for seed 0
 APP_CONTROLS_SEED = 0
 MAX_N = 500
+# a light event (a field shown or hidden, a view redrawn from the page's report): not in the API, and never waiting
+# behind (or refused by) a full queue of runs
+LIGHT = {"api_visibility": "private", "queue": False}
 UPLOAD = "upload"
 # the form's fields in the API's parameter order, and their defaults (victim_file: the uploaded file, if any)
 FORM = {"bundle": "", "target": "clean", "victim_file": None, "trigger_kind": "assumed", "trigger_target": 0,

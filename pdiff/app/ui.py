@@ -15,7 +15,7 @@ from pdiff.app import texts as text
 from pdiff.app.allowlist import allowed_roots
 from pdiff.app.examples import EXAMPLE_TARGETS, EXAMPLES, load_example
 from pdiff.app.heads import heads_panel
-from pdiff.app.request import FORM, MAX_N, RunRequest, condition_choices, target_choices
+from pdiff.app.request import FORM, LIGHT, MAX_N, RunRequest, condition_choices, target_choices
 from pdiff.core.runtime import resolve_device
 from pdiff.core.settings import SAMPLERS, DataSpec
 from pdiff.core.splice import ALL_LAYERS
@@ -384,8 +384,7 @@ def _example_buttons(inp: dict, out: dict) -> None:
                 if shown is None:
                     raise gr.Error(f"no shipped example for bundle {bundle!r}; press Run")
                 return [target, *shown]
-            button.click(show, inp["bundle"], [inp["target"], *(out[k] for k in OUTPUT_ORDER)], api_name=False,
-                         queue=False)
+            button.click(show, inp["bundle"], [inp["target"], *(out[k] for k in OUTPUT_ORDER)], **LIGHT)
 
 
 def build_demo(default_bundle: str | None = None, warm: bool = False) -> gr.Blocks:
@@ -405,22 +404,17 @@ def build_demo(default_bundle: str | None = None, warm: bool = False) -> gr.Bloc
                 out = _outputs(example_views(default_bundle, "clean"))  # the page opens on a finished run
                 _example_buttons(inp, out)
         heads_panel()  # heads for a trunk the head generator never saw (app.heads: its own event, /heads)
-        # light events skip the queue: they never wait behind (or get refused by) a full queue of runs
         inp["bundle"].change(bundle_changed, inp["bundle"],
-                             [inp["layers"], inp["target"], condition_box, inp["condition"], inp["acc"]],
-                             api_name=False, queue=False)
+                             [inp["layers"], inp["target"], condition_box, inp["condition"], inp["acc"]], **LIGHT)
         # the backdoor views only where backdoor metrics apply: a victim or an uploaded model
         inp["target"].change(lambda t: [gr.update(visible=t != "clean")] * 3, inp["target"],
-                             [out["asr_plot"], out["asr_scatter"], out["transfer_table"]], api_name=False, queue=False)
-        inp["target"].change(lambda t: gr.update(visible=t == "upload"), inp["target"], trigger_box, api_name=False,
-                             queue=False)
-        inp["condition"].change(lambda c: gr.update(visible=c == "acc"), inp["condition"], inp["acc"],
-                                api_name=False, queue=False)
+                             [out["asr_plot"], out["asr_scatter"], out["transfer_table"]], **LIGHT)
+        inp["target"].change(lambda t: gr.update(visible=t == "upload"), inp["target"], trigger_box, **LIGHT)
+        inp["condition"].change(lambda c: gr.update(visible=c == "acc"), inp["condition"], inp["acc"], **LIGHT)
         # the form's fields reach `generate` by name: they are the API's parameters (request.FORM). Its stages
         # stream in: the generated models first, then the baselines, then the t-SNE
         # ticking a source redraws the table and the plots from the report the page holds: no run, no queue
-        out["more"].input(show_more, [out["report"], out["more"]], [*(out[k] for k in VIEWS), out["ticked"]],
-                          api_name=False, queue=False)
+        out["more"].input(show_more, [out["report"], out["more"]], [*(out[k] for k in VIEWS), out["ticked"]], **LIGHT)
         run.click(generate, inputs_kwargs={**inp, "more": out["ticked"]}, outputs=[out[k] for k in OUTPUT_ORDER],
                   api_name="generate", concurrency_limit=1, show_progress="full")  # one GPU / CPU job at a time
     # a classroom's worth of runs wait their turn; a waiting browser shows "queue: k/n" and an ETA. Beyond
