@@ -195,11 +195,10 @@ def _controls_and_defences(bundle: Bundle, engine: TargetEngine, sets: dict, dat
     for name, d in made.defences.items():
         if isinstance(d, Failed):  # marked in the report, its reason in one line
             out[name] = {"seconds": [], "failed": [d.reason], "clean_images": len(budget.labels)}
-        elif d.vectors is not None:
-            out[name] = {"seconds": [d.seconds], "clean_images": len(budget.labels) if source(name).budget else 0}
-        else:
-            out[name] = {"seconds": [d.seconds], **engine.measure_state(d.state, name), "details": d.details,
-                         "clean_images": len(budget.labels) if source(name).budget else 0}
+            continue
+        out[name] = {"seconds": [d.seconds], "clean_images": len(budget.labels) if source(name).budget else 0}
+        if d.vectors is None:  # a whole model: measured here (the engine measures the layer defences' sets)
+            out[name].update(engine.measure_state(d.state, name), details=d.details)
     return controls, out
 
 
