@@ -57,7 +57,7 @@ def assemble(bundle, names, target_state: dict | None = None, budget: Split | No
     The defences run on `target_state` with `budget`, drawing from `generator`; `defence.k` None is the bundle's K.
     `done(name)` is called after each defence, failed or not."""
     out = Assembled()
-    defence = replace(defence, k=defence.k or len(bundle.originals))
+    defence = bundle_defence(bundle, defence)
     for name in ordered(set(names)):
         s = source(name)
         if s.family == "control" and name in CLEAN_WEIGHTS:
@@ -80,6 +80,12 @@ def assemble(bundle, names, target_state: dict | None = None, budget: Split | No
             else:
                 out.whole[name] = d.state
     return out
+
+
+def bundle_defence(bundle, defence: DefenceSettings) -> DefenceSettings:
+    """The defence settings as they run on this bundle: K checkpoints along a layer defence's run, the bundle's K
+    unless set."""
+    return replace(defence, k=defence.k or len(bundle.originals))
 
 
 def ledger(bundle, name: str, budget_images: int) -> dict:

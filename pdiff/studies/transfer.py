@@ -37,7 +37,7 @@ from pdiff.data.triggers import trigger_line
 from pdiff.generator.bundle import Bundle
 from pdiff.generator.conditions import resolve
 from pdiff.generator.sampling import draw
-from pdiff.measure.assembly import Assembled, Failed, assemble, ledger
+from pdiff.measure.assembly import Assembled, Failed, assemble, bundle_defence, ledger
 from pdiff.measure.defences import DEFENCES, LAYER_DEFENCES, hyper_parameters, run_defence
 from pdiff.measure.engine import TargetEngine, measure
 from pdiff.measure.probe import probe_for
@@ -331,8 +331,7 @@ def _report(run: _Run, data: RunData, sampling: SamplingSpec, seeds: list[int], 
             "revival": {**REVIVAL, "models": run.settings.revived,
                         **({"steps": run.calibration[0]["steps"], "calibration": run.calibration}
                            if run.calibration else {})},
-            "defence_settings": hyper_parameters(replace(run.settings.defence,
-                                                         k=run.settings.defence.k or len(bundle.originals))),
+            "defence_settings": hyper_parameters(bundle_defence(bundle, run.settings.defence)),
             "sources": {name: _entry(run, name, images) for name in run.methods},
             "nonfinite": run.extra["generated"].get("nonfinite", 0), "device": str(run.device),
             **({"stitch": run.stitch[0], "stitch_per_seed": run.stitch} if run.stitch else {}),
